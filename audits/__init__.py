@@ -1,0 +1,1 @@
+"""The auditor: checks over a ledger, the audit runner and the certificate."""

@@ -1,0 +1,1 @@
+"""dpverify.accounting (see its issue)."""

@@ -1,0 +1,88 @@
+"""The ``dpverify`` command line.
+
+The CLI parses and delegates; it does no work itself.  Each command family
+lives in its own module exposing ``register(subparsers)``; a command's handler
+returns its exit code.
+
+Exit codes (every command): 0 success / certified / compliant, 1 a negative
+finding (integrity failure, refuted claim, non-compliant sampler), 2 unusable
+input (bad argument, missing or non-ledger path).  Errors are one line on
+stderr, never a traceback (set ``DPVERIFY_DEBUG=1`` to see one).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+from dpverify.errors import DpverifyError
+
+__all__ = ["main"]
+
+# Command modules, each with ``register(subparsers)``.  They must import only
+# light modules at import time; heavy work (JAX) is imported inside handlers.
+_COMMAND_MODULES = ("_ledger", "_sampler", "_epsilon", "_train", "_audit")
+
+
+class _Parser(argparse.ArgumentParser):
+    """ArgumentParser whose errors are one line on stderr and exit code 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The full ``dpverify`` argument parser."""
+    import importlib
+
+    from dpverify import __version__
+
+    parser = _Parser(
+        prog="dpverify",
+        description="Make the privacy claim of a DP training run checkable.",
+    )
+    parser.add_argument("--version", action="version", version=f"dpverify {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in _COMMAND_MODULES:
+        importlib.import_module(f"dpverify.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns (and, as a console script, exits with) the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "handler", None) is None:
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.handler(args))
+    except DpverifyError as exc:
+        if os.environ.get("DPVERIFY_DEBUG"):
+            raise
+        sys.stderr.write(f"dpverify: error: {_one_line(exc)}\n")
+        return exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("dpverify: interrupted\n")
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # last resort: one line, no traceback
+        if os.environ.get("DPVERIFY_DEBUG"):
+            raise
+        sys.stderr.write(
+            f"dpverify: internal error: {type(exc).__name__}: {_one_line(exc)} "
+            "(set DPVERIFY_DEBUG=1 for a traceback)\n"
+        )
+        return 3
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _entry() -> None:  # pragma: no cover - used by `python -m dpverify`
+    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""dpverify.stats (see its issue)."""

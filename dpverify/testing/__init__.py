@@ -1,0 +1,1 @@
+"""dpverify.testing (see its issue)."""

@@ -1,0 +1,1 @@
+"""JAX trainers: masked DP-SGD, the reference trainer, shortcut trainers, models, data."""
