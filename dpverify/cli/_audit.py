@@ -1,9 +1,78 @@
-"""CLI commands (placeholder until its issue lands)."""
+"""``dpverify audit``: audit a run and issue its certificate.
+
+Exit codes: 0 certified; 1 refuted, or unverifiable (a corrupt or
+inconsistent ledger, or no claim to certify — the certificate says which);
+2 unusable input (a missing path, a path that is not a ledger or run
+directory, a bad option).
+"""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from dpverify.cli._common import integer, positive_float, print_json
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the dpverify parser."""
+    """Add ``dpverify audit`` to the dpverify parser."""
+    p = subparsers.add_parser(
+        "audit",
+        help="audit a run's ledger and issue a certificate",
+        description=(
+            "Audit a run: ledger integrity, declared configuration, Poisson sampling tests, "
+            "clip/noise mechanics, ε recomputed with RDP/PLD/PRV, and replay of steps through "
+            "the reference trainer. Exit 0 certified, 1 refuted or unverifiable, 2 unusable input."
+        ),
+    )
+    p.add_argument("path", metavar="RUN_DIR_OR_LEDGER", help="run directory or ledger directory")
+    p.add_argument("--json", metavar="FILE", help="write the certificate as JSON ('-' for stdout)")
+    p.add_argument("--report", metavar="FILE", help="write a human report (.html or .md)")
+    replay = p.add_mutually_exclusive_group()
+    replay.add_argument(
+        "--replay-steps",
+        metavar="K",
+        type=integer,
+        default=5,
+        help="randomly chosen steps to replay (plus steps next to resumes; default 5)",
+    )
+    replay.add_argument("--no-replay", action="store_true", help="skip the replay check")
+    p.add_argument(
+        "--alpha",
+        metavar="A",
+        type=positive_float,
+        default=1e-3,
+        help="family-wise false-positive rate of the sampling tests (default 1e-3)",
+    )
+    p.add_argument("--noise-key", metavar="FILE", help="noise key file (default RUN_DIR/noise.key)")
+    p.add_argument(
+        "--seed",
+        metavar="S",
+        type=integer,
+        default=0,
+        help="seed of the Monte-Carlo tests and of the replay sample (default 0)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
+    p.set_defaults(handler=_audit)
+
+
+def _audit(args: argparse.Namespace) -> int:
+    import audits
+
+    cert = audits.run_audit(
+        args.path,
+        alpha=args.alpha,
+        replay_steps=None if args.no_replay else args.replay_steps,
+        noise_key_path=args.noise_key,
+        progress=not args.quiet and sys.stderr.isatty(),
+        seed=args.seed,
+    )
+    if args.json == "-":
+        print_json(cert.to_json())
+    elif args.json:
+        audits.write_json(cert, args.json)
+    if args.report:
+        audits.write_report(cert, args.report)
+    if not args.quiet and args.json != "-":
+        sys.stdout.write(cert.summary_text() + "\n")
+    return cert.exit_code

@@ -1,0 +1,113 @@
+"""Configuration check: the run header is internally consistent.
+
+What is checked:
+
+* the declared sampler is one dpverify knows, and its recorded parameters
+  match it (truncated Poisson declares an integer ``cap`` ≥ 1; plain Poisson
+  declares no cap);
+* the declared expected batch size (the denominator of the noisy mean) agrees
+  with q·N within 1 % — otherwise the q the accountant uses is not the rate the
+  run was configured with;
+* δ < 1/N (warning otherwise: an (ε, δ) guarantee with δ ≥ 1/N permits
+  publishing one whole example outright);
+* a privacy claim is made (warning otherwise).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from audits.check import CheckResult
+
+__all__ = ["NO_UPPER_BOUND_SAMPLERS", "POISSON_SAMPLERS", "check_configuration"]
+
+_NAME = "configuration"
+
+#: Declared samplers the Poisson battery tests (the second with its cap).
+POISSON_SAMPLERS = ("poisson", "truncated_poisson")
+
+#: Samplers with no valid ε upper bound in the accountant libraries.
+NO_UPPER_BOUND_SAMPLERS = ("shuffle", "balls_in_bins", "shuffle_binomial")
+
+#: Relative mismatch of expected batch size vs q·N tolerated.
+BATCH_SIZE_TOLERANCE = 0.01
+
+
+def _known_samplers() -> tuple[str, ...]:
+    from dpverify import samplers
+
+    return tuple(samplers.SAMPLER_NAMES)
+
+
+def check_configuration(header: Any, *, claimed_epsilon: float | None = None) -> CheckResult:
+    """Check the run header (:class:`dpverify.ledger.RunHeader`) for consistency.
+
+    Args:
+        header: the run header.
+        claimed_epsilon: the claim being audited (the seal's if any, else the header's).
+
+    Returns:
+        ``fail`` for an unknown sampler, parameters that contradict it or an
+        expected batch size that contradicts q·N; ``warn`` for δ ≥ 1/N or no
+        claim; else ``pass``.
+    """
+    n = header.dataset_size
+    q = header.sampling_rate
+    params = dict(header.sampler_params or {})
+    failures: list[str] = []
+    warnings: list[str] = []
+    known = _known_samplers()
+    if header.sampler not in known:
+        failures.append(
+            f"sampler {header.sampler!r} is unknown (known: {', '.join(known)}): "
+            "no test or accountant applies to it"
+        )
+    elif header.sampler == "truncated_poisson":
+        cap = params.get("cap")
+        if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+            failures.append(f"truncated Poisson must declare an integer cap >= 1, got cap={cap!r}")
+    elif header.sampler == "poisson" and params.get("cap") is not None:
+        failures.append(
+            f"plain Poisson sampling declares cap={params['cap']!r}: a capped sampler must "
+            "be declared as 'truncated_poisson'"
+        )
+    expected = q * n
+    declared = header.expected_batch_size
+    if declared is not None and abs(declared - expected) > BATCH_SIZE_TOLERANCE * expected:
+        failures.append(
+            f"declared expected batch size {declared:g} differs from q·N = {expected:g}: "
+            "the sampling rate q used for ε does not match the run's batch size"
+        )
+    if header.delta >= 1.0 / n:
+        warnings.append(
+            f"delta={header.delta:g} is not below 1/N = {1.0 / n:.3g}: such a guarantee "
+            "allows publishing an example outright"
+        )
+    if claimed_epsilon is None:
+        warnings.append("the run claims no ε")
+    details = {
+        "dataset_size": n,
+        "sampling_rate": q,
+        "expected_batch_size": expected,
+        "declared_expected_batch_size": declared,
+        "denominator": header.denominator,
+        "sampler": header.sampler,
+        "sampler_params": params,
+        "delta": header.delta,
+        "delta_times_n": header.delta * n,
+        "failures": failures,
+        "warnings": warnings,
+    }
+    if failures:
+        return CheckResult(name=_NAME, status="fail", reason="; ".join(failures), details=details)
+    if warnings:
+        return CheckResult(name=_NAME, status="warn", reason="; ".join(warnings), details=details)
+    return CheckResult(
+        name=_NAME,
+        status="pass",
+        reason=(
+            f"sampler {header.sampler!r} with its parameters; q·N = {expected:g} matches "
+            f"the denominator; delta = {header.delta:g} < 1/N"
+        ),
+        details=details,
+    )

@@ -1,0 +1,150 @@
+"""Mechanics check: every recorded step clipped and noised as declared.
+
+For each executed step t, with the step's clip norm C_t and noise multiplier
+σ_t (the step's own values, else the header's), the recorded values must satisfy
+
+* ``C_t`` > 0 (a per-step C_t or σ_t different from the header's is allowed:
+  it is recorded, counted in ``details`` and accounted per segment by the
+  privacy check);
+* ``noise_std`` = σ_t·C_t (relative tolerance 1e-5: float32 rounding) — the
+  Gaussian mechanism's sensitivity is C_t, so its standard deviation must be
+  σ_t·C_t, not σ_t;
+* ``max_clipped_norm`` ≤ C_t·(1 + 1e-5) and finite — clipping happened per
+  example, before summation;
+* ``noise_draws`` = 1 — noise is added once per logical step, not once per
+  physical batch (that would be √(draws)·σC noise, and accounting per draw);
+* ``denominator`` equals the header's (expected batch size q·N): dividing by
+  the realised batch size makes the output's scale depend on private data;
+* ``num_clipped`` ≤ the batch size.
+
+Fields a ledger does not record (e.g. runs imported from other frameworks
+without ``noise_std``) cannot be checked; the reason says how many steps lacked
+them.  References: Abadi et al. 2016, arXiv:1607.00133, Algorithm 1.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from audits.check import CheckResult
+
+__all__ = ["CLIP_TOLERANCE", "RELATIVE_TOLERANCE", "check_mechanics"]
+
+_NAME = "mechanics"
+
+#: Relative slack for recorded floats (float32 arithmetic in the trainer).
+RELATIVE_TOLERANCE = 1e-5
+#: A clipped norm may exceed C by this relative amount (float32 rounding).
+CLIP_TOLERANCE = 1e-5
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= RELATIVE_TOLERANCE * max(abs(a), abs(b), 1e-12)
+
+
+class _Finding:
+    """Counts steps violating one rule and remembers the first."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+        self.count = 0
+        self.first: str | None = None
+
+    def add(self, example: str) -> None:
+        self.count += 1
+        if self.first is None:
+            self.first = example
+
+
+def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
+    """Check the clip and noise mechanics recorded for every step.
+
+    Args:
+        header: the run header.
+        steps: every executed :class:`dpverify.ledger.Step`, in ledger order.
+
+    Returns:
+        ``fail`` naming each violated rule (how many steps, the first one, and
+        what the numbers say in plain words); ``skip`` when there are no steps;
+        else ``pass`` (the reason says which fields were not recorded).
+    """
+    if not steps:
+        return CheckResult(name=_NAME, status="skip", reason="the ledger records no steps")
+    rules = {
+        "clip_norm": _Finding("clip norm is not positive"),
+        "noise_std": _Finding("noise std is not σ·C"),
+        "clipped_norm": _Finding("a clipped gradient norm exceeds C: clipping after summation?"),
+        "noise_draws": _Finding("noise drawn more than once per step: noise per physical batch?"),
+        "denominator": _Finding("denominator is not the declared expected batch size"),
+        "num_clipped": _Finding("more examples clipped than sampled"),
+    }
+    missing = {"noise_std": 0, "max_clipped_norm": 0, "noise_draws": 0, "denominator": 0}
+    varying_clip = varying_sigma = 0
+    sigma_std_hint = 0
+    den0 = header.denominator
+    worst_clipped = 0.0
+    for s in steps:
+        c = s.clip_norm if s.clip_norm is not None else header.clip_norm
+        sigma = s.noise_multiplier if s.noise_multiplier is not None else header.noise_multiplier
+        varying_clip += not _close(c, header.clip_norm)
+        varying_sigma += not _close(sigma, header.noise_multiplier)
+        if c <= 0:
+            rules["clip_norm"].add(f"step {s.step}: C={c:g}")
+        if s.noise_std is None:
+            missing["noise_std"] += 1
+        elif not _close(s.noise_std, sigma * c):
+            rules["noise_std"].add(
+                f"step {s.step}: recorded {s.noise_std:.6g}, expected σ·C = {sigma * c:.6g}"
+            )
+            sigma_std_hint += _close(s.noise_std, sigma)
+        if s.max_clipped_norm is None:
+            missing["max_clipped_norm"] += 1
+        else:
+            m = s.max_clipped_norm
+            if not math.isfinite(m) or m > c * (1.0 + CLIP_TOLERANCE):
+                rules["clipped_norm"].add(f"step {s.step}: norm {m:.6g} > C = {c:g}")
+                worst_clipped = m if not math.isfinite(m) else max(worst_clipped, m / c)
+        if s.noise_draws is None:
+            missing["noise_draws"] += 1
+        elif s.noise_draws != 1:
+            rules["noise_draws"].add(f"step {s.step}: {s.noise_draws} draws")
+        if s.denominator is None:
+            missing["denominator"] += 1
+        elif not _close(s.denominator, den0):
+            rules["denominator"].add(
+                f"step {s.step}: divided by {s.denominator:g}, declared {den0:g}"
+            )
+        if s.num_clipped is not None and s.num_clipped > s.batch_size:
+            rules["num_clipped"].add(
+                f"step {s.step}: {s.num_clipped} clipped of {s.batch_size} sampled"
+            )
+    if sigma_std_hint and sigma_std_hint == rules["noise_std"].count:
+        rules["noise_std"].message = "noise std is σ, not σ·C"
+    failed = {k: r for k, r in rules.items() if r.count}
+    details: dict[str, Any] = {
+        "steps": len(steps),
+        "violations": {k: r.count for k, r in rules.items()},
+        "first_violation": {k: r.first for k, r in failed.items()},
+        "unrecorded": missing,
+        "steps_with_other_clip_norm": varying_clip,
+        "steps_with_other_noise_multiplier": varying_sigma,
+        "max_clipped_norm_over_c": worst_clipped or None,
+    }
+    if failed:
+        parts = [
+            f"{r.message} at {r.count} of {len(steps)} steps ({r.first})" for r in failed.values()
+        ]
+        return CheckResult(name=_NAME, status="fail", reason="; ".join(parts), details=details)
+    gaps = [f"{k} at {v}" for k, v in missing.items() if v]
+    note = f"; not recorded (unchecked): {', '.join(gaps)} steps" if gaps else ""
+    return CheckResult(
+        name=_NAME,
+        status="pass",
+        reason=(
+            f"{len(steps)} steps: noise std σ·C, one noise draw per step, clipped norms ≤ C, "
+            f"denominator {den0:g}{note}"
+        ),
+        details=details,
+    )

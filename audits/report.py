@@ -1,0 +1,207 @@
+"""The human report: Markdown or HTML, verdict first, then each check, then plots.
+
+``write_report(cert, "report.html")`` writes one self-contained HTML file with
+the plots embedded (base64 PNG); ``write_report(cert, "report.md")`` writes
+Markdown and saves the plots beside it in ``report_plots/``.  Neither contains
+sampled indices, seeds or keys: only the certificate's public content and
+aggregate plots (batch-size and inclusion-count histograms, ε against steps).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+from typing import Any
+
+from audits import _plots
+from audits.certificate import Certificate
+from dpverify.errors import InvalidArgument, UnusableInput
+
+__all__ = ["render_markdown", "write_report"]
+
+_STATUS_MARK = {"pass": "✅ pass", "fail": "❌ fail", "warn": "⚠️ warn", "skip": "➖ skip"}
+
+
+def _num(x: Any, fmt: str = ".4g") -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def _plots_for(cert: Certificate) -> list[tuple[str, str, bytes]]:
+    """(file stem, caption, PNG) for each plot the evidence allows."""
+    ev = cert.evidence
+    if ev is None:
+        return []
+    out = [
+        (
+            "batch_sizes",
+            "Batch sizes of the logical steps against Binomial(N, q)",
+            _plots.batch_size_figure(ev),
+        ),
+        (
+            "inclusion_counts",
+            "Per-example inclusion counts against Binomial(T, q)",
+            _plots.inclusion_count_figure(ev),
+        ),
+    ]
+    try:
+        curve = _plots.epsilon_curve(ev)
+    except Exception:  # a plot that cannot be drawn is left out
+        curve = {}
+    if curve:
+        out.append(
+            (
+                "epsilon",
+                "ε against executed steps, per accountant",
+                _plots.epsilon_figure(curve, delta=ev.delta, claimed=cert.claimed_epsilon),
+            )
+        )
+    return out
+
+
+def _sections(cert: Certificate) -> list[tuple[str, list[list[str]] | str]]:
+    """The report's content as (heading, table rows or paragraph)."""
+    eps = cert.epsilon or {}
+    checks = [["check", "status", "p-value", "reason"]] + [
+        [c.name, _STATUS_MARK[c.status], _num(c.p_value, ".3g"), c.reason] for c in cert.checks
+    ]
+    claim = [
+        ["claimed ε", "δ", "executed steps", "logical steps", "sealed"],
+        [
+            _num(cert.claimed_epsilon),
+            _num(cert.delta, "g"),
+            str(cert.steps),
+            str(cert.logical_steps),
+            str(cert.sealed),
+        ],
+    ]
+    acc = [["accountant", "ε", "note"]]
+    for name in ("rdp", "pld", "prv"):
+        entry = eps.get(name)
+        reason = (eps.get("reasons") or {}).get(name) or ""
+        if entry is None:
+            acc.append([name.upper(), "unavailable", reason])
+        elif name == "prv":
+            acc.append(
+                [
+                    name.upper(),
+                    _num(entry.get("upper")),
+                    f"lower {_num(entry.get('lower'))}, estimate {_num(entry.get('estimate'))}",
+                ]
+            )
+        else:
+            acc.append([name.upper(), _num(entry.get("epsilon")), reason])
+    run = [["field", "value"]] + [
+        [k, str(v)] for k, v in cert.run.items() if v not in (None, {}, "")
+    ]
+    return [
+        ("Claim", claim),
+        ("Checks", checks),
+        ("ε recomputed from the executed steps", acc if eps else "ε was not computed."),
+        ("Run configuration (public header fields)", run),
+        (
+            "Ledger commitment",
+            f"Hash-chain head: `{cert.ledger_head}`. Anyone holding the "
+            "ledger can recompute it with `dpverify ledger verify` and confirm this is the "
+            "ledger that was audited.",
+        ),
+    ]
+
+
+def _md_table(rows: list[list[str]]) -> str:
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|")
+
+    head, *body = rows
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    lines += ["| " + " | ".join(cell(x) for x in r) + " |" for r in body]
+    return "\n".join(lines)
+
+
+def render_markdown(cert: Certificate, *, plot_links: list[tuple[str, str]] = ()) -> str:
+    """The report as Markdown; ``plot_links`` are (caption, relative path) pairs."""
+    parts = [
+        "# dpverify audit report",
+        f"**Verdict: {cert.verdict.upper()}** — {cert.verdict_reason}",
+        f"_Audited {cert.created} by dpverify {cert.dpverify_version}; certificate schema "
+        f"{cert.to_json()['schema_version']}._",
+    ]
+    for heading, body in _sections(cert):
+        parts.append(f"## {heading}")
+        parts.append(body if isinstance(body, str) else _md_table(body))
+    if plot_links:
+        parts.append("## Plots")
+        parts += [f"![{cap}]({rel})\n\n_{cap}_" for cap, rel in plot_links]
+    return "\n\n".join(parts) + "\n"
+
+
+def _html_table(rows: list[list[str]]) -> str:
+    head, *body = rows
+    th = "".join(f"<th>{html.escape(x)}</th>" for x in head)
+    trs = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in body)
+    return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
+
+
+def _render_html(cert: Certificate, plots: list[tuple[str, str, bytes]]) -> str:
+    colour = {"certified": "#1e8449", "refuted": "#c0392b", "unverifiable": "#b9770e"}[cert.verdict]
+    body = [
+        "<h1>dpverify audit report</h1>",
+        f'<p class="verdict" style="color:{colour}"><b>Verdict: {cert.verdict.upper()}</b> — '
+        f"{html.escape(cert.verdict_reason)}</p>",
+        f"<p><i>Audited {html.escape(cert.created)} by dpverify "
+        f"{html.escape(cert.dpverify_version)}.</i></p>",
+    ]
+    for heading, content in _sections(cert):
+        body.append(f"<h2>{html.escape(heading)}</h2>")
+        body.append(
+            f"<p>{html.escape(content)}</p>" if isinstance(content, str) else _html_table(content)
+        )
+    if plots:
+        body.append("<h2>Plots</h2>")
+        for _, cap, png in plots:
+            data = base64.b64encode(png).decode("ascii")
+            body.append(
+                f'<figure><img alt="{html.escape(cap)}" src="data:image/png;base64,{data}">'
+                f"<figcaption>{html.escape(cap)}</figcaption></figure>"
+            )
+    style = (
+        "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
+        "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;"
+        "text-align:left;vertical-align:top}.verdict{font-size:1.4em}"
+    )
+    return (
+        '<!DOCTYPE html><html><head><meta charset="utf-8"><title>dpverify audit report'
+        f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n"
+    )
+
+
+def write_report(cert: Certificate, path: str | os.PathLike[str]) -> Path:
+    """Write the human report to ``path`` (``.html``/``.htm`` or ``.md``).
+
+    Returns:
+        The path written.
+
+    Raises:
+        InvalidArgument: for another suffix.
+        UnusableInput: if the parent directory does not exist.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in (".html", ".htm", ".md"):
+        raise InvalidArgument(f"report={str(path)!r} must end in .html or .md")
+    if not path.parent.is_dir():
+        raise UnusableInput(f"cannot write {path}: directory {path.parent} does not exist")
+    plots = _plots_for(cert)
+    if suffix == ".md":
+        links = []
+        if plots:
+            plot_dir = path.with_name(path.stem + "_plots")
+            plot_dir.mkdir(exist_ok=True)
+            for stem, cap, png in plots:
+                (plot_dir / f"{stem}.png").write_bytes(png)
+                links.append((cap, f"{plot_dir.name}/{stem}.png"))
+        path.write_text(render_markdown(cert, plot_links=links), encoding="utf-8")
+    else:
+        path.write_text(_render_html(cert, plots), encoding="utf-8")
+    return path

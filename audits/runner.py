@@ -1,0 +1,231 @@
+"""The audit runner: every check over one ledger, then the verdict.
+
+Verdict rules (documented in ``docs/certificate.md``):
+
+* ``unverifiable`` — the integrity check failed (the ledger is corrupt or
+  structurally inconsistent: nothing in it can be trusted), a check could not
+  run at all (an internal error, reported as a failed check with
+  ``details.error``), or the run claims no ε (nothing to certify);
+* ``refuted`` — any other check failed, including the privacy check when the
+  claimed ε is below the recomputed one;
+* ``certified`` — otherwise (``warn`` and ``skip`` statuses do not refute; the
+  summary lists them).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from audits.certificate import Certificate, public_run_config
+from audits.check import CheckResult
+from audits.configuration import check_configuration
+from audits.evidence import collect_evidence
+from audits.integrity import check_integrity
+from audits.mechanics import check_mechanics
+from audits.privacy import check_privacy, claimed_privacy
+from audits.replay import check_replay
+from audits.sampling import check_sampling, last_executions
+from dpverify._validate import check_int, check_probability
+from dpverify.errors import DpverifyError, LedgerCorrupt, UnusableInput
+
+__all__ = ["audit_ledger", "run_audit"]
+
+
+def _guarded(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
+    """Run one check; an unexpected exception becomes a failed, flagged result."""
+    try:
+        return fn()
+    except DpverifyError as exc:
+        if isinstance(exc, UnusableInput):
+            raise
+        reason = f"check could not run: {' '.join(str(exc).split())}"
+    except Exception as exc:  # an auditor reports, it does not crash
+        reason = f"check could not run: {type(exc).__name__}: {' '.join(str(exc).split())}"
+    return CheckResult(name=name, status="fail", reason=reason, details={"error": True})
+
+
+def _skipped(name: str, reason: str) -> CheckResult:
+    return CheckResult(name=name, status="skip", reason=reason)
+
+
+def _verdict(checks: list[CheckResult], claimed: float | None) -> tuple[str, str]:
+    integrity = checks[0]
+    if integrity.failed:
+        return "unverifiable", integrity.reason
+    failures = [c for c in checks if c.failed]
+    errors = [c for c in failures if c.details.get("error")]
+    genuine = [c for c in failures if not c.details.get("error")]
+    if genuine:
+        more = f" (and {len(genuine) - 1} more failed checks)" if len(genuine) > 1 else ""
+        return "refuted", f"{genuine[0].name}: {genuine[0].reason}{more}"
+    if errors:
+        return "unverifiable", f"{errors[0].name}: {errors[0].reason}"
+    if claimed is None:
+        return "unverifiable", "the run claims no ε: there is nothing to certify"
+    notes = [c.name for c in checks if c.status in ("warn", "skip")]
+    tail = f" (see {', '.join(notes)})" if notes else ""
+    return "certified", f"every check passed and the claimed ε holds{tail}"
+
+
+def audit_ledger(
+    ledger: Any | None,
+    *,
+    verify_report: Any,
+    run_dir: Path | None = None,
+    alpha: float = 1e-3,
+    replay_steps: int | None = 5,
+    noise_key_path: Path | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> Certificate:
+    """Audit an already-read ledger (the core of :func:`run_audit`).
+
+    Args:
+        ledger: the ledger from :func:`dpverify.ledger.read_ledger`, or ``None``
+            when it is corrupt.
+        verify_report: its :class:`dpverify.ledger.VerifyReport`.
+        run_dir: the run directory for replay, or ``None``.
+        alpha: family-wise false-positive rate of the sampling battery.
+        replay_steps: steps to replay; ``None`` disables replay.
+        noise_key_path: noise key file for replay (default ``RUN_DIR/noise.key``).
+        progress: show a progress bar on stderr (only on a TTY).
+        seed: seed of the battery's Monte-Carlo tests and of the replay sample.
+
+    Returns:
+        The :class:`~audits.certificate.Certificate`.
+    """
+    from tqdm import tqdm
+
+    bar = tqdm(total=6, desc="audit", unit="check", disable=not progress, leave=False)
+    checks = [check_integrity(verify_report, ledger)]
+    bar.update(1)
+    head = getattr(verify_report, "head", None)
+    if checks[0].failed:
+        why = "the ledger failed its integrity check"
+        for name in ("configuration", "sampling", "mechanics", "privacy", "replay"):
+            checks.append(_skipped(name, why))
+        bar.close()
+        verdict, reason = _verdict(checks, None)
+        return Certificate(
+            verdict=verdict,
+            verdict_reason=reason,
+            checks=tuple(checks),
+            ledger_head=head,
+            sealed=bool(getattr(verify_report, "sealed", False)),
+            steps=getattr(verify_report, "steps", None),
+            run=public_run_config(ledger.header) if ledger is not None else {},
+        )
+    header = ledger.header
+    claimed, delta = claimed_privacy(ledger)
+    checks.append(
+        _guarded("configuration", lambda: check_configuration(header, claimed_epsilon=claimed))
+    )
+    bar.update(1)
+    checks.append(_guarded("sampling", lambda: check_sampling(ledger, alpha=alpha, seed=seed)))
+    bar.update(1)
+    checks.append(_guarded("mechanics", lambda: check_mechanics(header, ledger.steps)))
+    bar.update(1)
+    report_box: list[Any] = []
+
+    def _privacy() -> CheckResult:
+        result, report = check_privacy(ledger)
+        report_box.append(report)
+        return result
+
+    checks.append(_guarded("privacy", _privacy))
+    bar.update(1)
+    checks.append(
+        _guarded(
+            "replay",
+            lambda: check_replay(
+                run_dir, sample=replay_steps, seed=seed, noise_key_path=noise_key_path
+            ),
+        )
+    )
+    bar.update(1)
+    bar.close()
+    epsilon_report = report_box[0] if report_box else None
+    verdict, reason = _verdict(checks, claimed)
+    logical = last_executions(ledger.steps)
+    return Certificate(
+        verdict=verdict,
+        verdict_reason=reason,
+        checks=tuple(checks),
+        epsilon=epsilon_report.to_json() if epsilon_report is not None else None,
+        claimed_epsilon=claimed,
+        delta=delta,
+        steps=len(ledger.steps),
+        logical_steps=len(logical),
+        ledger_head=ledger.head,
+        sealed=ledger.seal is not None,
+        run=public_run_config(header),
+        evidence=collect_evidence(ledger, steps=logical, delta=delta),
+    )
+
+
+def run_audit(
+    path: str | os.PathLike[str],
+    *,
+    alpha: float = 1e-3,
+    replay_steps: int | None = 5,
+    noise_key_path: str | os.PathLike[str] | None = None,
+    progress: bool = False,
+    seed: int = 0,
+) -> Certificate:
+    """Audit the run at ``path`` and issue its certificate.
+
+    Args:
+        path: a run directory (holding ``ledger/``) or a ledger directory.
+        alpha: family-wise false-positive rate of the sampling battery, in (0, 1).
+        replay_steps: how many randomly chosen steps to replay through the
+            reference trainer (plus every step next to a resume); ``None``
+            disables replay.
+        noise_key_path: the run's noise key file, when not ``RUN_DIR/noise.key``.
+        progress: show a progress bar on stderr.
+        seed: seed of the battery's Monte-Carlo tests and of the replay sample.
+
+    Returns:
+        The certificate; a corrupt ledger gives verdict ``unverifiable``.
+
+    Raises:
+        UnusableInput: ``path`` is missing or is not a ledger / run directory,
+            or ``noise_key_path`` does not exist.
+        InvalidArgument: ``alpha`` or ``replay_steps`` out of range.
+
+    Example:
+        >>> cert = run_audit("runs/demo", replay_steps=None)   # doctest: +SKIP
+        >>> cert.verdict, cert.exit_code                         # doctest: +SKIP
+        ('certified', 0)
+    """
+    from dpverify import ledger as ledger_api
+
+    check_probability("alpha", alpha, allow_one=False)
+    if replay_steps is not None:
+        check_int("replay_steps", replay_steps, minimum=1)
+    key = None
+    if noise_key_path is not None:
+        key = Path(noise_key_path)
+        if not key.is_file():
+            raise UnusableInput(f"noise key file {key} does not exist")
+    ledger_path = Path(ledger_api.resolve_ledger_path(path))
+    run_dir = ledger_path.parent if ledger_path.name == "ledger" else None
+    verify_report = ledger_api.verify_ledger(ledger_path)
+    ledger = None
+    if verify_report.ok:
+        try:
+            ledger = ledger_api.read_ledger(ledger_path)
+        except LedgerCorrupt:  # pragma: no cover - verify_ledger and read_ledger agree
+            ledger = None
+    return audit_ledger(
+        ledger,
+        verify_report=verify_report,
+        run_dir=run_dir,
+        alpha=alpha,
+        replay_steps=replay_steps,
+        noise_key_path=key,
+        progress=progress,
+        seed=seed,
+    )

@@ -1,0 +1,63 @@
+"""Mechanics check: σ·C noise, clipping before summation, one draw, denominator."""
+
+import math
+
+import pytest
+
+from audits.mechanics import check_mechanics
+
+
+def test_honest_steps_pass(fakes):
+    ledger = fakes.make_ledger(15)
+    r = check_mechanics(ledger.header, ledger.steps)
+    assert r.status == "pass", r.reason
+    assert "not recorded" not in r.reason
+
+
+@pytest.mark.parametrize(
+    ("overrides", "words"),
+    [
+        ({"noise_std": 1.1 / 2}, "noise std is not σ·C"),
+        ({"max_clipped_norm": 1.7}, "clipping after summation?"),
+        ({"max_clipped_norm": math.nan}, "clipping after summation?"),
+        ({"noise_draws": 3}, "noise per physical batch?"),
+        ({"denominator": 17.0}, "denominator is not the declared expected batch size"),
+        ({"num_clipped": 10_000}, "more examples clipped than sampled"),
+    ],
+)
+def test_each_violation_fails_in_plain_words(fakes, overrides, words):
+    ledger = fakes.make_ledger(6, step_overrides=overrides)
+    r = check_mechanics(ledger.header, ledger.steps)
+    assert r.status == "fail"
+    assert words in r.reason and "at 6 of 6 steps (step 0" in r.reason
+
+
+def test_noise_std_sigma_instead_of_sigma_c_is_named(fakes):
+    header = fakes.make_header(clip_norm=2.0, noise_multiplier=1.1)
+    ledger = fakes.make_ledger(4, header=header, step_overrides={"noise_std": 1.1})
+    r = check_mechanics(header, ledger.steps)
+    assert r.status == "fail" and "noise std is σ, not σ·C" in r.reason
+
+
+def test_float32_rounding_is_tolerated(fakes):
+    overrides = {"noise_std": 1.1 * (1 + 3e-7), "max_clipped_norm": 1.0 + 3e-6}
+    ledger = fakes.make_ledger(4, step_overrides=overrides)
+    assert check_mechanics(ledger.header, ledger.steps).status == "pass"
+
+
+def test_per_step_values_are_checked_against_the_steps_own_sigma(fakes):
+    ledger = fakes.make_ledger(3, step_overrides={"noise_multiplier": 2.0, "noise_std": 2.0})
+    r = check_mechanics(ledger.header, ledger.steps)
+    assert r.status == "pass"
+    assert r.details["steps_with_other_noise_multiplier"] == 3
+
+
+def test_unrecorded_fields_pass_but_are_reported(fakes):
+    unknown = dict(noise_std=None, noise_draws=None, max_clipped_norm=None, denominator=None)
+    ledger = fakes.make_ledger(3, step_overrides=unknown)
+    r = check_mechanics(ledger.header, ledger.steps)
+    assert r.status == "pass" and "not recorded (unchecked)" in r.reason
+
+
+def test_no_steps_is_skipped(fakes):
+    assert check_mechanics(fakes.make_header(), ()).status == "skip"
