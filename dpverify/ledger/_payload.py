@@ -1,0 +1,181 @@
+"""Record payloads: record object ↔ bytes (layout in docs/ledger-format.md).
+
+``RunHeader``, ``Checkpoint``, ``Resume`` and ``Seal`` payloads are canonical
+JSON (UTF-8, sorted keys, no whitespace).  ``Step`` payloads are binary, since
+there is one per training step: a fixed prefix, the optional fields present,
+then the index block of :mod:`dpverify.ledger.codec`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import struct
+from typing import Any
+
+import numpy as np
+
+from dpverify.errors import InvalidArgument
+from dpverify.ledger.codec import CodecError, decode_indices, encode_indices
+from dpverify.ledger.records import Checkpoint, Record, Resume, RunHeader, Seal, Step
+
+__all__ = [
+    "TYPE_CODES",
+    "PayloadError",
+    "decode_payload",
+    "encode_payload",
+    "make_step",
+    "record_to_dict",
+    "step_fields_and_block",
+]
+
+#: Record class → type byte of the framing.
+TYPE_CODES: dict[type, int] = {RunHeader: 1, Step: 2, Checkpoint: 3, Resume: 4, Seal: 5}
+_CLASS_OF_CODE = {code: cls for cls, code in TYPE_CODES.items()}
+
+_STEP_VERSION = 1
+# Optional Step fields in flag-bit order; 'd' float64, 'q' uint64, 's' sketch.
+_STEP_OPTIONAL: tuple[tuple[str, str], ...] = (
+    ("sampling_rate", "d"),
+    ("clip_norm", "d"),
+    ("noise_multiplier", "d"),
+    ("noise_std", "d"),
+    ("noise_draws", "q"),
+    ("num_clipped", "q"),
+    ("max_grad_norm", "d"),
+    ("max_clipped_norm", "d"),
+    ("denominator", "d"),
+    ("physical_batches", "q"),
+    ("update_sketch", "s"),
+)
+_KNOWN_FLAGS = (1 << len(_STEP_OPTIONAL)) - 1
+_PREFIX = struct.Struct("<BQH")  # version, step, flags
+_F64 = struct.Struct("<d")
+_U64 = struct.Struct("<Q")
+_U32 = struct.Struct("<I")
+
+
+class PayloadError(ValueError):
+    """A payload cannot be decoded (the reader turns this into ``LedgerCorrupt``)."""
+
+
+def record_to_dict(record: Record) -> dict[str, Any]:
+    """A JSON-ready dict of a non-step record's fields (mappings as dicts)."""
+    out: dict[str, Any] = {}
+    for field in dataclasses.fields(record):  # type: ignore[arg-type]
+        value = getattr(record, field.name)
+        if isinstance(value, dict) or hasattr(value, "items"):
+            value = dict(value)
+        out[field.name] = value
+    return out
+
+
+def _encode_json(record: Record) -> bytes:
+    return json.dumps(
+        record_to_dict(record), sort_keys=True, separators=(",", ":"), ensure_ascii=True
+    ).encode("ascii")
+
+
+def _encode_step(step: Step) -> bytes:
+    flags = 0
+    parts: list[bytes] = []
+    for bit, (name, kind) in enumerate(_STEP_OPTIONAL):
+        value = getattr(step, name)
+        if value is None:
+            continue
+        flags |= 1 << bit
+        if kind == "d":
+            parts.append(_F64.pack(value))
+        elif kind == "q":
+            parts.append(_U64.pack(value))
+        else:
+            parts.append(_U32.pack(len(value)))
+            parts.append(np.asarray(value, dtype="<f8").tobytes())
+    return b"".join(
+        (_PREFIX.pack(_STEP_VERSION, step.step, flags), *parts, encode_indices(step.indices))
+    )
+
+
+def encode_payload(record: Record) -> tuple[int, bytes]:
+    """``(type_code, payload)`` of a record."""
+    code = TYPE_CODES.get(type(record))
+    if code is None:
+        raise InvalidArgument(f"record={type(record).__name__} is not a ledger record type")
+    if code == TYPE_CODES[Step]:
+        return code, _encode_step(record)  # type: ignore[arg-type]
+    return code, _encode_json(record)
+
+
+def step_fields_and_block(payload: bytes | memoryview) -> tuple[dict[str, Any], memoryview]:
+    """Decode a Step payload's scalar fields; return them and the raw index block."""
+    view = memoryview(payload)
+    if len(view) < _PREFIX.size:
+        raise PayloadError("step payload too short")
+    version, step, flags = _PREFIX.unpack_from(view, 0)
+    if version != _STEP_VERSION:
+        raise PayloadError(f"unknown step payload version {version}")
+    if flags & ~_KNOWN_FLAGS:
+        raise PayloadError(f"unknown step fields (flags {flags:#x})")
+    pos = _PREFIX.size
+    fields: dict[str, Any] = {"step": step}
+    try:
+        for bit, (name, kind) in enumerate(_STEP_OPTIONAL):
+            if not flags & (1 << bit):
+                continue
+            if kind == "d":
+                (fields[name],) = _F64.unpack_from(view, pos)
+                pos += 8
+            elif kind == "q":
+                (fields[name],) = _U64.unpack_from(view, pos)
+                pos += 8
+            else:
+                (count,) = _U32.unpack_from(view, pos)
+                pos += 4
+                if pos + 8 * count > len(view):
+                    raise PayloadError("update_sketch runs past the payload")
+                sketch = np.frombuffer(view, dtype="<f8", count=count, offset=pos)
+                fields[name] = tuple(float(v) for v in sketch)
+                pos += 8 * count
+    except struct.error:
+        raise PayloadError("step payload too short") from None
+    return fields, view[pos:]
+
+
+def make_step(fields: dict[str, Any], indices: np.ndarray) -> Step:
+    """Build a Step from decoded fields, as a :class:`PayloadError` if invalid."""
+    try:
+        return Step(indices=indices, **fields)
+    except InvalidArgument as exc:
+        raise PayloadError(f"invalid step record: {exc}") from None
+
+
+def decode_payload(code: int, payload: bytes | memoryview) -> Record:
+    """Inverse of :func:`encode_payload`.
+
+    Raises:
+        PayloadError: unknown type code, malformed payload or invalid field values.
+    """
+    cls = _CLASS_OF_CODE.get(code)
+    if cls is None:
+        raise PayloadError(f"unknown record type {code}")
+    if cls is Step:
+        fields, block = step_fields_and_block(payload)
+        try:
+            indices = decode_indices(block)
+        except CodecError as exc:
+            raise PayloadError(f"bad index block: {exc}") from None
+        return make_step(fields, indices)
+    try:
+        data = json.loads(bytes(payload).decode("ascii"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise PayloadError(f"{cls.TYPE} payload is not valid JSON: {exc.args[0]}") from None
+    if not isinstance(data, dict):
+        raise PayloadError(f"{cls.TYPE} payload is not a JSON object")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise PayloadError(f"{cls.TYPE} record has unknown fields {unknown}")
+    try:
+        return cls(**data)
+    except (InvalidArgument, TypeError) as exc:
+        raise PayloadError(f"invalid {cls.TYPE} record: {exc}") from None

@@ -1,0 +1,176 @@
+"""Reading a ledger: stream its records, or load it whole, verifying as it goes.
+
+Every read verifies framing checksums, the hash chain, payloads, the record
+grammar (:mod:`dpverify.ledger._sequence`) and the manifest.  A torn tail —
+the writer died mid-record — is not an error: the complete prefix is returned
+and its size reported.
+
+Example:
+    >>> from dpverify.ledger import read_ledger          # doctest: +SKIP
+    >>> ledger = read_ledger("runs/demo")                 # doctest: +SKIP
+    >>> ledger.header.sampling_rate, len(ledger.steps)    # doctest: +SKIP
+    (0.01, 1000)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+from dpverify.errors import LedgerCorrupt
+from dpverify.ledger._files import (
+    RECORDS_NAME,
+    check_manifest,
+    require_complete,
+    resolve_ledger_path,
+)
+from dpverify.ledger._framing import GENESIS, FrameScanner
+from dpverify.ledger._payload import PayloadError, decode_payload
+from dpverify.ledger._sequence import SequenceState
+from dpverify.ledger.records import Checkpoint, Record, Resume, RunHeader, Seal, Step
+
+__all__ = ["Ledger", "LedgerScan", "iter_records", "iter_steps", "read_ledger"]
+
+
+class LedgerScan:
+    """Streaming, verifying iteration over a ledger's records.
+
+    Iterate it for the records; afterwards ``head`` (hex chain head),
+    ``torn_tail_bytes``, ``end_offset``, ``state`` (the grammar state: header,
+    steps, sealed) are set.
+
+    Raises (during iteration):
+        UnusableInput: the path is missing or not a ledger.
+        LedgerCorrupt: naming the first bad record.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = resolve_ledger_path(path)
+        require_complete(self.path)
+        self._scanner = FrameScanner(self.path / RECORDS_NAME)
+        self.state = SequenceState()
+        self._head = GENESIS
+
+    @property
+    def head(self) -> str:
+        """Hex chain head of the records accepted so far."""
+        return self._head.hex()
+
+    @property
+    def torn_tail_bytes(self) -> int:
+        return self._scanner.torn_tail_bytes
+
+    @property
+    def end_offset(self) -> int:
+        return self._scanner.end_offset
+
+    @property
+    def count(self) -> int:
+        return self._scanner.count
+
+    def __iter__(self) -> Iterator[Record]:
+        state = self.state
+        for frame in self._scanner:
+            try:
+                record = decode_payload(frame.code, frame.payload)
+            except PayloadError as exc:
+                raise LedgerCorrupt(
+                    f"record {frame.index}: {exc}", record_index=frame.index
+                ) from None
+            problem = state.problem(record)
+            if problem is not None:
+                raise LedgerCorrupt(f"record {frame.index}: {problem}", record_index=frame.index)
+            if frame.index == 0:
+                bad = check_manifest(self.path, record)  # type: ignore[arg-type]
+                if bad is not None:
+                    raise LedgerCorrupt(bad, record_index=0)
+            state.accept(record)
+            self._head = frame.chain
+            yield record
+        if self._scanner.count == 0:
+            bad = check_manifest(self.path, None)
+            raise LedgerCorrupt(
+                bad or f"{self.path}: records file holds no run header", record_index=0
+            )
+
+
+def iter_records(path: str | os.PathLike[str]) -> Iterator[Record]:
+    """Stream the records of the ledger at ``path`` (ledger dir or run dir), verified.
+
+    Raises:
+        UnusableInput: missing path or not a ledger.
+        LedgerCorrupt: naming the first bad record.
+    """
+    yield from LedgerScan(path)
+
+
+def iter_steps(path: str | os.PathLike[str]) -> Iterator[Step]:
+    """Stream the :class:`Step` records (every execution, repeats after resumes included)."""
+    for record in LedgerScan(path):
+        if isinstance(record, Step):
+            yield record
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class Ledger:
+    """A whole ledger in memory, verified.
+
+    Attributes:
+        path: the ledger directory.
+        header: the run header (first record).
+        records: every record in order, header included.
+        steps: every executed step in order (repeats after resumes included).
+        resumes: the :class:`Resume` records.
+        checkpoints: the :class:`Checkpoint` records.
+        seal: the :class:`Seal` record, or ``None`` if the run was not sealed.
+        head: hex SHA-256 chain head (the ledger's public commitment).
+        torn_tail_bytes: bytes of an incomplete final record (0 when clean).
+    """
+
+    path: Path
+    header: RunHeader
+    records: tuple[Record, ...]
+    steps: tuple[Step, ...]
+    resumes: tuple[Resume, ...]
+    checkpoints: tuple[Checkpoint, ...]
+    seal: Seal | None
+    head: str
+    torn_tail_bytes: int
+
+    @property
+    def sealed(self) -> bool:
+        """Whether the run was sealed (finished cleanly)."""
+        return self.seal is not None
+
+    def __repr__(self) -> str:
+        return (
+            f"Ledger(path={str(self.path)!r}, steps={len(self.steps)}, "
+            f"sealed={self.sealed}, head={self.head[:16]}...)"
+        )
+
+
+def read_ledger(path: str | os.PathLike[str]) -> Ledger:
+    """Read and verify the whole ledger at ``path`` (ledger dir or run dir).
+
+    Raises:
+        UnusableInput: missing path or not a ledger.
+        LedgerCorrupt: naming the first bad record.
+    """
+    scan = LedgerScan(path)
+    records = tuple(scan)
+    header = records[0]
+    assert isinstance(header, RunHeader)
+    seal = records[-1] if isinstance(records[-1], Seal) else None
+    return Ledger(
+        path=scan.path,
+        header=header,
+        records=records,
+        steps=tuple(r for r in records if isinstance(r, Step)),
+        resumes=tuple(r for r in records if isinstance(r, Resume)),
+        checkpoints=tuple(r for r in records if isinstance(r, Checkpoint)),
+        seal=seal,
+        head=scan.head,
+        torn_tail_bytes=scan.torn_tail_bytes,
+    )
