@@ -1,0 +1,102 @@
+"""Audit runner: verdict rules, with each check replaced by a stub of given status."""
+
+import pytest
+
+from audits import runner
+from audits.check import CheckResult
+
+
+def _stub(monkeypatch, **statuses):
+    """Replace the checks after integrity by stubs returning the given statuses."""
+
+    def make(name):
+        status = statuses.get(name, "pass")
+        return CheckResult(name=name, status=status, reason=f"{name} {status}")
+
+    monkeypatch.setattr(runner, "check_configuration", lambda h, **k: make("configuration"))
+    monkeypatch.setattr(runner, "check_sampling", lambda ledger, **k: make("sampling"))
+    monkeypatch.setattr(runner, "check_mechanics", lambda h, s: make("mechanics"))
+    monkeypatch.setattr(runner, "check_privacy", lambda ledger: (make("privacy"), None))
+    monkeypatch.setattr(runner, "check_replay", lambda d, **k: make("replay"))
+
+
+def _audit(fakes, ledger=None, **verify):
+    ledger = ledger or fakes.make_ledger(5)
+    return runner.audit_ledger(ledger, verify_report=fakes.verify_for(ledger, **verify))
+
+
+def test_all_pass_is_certified(monkeypatch, fakes):
+    _stub(monkeypatch)
+    cert = _audit(fakes)
+    assert cert.verdict == "certified" and cert.exit_code == 0
+    assert [c.name for c in cert.checks] == [
+        "integrity",
+        "configuration",
+        "sampling",
+        "mechanics",
+        "privacy",
+        "replay",
+    ]
+    assert cert.steps == 5 and cert.claimed_epsilon == 3.0 and cert.ledger_head == "ab" * 32
+    assert cert.evidence.batch_sizes.size == 5
+
+
+def test_warn_and_skip_do_not_refute(monkeypatch, fakes):
+    _stub(monkeypatch, sampling="warn", replay="skip")
+    cert = _audit(fakes)
+    assert cert.verdict == "certified" and "sampling, replay" in cert.verdict_reason
+
+
+@pytest.mark.parametrize("failing", ["configuration", "sampling", "mechanics", "privacy", "replay"])
+def test_any_failed_check_refutes(monkeypatch, fakes, failing):
+    _stub(monkeypatch, **{failing: "fail"})
+    cert = _audit(fakes)
+    assert cert.verdict == "refuted" and cert.exit_code == 1
+    assert cert.verdict_reason.startswith(f"{failing}: {failing} fail")
+
+
+def test_corrupt_ledger_is_unverifiable_and_skips_the_rest(monkeypatch, fakes):
+    _stub(monkeypatch)
+    ledger = fakes.make_ledger(5)
+    verify = fakes.verify_for(ledger, ok=False, first_bad_record=2, reason="bad crc")
+    cert = runner.audit_ledger(None, verify_report=verify)
+    assert cert.verdict == "unverifiable" and cert.exit_code == 1
+    assert "record 2" in cert.verdict_reason
+    assert [c.status for c in cert.checks[1:]] == ["skip"] * 5
+    assert cert.to_json()["checks"][0]["status"] == "fail"
+
+
+def test_no_claim_is_unverifiable(monkeypatch, fakes):
+    _stub(monkeypatch)
+    ledger = fakes.make_ledger(5, header=fakes.make_header(claimed_epsilon=None))
+    cert = _audit(fakes, ledger)
+    assert cert.verdict == "unverifiable" and "claims no ε" in cert.verdict_reason
+
+
+def test_a_crashing_check_is_reported_not_raised(monkeypatch, fakes):
+    _stub(monkeypatch)
+
+    def boom(ledger, **kwargs):
+        raise RuntimeError("kaboom")
+
+    monkeypatch.setattr(runner, "check_sampling", boom)
+    cert = _audit(fakes)
+    sampling = cert.check("sampling")
+    assert sampling.status == "fail" and "RuntimeError: kaboom" in sampling.reason
+    assert cert.verdict == "unverifiable"
+
+
+def test_seal_claim_overrides_the_header(monkeypatch, fakes):
+    from dpverify.ledger.records import Seal
+
+    _stub(monkeypatch)
+    ledger = fakes.make_ledger(3, sealed=False)
+    sealed = fakes.FakeLedger(
+        header=ledger.header,
+        records=(
+            *ledger.records,
+            Seal(steps_executed=3, final_step=3, claimed_epsilon=4.5, delta=1e-6),
+        ),
+    )
+    cert = _audit(fakes, sealed)
+    assert (cert.claimed_epsilon, cert.delta) == (4.5, 1e-6)
