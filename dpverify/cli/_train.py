@@ -1,9 +1,260 @@
-"""CLI commands (placeholder until its issue lands)."""
+"""``dpverify train`` and ``dpverify demo``: masked DP-SGD runs that write a ledger.
+
+The commands parse and delegate to :func:`trainers.loop.train` (and, for the
+demo, :func:`audits.run_audit`).  JAX is imported only when a command runs.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any
+
+from dpverify.cli._common import integer, positive_float, print_json
+from dpverify.errors import InvalidArgument
+
+__all__ = ["register"]
+
+#: Default run directory of ``dpverify demo`` (a numbered sibling if it exists).
+DEMO_DIR = "dpverify-demo"
+#: Steps replayed by the demo's audit.
+DEMO_REPLAY_STEPS = 5
+
+
+def _physical_batch(text: str) -> int | str:
+    if text == "auto":
+        return "auto"
+    return integer(text)
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the dpverify parser."""
+    """Add ``train`` and ``demo`` to the dpverify parser."""
+    p = subparsers.add_parser(
+        "train",
+        help="train a model with masked DP-SGD, recording every step in a ledger",
+        description=(
+            "Train with Poisson-sampled masked DP-SGD (JAX). Writes RUN_DIR/ledger/, "
+            "RUN_DIR/checkpoints/, RUN_DIR/summary.json; the noise key and sampler seed "
+            "stay private in RUN_DIR (mode 0600). Unset hyperparameters take the task's defaults."
+        ),
+    )
+    p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--sampling-rate", type=positive_float, help="Poisson rate q in (0, 1]")
+    g.add_argument("--expected-batch-size", type=positive_float, help="q·N")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--noise-multiplier", type=positive_float, help="σ >= 0")
+    g.add_argument("--target-epsilon", type=positive_float, help="calibrate σ for this ε")
+    p.add_argument("--clip-norm", type=positive_float, help="per-example clip norm C > 0")
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=integer, help="logical steps T")
+    g.add_argument("--epochs", type=positive_float, help="T = ceil(epochs / q)")
+    p.add_argument("--delta", type=positive_float, help="δ (default min(1e-5, 0.1/N))")
+    p.add_argument(
+        "--physical-batch-size", type=_physical_batch, help="rows per compiled batch, or auto"
+    )
+    p.add_argument("--precision", help="float32 (default), tf32 or bf16")
+    p.add_argument("--seed", type=integer, help="private seed (default: random)")
+    p.add_argument(
+        "--sampler", help="poisson (default); other names are shortcuts, labelled as such"
+    )
+    p.add_argument(
+        "--sampler-param",
+        type=_key_value,
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampler parameter, e.g. cap=80 for truncated_poisson",
+    )
+    p.add_argument(
+        "--declare-sampler",
+        metavar="NAME",
+        help="(teaching/testing) write NAME into the ledger header instead of the true sampler",
+    )
+    p.add_argument("--mutation", help=argparse.SUPPRESS)
+    p.add_argument("--resume", action="store_true", help="continue a killed run in RUN_DIR")
+    p.add_argument("--data", metavar="PATH", help="local data for tasks that need files")
+    p.add_argument("--learning-rate", type=positive_float)
+    p.add_argument("--optimizer", help="adam, sgd or momentum")
+    p.add_argument("--checkpoint-every", type=integer, help="checkpoint every K steps (25)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.set_defaults(handler=_train)
+
+    d = subparsers.add_parser(
+        "demo",
+        help="train digits with masked DP-SGD, then audit it and print the verdict",
+        description="The main job: train the digits MLP with masked DP-SGD, audit the run, "
+        "and print the verdict and where the certificate and report are.",
+    )
+    d.add_argument("--out", metavar="DIR", help=f"run directory (default ./{DEMO_DIR})")
+    d.add_argument("--seed", type=integer, help="private seed (default: random)")
+    d.add_argument(
+        "--replay-steps",
+        type=integer,
+        default=DEMO_REPLAY_STEPS,
+        help=f"steps the auditor replays (default {DEMO_REPLAY_STEPS}; 0 disables)",
+    )
+    d.add_argument("--quiet", action="store_true", help="no progress bar")
+    d.set_defaults(handler=_demo)
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from trainers.run_plan import TrainConfig
+
+    return TrainConfig(
+        task=args.task,
+        sampling_rate=args.sampling_rate,
+        expected_batch_size=args.expected_batch_size,
+        noise_multiplier=args.noise_multiplier,
+        target_epsilon=args.target_epsilon,
+        clip_norm=args.clip_norm,
+        steps=args.steps,
+        epochs=args.epochs,
+        delta=args.delta,
+        physical_batch_size=args.physical_batch_size,
+        precision=args.precision,
+        seed=args.seed,
+        sampler=args.sampler,
+        sampler_params=dict(args.sampler_param),
+        declare_sampler=args.declare_sampler,
+        learning_rate=args.learning_rate,
+        optimizer=args.optimizer,
+        checkpoint_every=args.checkpoint_every,
+        data_path=args.data,
+        mutation=args.mutation,
+    )
+
+
+def _train(args: argparse.Namespace) -> int:
+    from trainers.loop import train
+
+    config = _config(args)
+    summary = train(config, args.out, resume=args.resume, progress=not args.quiet)
+    if args.json:
+        print_json(_finite(summary))
+    else:
+        sys.stdout.write(summary_text(summary, args.out) + "\n")
+    return 0
+
+
+def _finite(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _fmt(value: Any, spec: str = ".3g") -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def summary_text(summary: dict[str, Any], run_dir: str | Path) -> str:
+    """A few human lines describing a finished run (no indices, no secrets)."""
+    eps = summary.get("epsilon") or {}
+    parts = []
+    for name in ("pld", "prv", "rdp"):
+        res = eps.get(name)
+        value = None
+        if isinstance(res, dict):
+            value = res.get("upper", res.get("epsilon"))
+        if value is not None:
+            parts.append(f"{name.upper()} {value:.3g}")
+    eps_text = ", ".join(parts) if parts else "n/a"
+    sampler = summary.get("sampler")
+    if summary.get("shortcut"):
+        sampler = f"{sampler}  (SHORTCUT: the Poisson epsilon does not apply)"
+        if summary.get("declared_sampler") != summary.get("sampler"):
+            sampler += f"; header declares {summary.get('declared_sampler')!r}"
+    lines = [
+        f"run:         {run_dir}",
+        f"task:        {summary.get('task')}  sampler: {sampler}",
+        f"steps:       {summary.get('steps')} ({summary.get('steps_executed')} executed"
+        + (
+            f", resumed at {summary['resumed_from']})"
+            if summary.get("resumed_from") is not None
+            else ")"
+        ),
+        f"accuracy:    {_fmt(summary.get('accuracy'), '.3f')} (held-out)",
+        f"epsilon:     {eps_text} at delta={_fmt(summary.get('delta'), 'g')}"
+        f" (claimed {_fmt(summary.get('claimed_epsilon'))})",
+        f"throughput:  {_fmt(summary.get('examples_per_second'), ',.0f')} examples/s, "
+        f"{summary.get('compilations')} compilation(s), physical batch "
+        f"{summary.get('physical_batch_size')}, {summary.get('precision')}",
+    ]
+    return "\n".join(lines)
+
+
+def _demo_dir(out: str | None) -> Path:
+    if out is not None:
+        return Path(out)
+    base = Path(DEMO_DIR)
+    if not base.exists():
+        return base
+    for i in range(2, 10_000):
+        candidate = Path(f"{DEMO_DIR}-{i}")
+        if not candidate.exists():
+            return candidate
+    raise InvalidArgument(f"too many {DEMO_DIR}-N directories here; pass --out")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from trainers.loop import train
+    from trainers.run_plan import TrainConfig
+
+    if args.replay_steps < 0:
+        raise InvalidArgument(f"replay_steps={args.replay_steps!r} must be >= 0")
+    out = _demo_dir(args.out)
+    err = sys.stderr
+    err.write(f"dpverify demo: training digits-mlp with masked DP-SGD into {out}/ ...\n")
+    summary = train(TrainConfig(task="digits-mlp", seed=args.seed), out, progress=not args.quiet)
+    sys.stdout.write(summary_text(summary, out) + "\n")
+    try:
+        from audits import run_audit
+    except ImportError:
+        sys.stdout.write("audit:       the auditor (audits.run_audit) is not installed yet\n")
+        return 0
+    err.write("dpverify demo: auditing the run ...\n")
+    cert = run_audit(out, replay_steps=args.replay_steps or None, progress=not args.quiet)
+    sys.stdout.write(_write_certificate(cert, out))
+    return int(cert.exit_code)
+
+
+def _write_certificate(cert: Any, out: Path) -> str:
+    lines = [f"verdict:     {str(cert.verdict).upper()}"]
+    try:
+        text = cert.summary_text()
+    except Exception:  # the verdict line is enough
+        text = ""
+    if text:
+        lines.extend("  " + line for line in text.splitlines())
+    try:
+        from audits import write_json, write_report
+    except ImportError:
+        return "\n".join(lines) + "\n"
+    cert_path, report_path = out / "certificate.json", out / "report.md"
+    write_json(cert, cert_path)
+    lines.append(f"certificate: {cert_path}")
+    try:
+        write_report(cert, report_path)
+        lines.append(f"report:      {report_path}")
+    except Exception as exc:  # a missing plotting backend must not hide the verdict
+        lines.append(f"report:      not written ({type(exc).__name__}: {exc})")
+    return "\n".join(lines) + "\n"

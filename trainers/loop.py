@@ -1,0 +1,288 @@
+"""The training loop: sampler → masked DP-SGD step → ledger → checkpoints.
+
+For each logical step t the loop
+
+1. draws the batch ``indices = sampler.sample(t)`` (step-addressable, so a
+   resumed run redraws exactly the same batches),
+2. runs :meth:`trainers.dpsgd.MaskedDPSGD.step` (one compilation per run),
+3. appends the :class:`~dpverify.ledger.Step` record to the ledger,
+4. every ``checkpoint_every`` steps and at the end: **write-ahead** — flushes
+   (fsyncs) the ledger, *then* saves the parameters after step t as checkpoint
+   t + 1, then appends its :class:`~dpverify.ledger.Checkpoint` record.
+
+A checkpoint at step 0 (the initial parameters) is written before the first
+step, so every step has a checkpoint at or before it and a run killed at any
+moment can be resumed.  ``train(..., resume=True)`` reopens the ledger with a
+:class:`~dpverify.ledger.Resume` record at the last checkpoint whose file is
+intact and re-executes the steps after it; the re-executed steps are recorded
+again and count for privacy: the :class:`~dpverify.ledger.Seal` claims ε over
+all executed steps.
+
+Run directory::
+
+    RUN_DIR/ledger/        the ledger (0600)
+    RUN_DIR/checkpoints/   step-NNNNNNNN.msgpack (kept: the auditor replays from them)
+    RUN_DIR/noise.key      secret noise key (0600); the header holds its SHA-256
+    RUN_DIR/private.json   secret sampler seed (0600)
+    RUN_DIR/config.json    the resolved public plan (task, data path, hyperparameters)
+    RUN_DIR/summary.json   the run summary (no indices, no secrets)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dpverify.errors import InvalidArgument, UnusableInput
+from trainers.run_plan import RunPlan, TrainConfig, plan_run
+from trainers.session import Session, open_new, open_resume
+
+__all__ = ["CONFIG_FILE", "SUMMARY_FILE", "TrainConfig", "train"]
+
+CONFIG_FILE = "config.json"
+SUMMARY_FILE = "summary.json"
+
+
+def train(
+    config: TrainConfig | None,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train with masked DP-SGD, recording every step in ``out_dir``'s ledger.
+
+    Args:
+        config: the request; may be ``None`` when resuming (the run's
+            ``config.json`` is authoritative then; values given in ``config``
+            must agree with it).
+        out_dir: the run directory (created; must not hold a run unless resuming).
+        resume: continue a killed run from its last checkpoint.
+        progress: show a progress bar on stderr (only when it is a terminal).
+
+    Returns:
+        The summary written to ``RUN_DIR/summary.json``: ``steps``,
+        ``steps_executed``, ``epsilon`` (per accountant), ``claimed_epsilon``,
+        ``delta``, ``accuracy``, ``loss``, ``compilations``,
+        ``examples_per_second``, ``physical_batch_size``, ``precision``,
+        ``sampler``, ``shortcut``, ``wall_seconds``, ...
+
+    Raises:
+        InvalidArgument: bad hyperparameters.
+        UnusableInput: ``out_dir`` already holds a run (without ``resume``), or
+            holds none / a damaged one (with ``resume``); data missing.
+    """
+    run_dir = Path(out_dir)
+    started = time.perf_counter()
+    if resume:
+        session = open_resume(run_dir, config)
+        if session.sealed_summary is not None:
+            return session.sealed_summary
+    else:
+        if config is None:
+            raise InvalidArgument("config=None: a new run needs a TrainConfig")
+        session = open_new(run_dir, config, plan_fn=plan_run, seed=_fresh_seed(config))
+    return _run(session, run_dir, progress=progress, started=started)
+
+
+def _fresh_seed(config: TrainConfig) -> int:
+    return config.seed if config.seed is not None else secrets.randbelow(2**62)
+
+
+def _run(session: Session, run_dir: Path, *, progress: bool, started: float) -> dict[str, Any]:
+    import jax.numpy as jnp
+
+    from dpverify.ledger import Seal
+    from trainers.noise_key import noise_prng_key
+    from trainers.progress import TrainingProgress
+
+    plan = session.plan
+    trainer = session.make_trainer()
+    x = jnp.asarray(session.dataset.x_train)
+    y = jnp.asarray(session.dataset.y_train)
+    noise_key = noise_prng_key(session.noise_key)
+    params, opt_state = session.params, session.opt_state
+    writer = session.writer
+    bar = TrainingProgress(
+        total=plan.steps,
+        initial=session.start_step,
+        enabled=progress,
+        sampling_rate=plan.sampling_rate,
+        noise_multiplier=plan.noise_multiplier,
+        delta=plan.delta,
+        executed_before=session.executed_before,
+        label=f"{plan.task} [{session.sampler_label}]",
+    )
+    executed = examples = 0
+    loss = math.nan
+    first_step_seconds = None
+    loop_start = time.perf_counter()
+    after_first = loop_start
+    try:
+        for t in range(session.start_step, plan.steps):
+            indices = session.sampler.sample(t)
+            params, opt_state, stats = trainer.step(params, opt_state, x, y, indices, noise_key, t)
+            writer.append(_step_record(t, indices, plan, stats))
+            executed += 1
+            examples += int(indices.size) if executed > 1 else 0
+            loss = _float(getattr(stats, "loss", None))
+            if executed == 1:
+                after_first = time.perf_counter()
+                first_step_seconds = after_first - loop_start
+            if (t + 1) % plan.checkpoint_every == 0 or t + 1 == plan.steps:
+                session.checkpoint(t + 1, params, opt_state)
+            bar.update(t, executed, loss)
+    except BaseException:
+        bar.close()
+        _close_quietly(writer)
+        raise
+    bar.close()
+    loop_end = time.perf_counter()
+    executed_total = session.executed_before + executed
+    claimed = session.claim(executed_total)
+    writer.close(
+        Seal(
+            steps_executed=executed_total,
+            final_step=plan.steps,
+            claimed_epsilon=claimed,
+            delta=plan.delta,
+        )
+    )
+    timed = loop_end - after_first
+    summary = {
+        "task": plan.task,
+        "steps": plan.steps,
+        "steps_executed": executed_total,
+        "steps_this_session": executed,
+        "resumed_from": session.start_step if session.resumed else None,
+        "epsilon": session.epsilon_report(executed_total),
+        "claimed_epsilon": claimed,
+        "delta": plan.delta,
+        "accuracy": _accuracy(session.model_apply, params, session.dataset),
+        "loss": loss if math.isfinite(loss) else None,
+        "compilations": int(getattr(trainer, "compilations", -1)),
+        "examples_per_second": (examples / timed) if executed > 1 and timed > 0 else None,
+        "first_step_seconds": first_step_seconds,
+        "physical_batch_size": plan.physical_batch_size,
+        "precision": plan.precision,
+        "sampling_rate": plan.sampling_rate,
+        "expected_batch_size": plan.expected_batch_size,
+        "noise_multiplier": plan.noise_multiplier,
+        "clip_norm": plan.clip_norm,
+        "sampler": session.sampler.name,
+        "declared_sampler": plan.declared_sampler,
+        "shortcut": not bool(getattr(session.sampler, "is_poisson", False)),
+        "ledger_head": _head(writer),
+        "wall_seconds": time.perf_counter() - started,
+    }
+    if summary["shortcut"]:
+        summary["note"] = (
+            f"sampler {session.sampler.name!r} is a shortcut, not Poisson sampling: "
+            "the Poisson epsilon does not apply to this run"
+        )
+    _write_json(run_dir / SUMMARY_FILE, summary)
+    return summary
+
+
+def _step_record(t: int, indices: np.ndarray, plan: RunPlan, stats: Any) -> Any:
+    from dpverify.ledger import Step
+
+    sketch = getattr(stats, "update_sketch", None)
+    return Step(
+        step=t,
+        indices=indices,
+        clip_norm=plan.clip_norm,
+        noise_multiplier=plan.noise_multiplier,
+        noise_std=_float(stats.noise_std),
+        noise_draws=_int(stats.noise_draws),
+        num_clipped=_int(stats.num_clipped),
+        max_grad_norm=_float(stats.max_grad_norm),
+        max_clipped_norm=_float(stats.max_clipped_norm),
+        denominator=_float(stats.denominator),
+        physical_batches=_int(stats.physical_batches),
+        update_sketch=None if sketch is None else tuple(np.asarray(sketch, dtype=float).ravel()),
+    )
+
+
+def _float(value: Any) -> float | None:
+    return None if value is None else float(value)
+
+
+def _int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _close_quietly(writer: Any) -> None:
+    try:
+        writer.close()
+    except Exception:  # the original error matters more
+        pass
+
+
+def _head(writer: Any) -> str | None:
+    try:
+        return str(writer.head)
+    except Exception:
+        return None
+
+
+def _accuracy(model_apply: Any, params: Any, dataset: Any, *, batch: int = 1024) -> float | None:
+    """Held-out accuracy, in fixed-shape chunks (one compilation)."""
+    import jax
+    import jax.numpy as jnp
+
+    x, y = dataset.x_test, dataset.y_test
+    n = len(x)
+    if n == 0:
+        return None
+    b = min(batch, n)
+    predict = jax.jit(lambda p, xb: jnp.argmax(model_apply(p, xb), axis=-1))
+    correct = 0
+    for i in range(0, n, b):
+        xb = np.asarray(x[i : i + b])
+        m = len(xb)
+        if m < b:
+            xb = np.concatenate([xb, np.repeat(xb[:1], b - m, axis=0)])
+        pred = np.asarray(predict(params, xb))[:m]
+        correct += int(np.sum(pred == np.asarray(y[i : i + m])))
+    return correct / n
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    from trainers.noise_key import write_private_file
+
+    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default)
+    write_private_file(path, text.encode() + b"\n")
+    path.chmod(0o644)
+
+
+def _finite(obj: Any) -> Any:
+    """Non-finite floats become ``None`` (strict JSON has no Infinity/NaN)."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    return obj
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, (np.floating, np.integer)):
+        return obj.item()
+    raise TypeError(f"{type(obj).__name__} is not JSON serialisable")
+
+
+def load_summary(run_dir: str | Path) -> dict[str, Any]:
+    """``RUN_DIR/summary.json``."""
+    path = Path(run_dir) / SUMMARY_FILE
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UnusableInput(f"{path} cannot be read: {exc}") from None

@@ -1,0 +1,374 @@
+"""Opening a training session: a new run directory, or a resumed one.
+
+A :class:`Session` holds everything the loop in :mod:`trainers.loop` needs:
+the plan, data, model state, sampler, noise key and the open ledger writer.
+:func:`open_new` creates the run directory (secrets first, then the ledger
+header, then checkpoint 0); :func:`open_resume` reopens it at the last intact
+checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import math
+import platform
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from dpverify.errors import InvalidArgument, UnusableInput
+from trainers.run_plan import RunPlan, TrainConfig
+
+__all__ = ["Session", "load_dataset", "make_sampler", "open_new", "open_resume"]
+
+_CONFIG_FILE = "config.json"
+_SUMMARY_FILE = "summary.json"
+_LEDGER_DIR = "ledger"
+
+
+@dataclasses.dataclass(kw_only=True)
+class Session:
+    """State of one training session (mutable: the loop advances it)."""
+
+    run_dir: Path
+    plan: RunPlan
+    private: dict
+    dataset: Any
+    sampler: Any
+    model_apply: Any
+    optimizer: Any
+    params: Any
+    opt_state: Any
+    noise_key: bytes
+    noise_key_digest: str
+    writer: Any
+    start_step: int
+    executed_before: int
+    resumed: bool
+    sealed_summary: dict | None = None
+
+    @property
+    def sampler_label(self) -> str:
+        """The sampler's name, marked when it is a shortcut."""
+        name = self.sampler.name
+        return name if getattr(self.sampler, "is_poisson", False) else f"{name}: SHORTCUT"
+
+    def make_trainer(self) -> Any:
+        """The masked DP-SGD trainer of this run (compiles on its first step)."""
+        from trainers.dpsgd import DPSGDConfig, MaskedDPSGD
+
+        plan = self.plan
+        cfg = DPSGDConfig(
+            clip_norm=plan.clip_norm,
+            noise_multiplier=plan.noise_multiplier,
+            denominator=plan.expected_batch_size,
+            physical_batch_size=plan.physical_batch_size,
+            precision=plan.precision,
+            mutation=self.private.get("mutation"),
+        )
+        return MaskedDPSGD(self.model_apply, self.optimizer, cfg)
+
+    def checkpoint(self, step: int, params: Any, opt_state: Any) -> None:
+        """Write-ahead checkpoint: flush the ledger, save the file, record it."""
+        from dpverify.ledger import Checkpoint
+        from trainers.checkpoint import save_checkpoint
+
+        self.writer.flush()
+        rel, digest = save_checkpoint(
+            self.run_dir,
+            step,
+            params,
+            opt_state,
+            rng={"noise_key_digest": self.noise_key_digest, "sampler": self.plan.declared_sampler},
+        )
+        self.writer.append(Checkpoint(step=step, digest=digest, path=rel))
+        self.writer.flush()
+
+    def claim(self, steps: int) -> float | None:
+        """Claimed ε (PLD, Poisson) at the plan's δ after ``steps`` executed steps."""
+        return _claim(self.plan, steps)
+
+    def epsilon_report(self, steps: int) -> dict | None:
+        """ε per accountant (RDP, PLD, PRV) over ``steps`` executed steps, as JSON."""
+        if self.plan.noise_multiplier <= 0:
+            return None
+        from dpverify.accounting import Segment, compute_epsilon
+
+        seg = Segment(
+            sampling_rate=self.plan.sampling_rate,
+            noise_multiplier=self.plan.noise_multiplier,
+            steps=steps,
+        )
+        return compute_epsilon([seg], self.plan.delta).to_json()
+
+
+def _claim(plan: RunPlan, steps: int) -> float | None:
+    if plan.noise_multiplier <= 0:
+        return None
+    from dpverify.accounting import epsilon_poisson
+
+    eps = float(
+        epsilon_poisson(plan.sampling_rate, plan.noise_multiplier, steps, plan.delta, "pld")
+    )
+    return eps if math.isfinite(eps) else None
+
+
+def load_dataset(task_name: str, data_path: str | None) -> Any:
+    """The task's data set (from ``data_path`` where the task needs files)."""
+    from trainers.tasks import get_task
+
+    task = get_task(task_name)
+    if task.needs_data_path and data_path is None:
+        raise InvalidArgument(f"task={task_name!r} needs local data: pass --data PATH")
+    return task.load_data(data_path)
+
+
+def make_sampler(name: str, dataset_size: int, sampling_rate: float, seed: int, params: dict):
+    """The sampler called ``name`` (``dpverify.samplers.make_sampler`` when present)."""
+    try:
+        from dpverify.samplers import make_sampler as _make
+    except ImportError:
+        from dpverify.samplers import PoissonSampler
+
+        if name != "poisson" or params:
+            raise InvalidArgument(f"sampler={name!r} is not available") from None
+        return PoissonSampler(dataset_size, sampling_rate, seed)
+    return _make(name, dataset_size, sampling_rate, seed, **dict(params))
+
+
+def _software() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": platform.python_version()}
+    for pkg in ("dpverify", "jax", "jaxlib", "flax", "optax", "numpy", "dp-accounting"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def _init_seed(seed: int) -> int:
+    from dpverify.samplers import step_rng
+
+    return int(step_rng(seed, 0, stream=0x1417).integers(2**31 - 1))
+
+
+def open_new(
+    run_dir: Path, config: TrainConfig, *, plan_fn: Callable[..., RunPlan], seed: int
+) -> Session:
+    """Create a run directory: secrets, config.json, ledger header, checkpoint 0."""
+    from dpverify.ledger import LedgerWriter, RunHeader
+    from trainers.components import build_components, count_params, init_model
+    from trainers.noise_key import create_noise_key, write_private
+
+    if (run_dir / _LEDGER_DIR).exists():
+        raise UnusableInput(f"{run_dir} already holds a run; pass --resume or a new --out")
+    dataset = load_dataset(config.task, config.data_path)
+    init_seed = _init_seed(seed)
+    _, _, params0 = init_model(config.task, dataset.num_classes, dataset.x_train[:1], init_seed)
+    plan = plan_fn(config, dataset.size, count_params(params0))
+    sampler_name = config.sampler or "poisson"
+    sampler = make_sampler(
+        sampler_name, plan.dataset_size, plan.sampling_rate, seed, dict(config.sampler_params)
+    )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    key, digest = create_noise_key(run_dir)
+    private = {
+        "seed": seed,
+        "sampler": sampler_name,
+        "sampler_params": dict(config.sampler_params),
+        "mutation": config.mutation,
+    }
+    write_private(run_dir, private)
+    (run_dir / _CONFIG_FILE).write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+    declared_params = sampler.params() if plan.declared_sampler == sampler.name else {}
+    header = RunHeader(
+        dataset_size=plan.dataset_size,
+        sampler=plan.declared_sampler,
+        sampler_params=dict(declared_params),
+        sampling_rate=plan.sampling_rate,
+        noise_multiplier=plan.noise_multiplier,
+        clip_norm=plan.clip_norm,
+        delta=plan.delta,
+        claimed_epsilon=_claim(plan, plan.steps),
+        accountant="pld",
+        expected_batch_size=plan.expected_batch_size,
+        physical_batch_size=plan.physical_batch_size,
+        precision=plan.precision,
+        task=plan.task,
+        software=_software(),
+        dataset_fingerprint=dataset.fingerprint,
+        noise_key_digest=digest,
+        run_id=uuid.uuid4().hex,
+        created=datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        extra={
+            "steps_planned": plan.steps,
+            "learning_rate": plan.learning_rate,
+            "optimizer": plan.optimizer,
+            "checkpoint_every": plan.checkpoint_every,
+            "num_params": count_params(params0),
+        },
+    )
+    writer = LedgerWriter.create(run_dir / _LEDGER_DIR, header)
+    comps = build_components(plan, dataset, init_seed)
+    session = Session(
+        run_dir=run_dir,
+        plan=plan,
+        private=private,
+        dataset=dataset,
+        sampler=sampler,
+        model_apply=comps.model_apply,
+        optimizer=comps.optimizer,
+        params=comps.params,
+        opt_state=comps.opt_state,
+        noise_key=key,
+        noise_key_digest=digest,
+        writer=writer,
+        start_step=0,
+        executed_before=0,
+        resumed=False,
+    )
+    session.checkpoint(0, comps.params, comps.opt_state)
+    return session
+
+
+# Fields of TrainConfig that, when given with --resume, must match the run.
+_RESUME_CHECKED = (
+    "task",
+    "sampling_rate",
+    "expected_batch_size",
+    "noise_multiplier",
+    "clip_norm",
+    "steps",
+    "delta",
+    "physical_batch_size",
+    "precision",
+    "learning_rate",
+    "optimizer",
+    "checkpoint_every",
+    "data_path",
+)
+
+
+def _check_resume_config(config: TrainConfig, plan: RunPlan, private: dict) -> None:
+    for name in _RESUME_CHECKED:
+        given = getattr(config, name)
+        stored = getattr(plan, name)
+        if given is None or (name == "physical_batch_size" and given == "auto"):
+            continue
+        same = (
+            math.isclose(float(given), float(stored), rel_tol=1e-9)
+            if isinstance(given, (int, float)) and isinstance(stored, (int, float))
+            else given == stored
+        )
+        if not same:
+            raise InvalidArgument(
+                f"{name}={given!r} differs from the run being resumed ({name}={stored!r})"
+            )
+    if config.sampler is not None and config.sampler != private.get("sampler"):
+        raise InvalidArgument(
+            f"sampler={config.sampler!r} differs from the run being resumed "
+            f"(sampler={private.get('sampler')!r})"
+        )
+
+
+def open_resume(run_dir: Path, config: TrainConfig | None) -> Session:
+    """Reopen a run at its last intact checkpoint with a ``Resume`` record."""
+    from dpverify.ledger import LedgerWriter, read_ledger
+    from trainers.checkpoint import checkpoint_path, file_digest, load_checkpoint
+    from trainers.components import build_components
+    from trainers.noise_key import load_noise_key, read_private
+
+    ledger_dir = run_dir / _LEDGER_DIR
+    if not ledger_dir.exists():
+        raise UnusableInput(f"{run_dir} holds no run to resume (no ledger/)")
+    try:
+        plan = RunPlan.from_json(json.loads((run_dir / _CONFIG_FILE).read_text()))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UnusableInput(f"{run_dir / _CONFIG_FILE} cannot be read: {exc}") from None
+    private = read_private(run_dir)
+    if config is not None:
+        _check_resume_config(config, plan, private)
+    ledger = read_ledger(ledger_dir)
+    header = ledger.header
+    if ledger.seal is not None:
+        summary_path = run_dir / _SUMMARY_FILE
+        if summary_path.exists():
+            summary = json.loads(summary_path.read_text())
+            summary["note_resume"] = "the run was already complete; nothing to resume"
+            return _sealed_session(run_dir, plan, private, summary)
+        raise UnusableInput(f"{run_dir} holds a complete (sealed) run; nothing to resume")
+    restored = None
+    for rec in reversed(ledger.checkpoints):
+        path = run_dir / (rec.path or checkpoint_path(rec.step))
+        if path.is_file() and file_digest(path) == rec.digest:
+            restored = (rec, path)
+            break
+    dataset = load_dataset(plan.task, plan.data_path)
+    if header.dataset_fingerprint and dataset.fingerprint != header.dataset_fingerprint:
+        raise UnusableInput(
+            f"the data set of task {plan.task!r} does not match the ledger's dataset_fingerprint"
+        )
+    key = load_noise_key(run_dir, expected_digest=header.noise_key_digest)
+    seed = int(private["seed"])
+    comps = build_components(plan, dataset, _init_seed(seed))
+    params, opt_state, start, ck_digest = comps.params, comps.opt_state, 0, None
+    if restored is not None:
+        rec, path = restored
+        state = load_checkpoint(
+            path,
+            params_template=comps.params,
+            opt_state_template=comps.opt_state,
+            expected_digest=rec.digest,
+        )
+        params, opt_state, start, ck_digest = state.params, state.opt_state, rec.step, rec.digest
+    sampler = make_sampler(
+        private["sampler"],
+        plan.dataset_size,
+        plan.sampling_rate,
+        seed,
+        dict(private.get("sampler_params") or {}),
+    )
+    writer = LedgerWriter.resume(ledger_dir, step=start, checkpoint_digest=ck_digest)
+    return Session(
+        run_dir=run_dir,
+        plan=plan,
+        private=private,
+        dataset=dataset,
+        sampler=sampler,
+        model_apply=comps.model_apply,
+        optimizer=comps.optimizer,
+        params=params,
+        opt_state=opt_state,
+        noise_key=key,
+        noise_key_digest=header.noise_key_digest or "",
+        writer=writer,
+        start_step=start,
+        executed_before=len(ledger.steps),
+        resumed=True,
+    )
+
+
+def _sealed_session(run_dir: Path, plan: RunPlan, private: dict, summary: dict) -> Session:
+    return Session(
+        run_dir=run_dir,
+        plan=plan,
+        private=private,
+        dataset=None,
+        sampler=None,
+        model_apply=None,
+        optimizer=None,
+        params=None,
+        opt_state=None,
+        noise_key=b"",
+        noise_key_digest="",
+        writer=None,
+        start_step=plan.steps,
+        executed_before=0,
+        resumed=True,
+        sealed_summary=summary,
+    )
