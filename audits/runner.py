@@ -14,6 +14,7 @@ Verdict rules (documented in ``docs/certificate.md``):
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +33,20 @@ from dpverify._validate import check_int, check_probability
 from dpverify.errors import DpverifyError, LedgerCorrupt, UnusableInput
 
 __all__ = ["audit_ledger", "run_audit"]
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class _CorruptReport:
+    """Stands in for a VerifyReport when the ledger cannot even be scanned."""
+
+    first_bad_record: int | None
+    reason: str
+    ok: bool = False
+    records: int = 0
+    steps: int = 0
+    head: str | None = None
+    sealed: bool = False
+    torn_tail_bytes: int = 0
 
 
 def _guarded(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
@@ -212,7 +227,10 @@ def run_audit(
             raise UnusableInput(f"noise key file {key} does not exist")
     ledger_path = Path(ledger_api.resolve_ledger_path(path))
     run_dir = ledger_path.parent if ledger_path.name == "ledger" else None
-    verify_report = ledger_api.verify_ledger(ledger_path)
+    try:
+        verify_report = ledger_api.verify_ledger(ledger_path)
+    except LedgerCorrupt as exc:  # e.g. the manifest is missing: nothing can be read
+        verify_report = _CorruptReport(first_bad_record=exc.record_index, reason=str(exc))
     ledger = None
     if verify_report.ok:
         try:

@@ -120,6 +120,38 @@ def verify_for(ledger: FakeLedger, **overrides: Any) -> FakeVerify:
     return FakeVerify(**fields)
 
 
+def write_ledger(path: Any, ledger: FakeLedger) -> Any:
+    """Write ``ledger``'s records to a real on-disk ledger at ``path``; returns the path."""
+    from dpverify.ledger import LedgerWriter
+
+    records = list(ledger.records)
+    writer = LedgerWriter.create(path, records[0], group_commit=256)
+    for record in records[1:]:
+        if isinstance(record, Resume):
+            writer.close()
+            writer = LedgerWriter.resume(
+                path, step=record.step, checkpoint_digest=record.checkpoint_digest
+            )
+        elif isinstance(record, Seal):
+            writer.close(seal=record)
+            return path
+        else:
+            writer.append(record)
+    writer.close()
+    return path
+
+
+def frames(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) byte offsets of each frame of a ledger records file (format §3)."""
+    out, pos = [], 8  # after MAGIC
+    while pos < len(data):
+        length = int.from_bytes(data[pos : pos + 4], "little")
+        end = pos + 9 + length + 36
+        out.append((pos, end))
+        pos = end
+    return out
+
+
 @pytest.fixture
 def fakes() -> types.SimpleNamespace:
     """The helpers above, as a fixture (test modules cannot import conftest by name)."""
@@ -130,4 +162,6 @@ def fakes() -> types.SimpleNamespace:
         honest_step=honest_step,
         make_ledger=make_ledger,
         verify_for=verify_for,
+        write_ledger=write_ledger,
+        frames=frames,
     )

@@ -100,3 +100,50 @@ def test_seal_claim_overrides_the_header(monkeypatch, fakes):
     )
     cert = _audit(fakes, sealed)
     assert (cert.claimed_epsilon, cert.delta) == (4.5, 1e-6)
+
+
+# --- real on-disk ledgers -------------------------------------------------------------
+
+
+def test_run_audit_on_missing_or_non_ledger_path_is_unusable(tmp_path):
+    from dpverify.errors import UnusableInput
+
+    with pytest.raises(UnusableInput):
+        runner.run_audit(tmp_path / "nope")
+    with pytest.raises(UnusableInput):
+        runner.run_audit(tmp_path)
+
+
+def test_run_audit_arguments_are_validated(tmp_path, fakes):
+    from dpverify.errors import InvalidArgument, UnusableInput
+
+    path = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(3))
+    with pytest.raises(InvalidArgument):
+        runner.run_audit(path, alpha=1.5)
+    with pytest.raises(InvalidArgument):
+        runner.run_audit(path, replay_steps=0)
+    with pytest.raises(UnusableInput):
+        runner.run_audit(path, noise_key_path=tmp_path / "no.key")
+
+
+def test_flipped_byte_in_a_step_is_unverifiable(tmp_path, fakes):
+    path = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(6))
+    log = path / "records.log"
+    data = bytearray(log.read_bytes())
+    start, _end = fakes.frames(bytes(data))[3]  # header, step 0, step 1, step 2 ...
+    data[start + 9 + 2] ^= 0x40  # inside step 2's payload (its indices)
+    log.write_bytes(bytes(data))
+    cert = runner.run_audit(path, replay_steps=None)
+    assert cert.verdict == "unverifiable" and cert.exit_code == 1
+    assert "record 3" in cert.check("integrity").reason
+
+
+def test_removed_step_is_unverifiable(tmp_path, fakes):
+    path = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(6))
+    log = path / "records.log"
+    data = log.read_bytes()
+    start, end = fakes.frames(data)[4]
+    log.write_bytes(data[:start] + data[end:])
+    cert = runner.run_audit(tmp_path / "ledger", replay_steps=None)
+    assert cert.verdict == "unverifiable"
+    assert "record 4" in cert.verdict_reason
