@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from audits.check import CheckResult
+from dpverify.errors import DpverifyError
 
 __all__ = ["check_replay"]
 
@@ -63,9 +64,12 @@ def check_replay(
         return CheckResult(
             name=_NAME, status="skip", reason=f"the reference trainer is not available ({exc})"
         )
-    report = replay_steps(
-        run_dir, steps=None, sample=sample, seed=seed, noise_key_path=noise_key_path
-    )
+    try:
+        report = replay_steps(
+            run_dir, steps=None, sample=sample, seed=seed, noise_key_path=noise_key_path
+        )
+    except DpverifyError as exc:
+        return CheckResult(name=_NAME, status="skip", reason=f"replay cannot run: {exc}")
     if report.skipped_reason:
         return CheckResult(name=_NAME, status="skip", reason=report.skipped_reason)
     outcomes = tuple(report.outcomes)
