@@ -59,6 +59,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _audit(args: argparse.Namespace) -> int:
     import audits
 
+    _check_outputs(args)
     cert = audits.run_audit(
         args.path,
         alpha=args.alpha,
@@ -76,3 +77,16 @@ def _audit(args: argparse.Namespace) -> int:
     if not args.quiet and args.json != "-":
         sys.stdout.write(cert.summary_text() + "\n")
     return cert.exit_code
+
+
+def _check_outputs(args: argparse.Namespace) -> None:
+    """Refuse unwritable output paths before spending time on the audit."""
+    from pathlib import Path
+
+    from dpverify.errors import InvalidArgument, UnusableInput
+
+    if args.report and Path(args.report).suffix.lower() not in (".html", ".htm", ".md"):
+        raise InvalidArgument(f"--report={args.report!r} must end in .html or .md")
+    for out in (args.json if args.json != "-" else None, args.report):
+        if out and not Path(out).parent.is_dir():
+            raise UnusableInput(f"cannot write {out}: directory {Path(out).parent} does not exist")

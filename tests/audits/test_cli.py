@@ -1,0 +1,67 @@
+"""``dpverify audit``: exit codes, one-line errors, JSON and report outputs."""
+
+import json
+
+import pytest
+
+from dpverify.cli import main
+
+
+def _one_line_error(capsys):
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err, err
+    return err
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["audit", "/nonexistent/run"],
+        ["audit", "{tmp}/empty"],  # a directory that is not a ledger
+        ["audit", "{ledger}", "--alpha", "2"],
+        ["audit", "{ledger}", "--alpha", "x"],
+        ["audit", "{ledger}", "--replay-steps", "0"],
+        ["audit", "{ledger}", "--replay-steps", "3", "--no-replay"],
+        ["audit", "{ledger}", "--report", "{tmp}/r.pdf"],
+        ["audit", "{ledger}", "--json", "{tmp}/missing/c.json"],
+        ["audit", "{ledger}", "--noise-key", "{tmp}/no.key"],
+    ],
+)
+def test_unusable_input_is_one_line_and_exit_2(argv, tmp_path, fakes, capsys):
+    ledger = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(3))
+    (tmp_path / "empty").mkdir()
+    argv = [a.format(tmp=tmp_path, ledger=ledger) for a in argv]
+    try:
+        code = main(argv)
+    except SystemExit as exc:  # argparse errors exit directly
+        code = exc.code
+    assert code == 2
+    _one_line_error(capsys)
+
+
+def test_corrupt_ledger_is_unverifiable_exit_1_with_certificate(tmp_path, fakes, capsys):
+    ledger = fakes.write_ledger(tmp_path / "run" / "ledger", fakes.make_ledger(4))
+    log = ledger / "records.log"
+    data = bytearray(log.read_bytes())
+    data[-60] ^= 1
+    log.write_bytes(bytes(data))
+    out = tmp_path / "cert.json"
+    code = main(
+        ["audit", str(tmp_path / "run"), "--json", str(out), "--report", str(tmp_path / "r.md")]
+    )
+    assert code == 1
+    doc = json.loads(out.read_text())
+    assert doc["verdict"] == "unverifiable" and doc["checks"][0]["status"] == "fail"
+    stdout = capsys.readouterr().out
+    assert stdout.startswith("verdict: UNVERIFIABLE")
+    assert (tmp_path / "r.md").read_text().count("Verdict: UNVERIFIABLE") == 1
+
+
+def test_json_to_stdout(tmp_path, fakes, capsys):
+    ledger = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(4))
+    log = ledger / "records.log"
+    log.write_bytes(log.read_bytes()[:-70])  # torn tail: the seal and part of a step
+    code = main(["audit", str(ledger), "--json", "-", "--quiet", "--no-replay"])
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["schema"] == "dpverify-certificate" and code == (doc["verdict"] != "certified")
+    assert doc["checks"][0]["status"] == "warn" and not doc["sealed"]
