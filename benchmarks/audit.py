@@ -1,0 +1,147 @@
+"""Benchmark the auditor: audit time without replay, and replay cost per step.
+
+Prints JSON lines:
+
+* ``{"bench": "write_ledger", ...}`` — writing the benchmark ledger (setup, not audit time);
+* ``{"bench": "audit_no_replay", "steps": 10000, "dataset_size": 60000,
+  "sampling_rate": 0.004, "seconds": ..., "per_check": {...}}`` — ``run_audit``
+  with replay disabled over a Poisson ledger of 10⁴ steps at N = 60 000,
+  q = 0.004 (≈ 2.4·10⁶ recorded indices);
+* ``{"bench": "replay", "task": "digits-mlp", "steps_replayed": K,
+  "seconds_per_step": ...}`` — replaying steps of a small trained digits run
+  through the float64 reference trainer (after a warm-up replay that pays the
+  one-off JAX start-up).
+
+Usage::
+
+    python benchmarks/audit.py [--steps 10000] [--dataset-size 60000]
+        [--sampling-rate 0.004] [--replay-steps 5] [--no-replay-bench]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+
+def _write_poisson_ledger(path: Path, *, n: int, q: float, steps: int) -> float:
+    from dpverify.accounting import epsilon_poisson
+    from dpverify.ledger import LedgerWriter, RunHeader, Seal, Step
+    from dpverify.samplers import PoissonSampler
+
+    sigma, clip, delta = 1.0, 1.0, 1e-6
+    claim = 1.05 * epsilon_poisson(q, sigma, steps, delta, accountant="pld")
+    header = RunHeader(
+        dataset_size=n,
+        sampler="poisson",
+        sampling_rate=q,
+        noise_multiplier=sigma,
+        clip_norm=clip,
+        delta=delta,
+        claimed_epsilon=claim,
+        physical_batch_size=256,
+    )
+    sampler = PoissonSampler(n, q, seed=1)
+    start = time.perf_counter()
+    with LedgerWriter.create(path, header, group_commit=1024) as writer:
+        for t in range(steps):
+            idx = sampler.sample(t)
+            writer.append(
+                Step(
+                    step=t,
+                    indices=idx,
+                    noise_std=sigma * clip,
+                    noise_draws=1,
+                    num_clipped=0,
+                    max_grad_norm=0.5,
+                    max_clipped_norm=0.5,
+                    denominator=q * n,
+                    physical_batches=max(1, -(-idx.size // 256)),
+                )
+            )
+        writer.close(seal=Seal(steps_executed=steps, final_step=steps))
+    return time.perf_counter() - start
+
+
+def bench_audit(n: int, q: float, steps: int) -> None:
+    from audits import run_audit
+    from audits import runner as runner_module
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "ledger"
+        setup = _write_poisson_ledger(path, n=n, q=q, steps=steps)
+        print(json.dumps({"bench": "write_ledger", "steps": steps, "seconds": round(setup, 3)}))
+        timings: dict[str, float] = {}
+        originals = {}
+        for name in ("check_configuration", "check_sampling", "check_mechanics",
+                     "check_privacy", "collect_evidence"):  # fmt: skip
+            fn = getattr(runner_module, name)
+            originals[name] = fn
+
+            def timed(*a, _fn=fn, _name=name, **k):
+                t0 = time.perf_counter()
+                try:
+                    return _fn(*a, **k)
+                finally:
+                    timings[_name] = round(time.perf_counter() - t0, 3)
+
+            setattr(runner_module, name, timed)
+        try:
+            start = time.perf_counter()
+            cert = run_audit(path, replay_steps=None)
+            seconds = time.perf_counter() - start
+        finally:
+            for name, fn in originals.items():
+                setattr(runner_module, name, fn)
+        print(json.dumps({
+            "bench": "audit_no_replay", "steps": steps, "dataset_size": n, "sampling_rate": q,
+            "verdict": cert.verdict, "seconds": round(seconds, 3), "per_check": timings,
+        }))  # fmt: skip
+
+
+def bench_replay(replay_steps: int) -> None:
+    from trainers.loop import TrainConfig, train
+    from trainers.replay import replay_steps as replay
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "run"
+        steps = replay_steps + 1
+        config = TrainConfig(
+            task="digits-mlp",
+            expected_batch_size=64,
+            noise_multiplier=1.0,
+            clip_norm=1.0,
+            steps=steps,
+            seed=0,
+            checkpoint_every=1,
+        )
+        train(config, run, progress=False)
+        replay(run, steps=[0])  # warm-up: JAX start-up and tracing
+        start = time.perf_counter()
+        report = replay(run, steps=list(range(1, steps)))
+        seconds = time.perf_counter() - start
+        print(json.dumps({
+            "bench": "replay", "task": "digits-mlp", "expected_batch_size": 64,
+            "steps_replayed": len(report.outcomes), "ok": report.ok,
+            "seconds_per_step": round(seconds / max(len(report.outcomes), 1), 3),
+        }))  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=10_000)
+    parser.add_argument("--dataset-size", type=int, default=60_000)
+    parser.add_argument("--sampling-rate", type=float, default=0.004)
+    parser.add_argument("--replay-steps", type=int, default=5)
+    parser.add_argument("--no-replay-bench", action="store_true")
+    args = parser.parse_args()
+    bench_audit(args.dataset_size, args.sampling_rate, args.steps)
+    if not args.no_replay_bench:
+        bench_replay(args.replay_steps)
+
+
+if __name__ == "__main__":
+    main()
