@@ -7,6 +7,8 @@ import hashlib
 
 import numpy as np
 
+from dpverify.errors import InvalidArgument
+
 __all__ = ["Dataset", "fingerprint_arrays"]
 
 
@@ -30,6 +32,8 @@ class Dataset:
         y_train: int32 labels in ``[0, num_classes)``.
         x_test, y_test: held-out split for evaluation (never sampled).
         num_classes: number of labels.
+        vocab_size: for token inputs, the number of token ids (ids lie in
+            ``[0, vocab_size)``, 0 is padding); ``None`` for images.
     """
 
     name: str
@@ -38,6 +42,21 @@ class Dataset:
     x_test: np.ndarray
     y_test: np.ndarray
     num_classes: int
+    vocab_size: int | None = None
+
+    def __post_init__(self) -> None:
+        for split in ("train", "test"):
+            x, y = getattr(self, f"x_{split}"), getattr(self, f"y_{split}")
+            if x.shape[:1] != y.shape[:1]:
+                raise InvalidArgument(
+                    f"x_{split} has {x.shape[0]} rows but y_{split} has {y.shape[0]}"
+                )
+        if self.x_train.shape[0] < 1:
+            raise InvalidArgument("x_train has 0 rows: the training split must not be empty")
+        if isinstance(self.num_classes, bool) or int(self.num_classes) < 1:
+            raise InvalidArgument(f"num_classes={self.num_classes!r} must be an integer >= 1")
+        if self.vocab_size is not None and int(self.vocab_size) < 1:
+            raise InvalidArgument(f"vocab_size={self.vocab_size!r} must be an integer >= 1")
 
     @property
     def size(self) -> int:
