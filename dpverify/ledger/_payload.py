@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from dpverify.errors import InvalidArgument
-from dpverify.ledger.codec import CodecError, decode_indices, encode_indices
+from dpverify.ledger.codec import CodecError, decode_indices, encode_indices, encode_many
 from dpverify.ledger.records import Checkpoint, Record, Resume, RunHeader, Seal, Step
 
 __all__ = [
@@ -24,6 +24,7 @@ __all__ = [
     "PayloadError",
     "decode_payload",
     "encode_payload",
+    "encode_payloads",
     "make_step",
     "record_to_dict",
     "step_fields_and_block",
@@ -76,7 +77,7 @@ def _encode_json(record: Record) -> bytes:
     ).encode("ascii")
 
 
-def _encode_step(step: Step) -> bytes:
+def _encode_step(step: Step, block: bytes) -> bytes:
     flags = 0
     parts: list[bytes] = []
     for bit, (name, kind) in enumerate(_STEP_OPTIONAL):
@@ -91,19 +92,36 @@ def _encode_step(step: Step) -> bytes:
         else:
             parts.append(_U32.pack(len(value)))
             parts.append(np.asarray(value, dtype="<f8").tobytes())
-    return b"".join(
-        (_PREFIX.pack(_STEP_VERSION, step.step, flags), *parts, encode_indices(step.indices))
-    )
+    return b"".join((_PREFIX.pack(_STEP_VERSION, step.step, flags), *parts, block))
+
+
+def _type_code(record: Record) -> int:
+    code = TYPE_CODES.get(type(record))
+    if code is None:
+        raise InvalidArgument(f"record={type(record).__name__} is not a ledger record type")
+    return code
 
 
 def encode_payload(record: Record) -> tuple[int, bytes]:
     """``(type_code, payload)`` of a record."""
-    code = TYPE_CODES.get(type(record))
-    if code is None:
-        raise InvalidArgument(f"record={type(record).__name__} is not a ledger record type")
+    code = _type_code(record)
     if code == TYPE_CODES[Step]:
-        return code, _encode_step(record)  # type: ignore[arg-type]
+        return code, _encode_step(record, encode_indices(record.indices))  # type: ignore[union-attr]
     return code, _encode_json(record)
+
+
+def encode_payloads(records: list[Record]) -> list[tuple[int, bytes]]:
+    """:func:`encode_payload` for many records, index blocks encoded in one batch."""
+    steps = [r for r in records if isinstance(r, Step)]
+    blocks = iter(encode_many([s.indices for s in steps]) if steps else ())
+    out = []
+    for record in records:
+        code = _type_code(record)
+        if code == TYPE_CODES[Step]:
+            out.append((code, _encode_step(record, next(blocks))))  # type: ignore[arg-type]
+        else:
+            out.append((code, _encode_json(record)))
+    return out
 
 
 def step_fields_and_block(payload: bytes | memoryview) -> tuple[dict[str, Any], memoryview]:

@@ -26,9 +26,16 @@ from dpverify.ledger._files import (
     require_complete,
     resolve_ledger_path,
 )
-from dpverify.ledger._framing import GENESIS, FrameScanner
-from dpverify.ledger._payload import PayloadError, decode_payload
+from dpverify.ledger._framing import GENESIS, Frame, FrameScanner
+from dpverify.ledger._payload import (
+    TYPE_CODES,
+    PayloadError,
+    decode_payload,
+    make_step,
+    step_fields_and_block,
+)
 from dpverify.ledger._sequence import SequenceState
+from dpverify.ledger.codec import CodecError, decode_indices, decode_many
 from dpverify.ledger.records import Checkpoint, Record, Resume, RunHeader, Seal, Step
 
 __all__ = ["Ledger", "LedgerScan", "iter_records", "iter_steps", "read_ledger"]
@@ -71,14 +78,28 @@ class LedgerScan:
         return self._scanner.count
 
     def __iter__(self) -> Iterator[Record]:
+        pending: list[Frame] = []
+        try:
+            for frame in self._scanner:
+                pending.append(frame)
+                if len(pending) >= _BATCH or frame.code != _STEP_CODE:
+                    yield from self._accept(pending)
+                    pending = []
+        except LedgerCorrupt:
+            yield from self._accept(pending)  # an earlier bad record wins
+            raise
+        yield from self._accept(pending)
+        if self._scanner.count == 0:
+            bad = check_manifest(self.path, None)
+            raise LedgerCorrupt(
+                bad or f"{self.path}: records file holds no run header", record_index=0
+            )
+
+    def _accept(self, frames: list[Frame]) -> Iterator[Record]:
         state = self.state
-        for frame in self._scanner:
-            try:
-                record = decode_payload(frame.code, frame.payload)
-            except PayloadError as exc:
-                raise LedgerCorrupt(
-                    f"record {frame.index}: {exc}", record_index=frame.index
-                ) from None
+        for frame, record in zip(frames, _decode_frames(frames), strict=True):
+            if isinstance(record, PayloadError):
+                raise LedgerCorrupt(f"record {frame.index}: {record}", record_index=frame.index)
             problem = state.problem(record)
             if problem is not None:
                 raise LedgerCorrupt(f"record {frame.index}: {problem}", record_index=frame.index)
@@ -89,11 +110,48 @@ class LedgerScan:
             state.accept(record)
             self._head = frame.chain
             yield record
-        if self._scanner.count == 0:
-            bad = check_manifest(self.path, None)
-            raise LedgerCorrupt(
-                bad or f"{self.path}: records file holds no run header", record_index=0
-            )
+
+
+_BATCH = 256
+_STEP_CODE = TYPE_CODES[Step]
+
+
+def _decode_frames(frames: list[Frame]) -> list[Record | PayloadError]:
+    """Decode frames; step index blocks in one batch.  Errors are returned in place."""
+    out: list[Record | PayloadError | None] = [None] * len(frames)
+    step_slots: list[int] = []
+    fields: list[dict] = []
+    blocks: list[memoryview] = []
+    for i, frame in enumerate(frames):
+        try:
+            if frame.code == _STEP_CODE:
+                f, block = step_fields_and_block(frame.payload)
+                step_slots.append(i)
+                fields.append(f)
+                blocks.append(block)
+            else:
+                out[i] = decode_payload(frame.code, frame.payload)
+        except PayloadError as exc:
+            out[i] = exc
+    if blocks:
+        try:
+            arrays: list = decode_many(blocks)
+        except CodecError:
+            arrays = []
+            for block in blocks:
+                try:
+                    arrays.append(decode_indices(block))
+                except CodecError as exc:
+                    arrays.append(PayloadError(f"bad index block: {exc}"))
+        for slot, f, arr in zip(step_slots, fields, arrays, strict=True):
+            if isinstance(arr, PayloadError):
+                out[slot] = arr
+                continue
+            try:
+                out[slot] = make_step(f, arr)
+            except PayloadError as exc:
+                out[slot] = exc
+    return out  # type: ignore[return-value]
 
 
 def iter_records(path: str | os.PathLike[str]) -> Iterator[Record]:

@@ -40,7 +40,7 @@ from dpverify.ledger._files import (
     manifest_bytes,
 )
 from dpverify.ledger._framing import GENESIS, MAGIC, chain_next, encode_frame
-from dpverify.ledger._payload import encode_payload
+from dpverify.ledger._payload import encode_payload, encode_payloads
 from dpverify.ledger._sequence import SequenceState
 from dpverify.ledger.records import Checkpoint, Record, Resume, RunHeader, Seal, Step
 
@@ -72,7 +72,7 @@ class LedgerWriter:
         self._state = state
         self._group_commit = group_commit
         self._buffer = bytearray()
-        self._pending = 0
+        self._pending: list[Record] = []
         self._closed = False
 
     # ------------------------------------------------------------ opening
@@ -173,6 +173,7 @@ class LedgerWriter:
     @property
     def head(self) -> str:
         """Hex chain head after the last appended record."""
+        self._encode_pending()
         return self._chain.hex()
 
     @property
@@ -215,19 +216,27 @@ class LedgerWriter:
         problem = self._state.problem(record)
         if problem is not None:
             raise InvalidArgument(problem)
-        code, payload = encode_payload(record)
-        chain = chain_next(self._chain, code, payload)
-        self._buffer += encode_frame(code, payload, chain)
-        self._chain = chain
         self._state.accept(record)
-        self._pending += 1
-        if self._pending >= self._group_commit:
+        self._pending.append(record)
+        if len(self._pending) >= self._group_commit:
             self.flush()
+
+    def _encode_pending(self) -> None:
+        """Frame and chain the pending records (index blocks encoded as one batch)."""
+        if not self._pending:
+            return
+        chain = self._chain
+        for code, payload in encode_payloads(self._pending):
+            chain = chain_next(chain, code, payload)
+            self._buffer += encode_frame(code, payload, chain)
+        self._chain = chain
+        self._pending.clear()
 
     def flush(self) -> None:
         """Write and fsync everything appended so far (durable on return)."""
         if self._closed:
             raise LedgerError(f"{self.path}: the ledger writer is closed")
+        self._encode_pending()
         if self._buffer:
             view = memoryview(self._buffer)
             while view:
@@ -235,7 +244,6 @@ class LedgerWriter:
             view.release()
             self._buffer.clear()
         os.fsync(self._fd)
-        self._pending = 0
 
     def close(self, seal: Seal | None = None) -> None:
         """Flush, optionally append ``seal`` (the run finished), release the lock.
