@@ -1,9 +1,206 @@
-"""CLI commands (placeholder until its issue lands)."""
+"""``dpverify ledger verify|show|import|export``: inspect and convert ledgers.
+
+Exit codes: 0 intact / done, 1 integrity failure (corrupt ledger), 2 unusable
+input (missing path, not a ledger, malformed JSON Lines, bad argument).
+Sampled indices are printed only by ``show --indices``.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["register"]
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    """Add this module's commands to the dpverify parser."""
+    """Add the ``ledger`` command family to the dpverify parser."""
+    ledger = subparsers.add_parser(
+        "ledger", help="verify, show, import and export run ledgers", description=__doc__
+    )
+    sub = ledger.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND")
+    ledger.set_defaults(handler=lambda args: _usage(ledger))
+
+    p = sub.add_parser("verify", help="check a ledger's integrity (exit 0 intact, 1 corrupt)")
+    p.add_argument("path", help="ledger directory or run directory")
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_verify)
+
+    p = sub.add_parser("show", help="print the run header and a summary")
+    p.add_argument("path", help="ledger directory or run directory")
+    p.add_argument(
+        "--indices", action="store_true", help="also print every step's sampled indices (private!)"
+    )
+    p.add_argument("--json", action="store_true", help="print header and summary as JSON")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(handler=_show)
+
+    p = sub.add_parser("import", help="create RUN_DIR/ledger from a JSON Lines file")
+    p.add_argument("file", help="JSON Lines file (first line: the run)")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
+    p.add_argument(
+        "--no-seal", action="store_true", help="leave the ledger unsealed if the file has no seal"
+    )
+    p.set_defaults(handler=_import)
+
+    p = sub.add_parser("export", help="write a ledger as JSON Lines (holds indices: private)")
+    p.add_argument("path", help="ledger directory or run directory")
+    p.add_argument("--out", required=True, metavar="FILE", help="JSON Lines file to write")
+    p.add_argument("--force", action="store_true", help="overwrite FILE if it exists")
+    p.set_defaults(handler=_export)
+
+
+def _usage(parser: argparse.ArgumentParser) -> int:
+    parser.print_usage(sys.stderr)
+    sys.stderr.write("dpverify ledger: error: a subcommand is required\n")
+    return 2
+
+
+def _progress(scan: Any, quiet: bool) -> Iterator[Any]:
+    """Iterate ``scan`` with a byte-based tqdm bar on stderr when interactive."""
+    if quiet or not sys.stderr.isatty():
+        yield from scan
+        return
+    from tqdm import tqdm
+
+    total = (scan.path / "records.log").stat().st_size
+    with tqdm(total=total, unit="B", unit_scale=True, file=sys.stderr, leave=False) as bar:
+        done = 0
+        for i, record in enumerate(scan):
+            if i % 1024 == 0:
+                bar.update(scan.end_offset - done)
+                done = scan.end_offset
+            yield record
+        bar.update(scan.end_offset - done)
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from dpverify.errors import LedgerCorrupt
+    from dpverify.ledger.reader import LedgerScan
+    from dpverify.ledger.verify import VerifyReport
+
+    scan = LedgerScan(args.path)
+    try:
+        for _ in _progress(scan, args.quiet):
+            pass
+        report = VerifyReport(
+            ok=True, records=scan.state.records, steps=scan.state.steps, head=scan.head,
+            sealed=scan.state.sealed, torn_tail_bytes=scan.torn_tail_bytes,
+            first_bad_record=None, reason="",
+        )  # fmt: skip
+    except LedgerCorrupt as exc:
+        report = VerifyReport(
+            ok=False, records=scan.state.records, steps=scan.state.steps, head=scan.head,
+            sealed=scan.state.sealed, torn_tail_bytes=0,
+            first_bad_record=exc.record_index, reason=str(exc),
+        )  # fmt: skip
+    if args.json:
+        print(json.dumps({"path": str(scan.path), **report.to_dict()}, indent=2))
+    elif report.ok:
+        sealed = "sealed" if report.sealed else "NOT sealed (run incomplete or still running)"
+        print(f"intact: {report.records} records, {report.steps} steps, {sealed}")
+        print(f"head: {report.head}")
+    else:
+        print(f"CORRUPT at record {report.first_bad_record}: {report.reason}")
+        print(f"intact prefix: {report.records} records, head {report.head}")
+    if report.torn_tail_bytes:
+        sys.stderr.write(
+            f"dpverify: warning: torn tail of {report.torn_tail_bytes} bytes ignored "
+            "(the writer died mid-record; the complete prefix is intact)\n"
+        )
+    return 0 if report.ok else 1
+
+
+def _show(args: argparse.Namespace) -> int:
+    from dpverify.ledger._payload import record_to_dict
+    from dpverify.ledger.reader import LedgerScan
+    from dpverify.ledger.records import Checkpoint, Resume, RunHeader, Seal, Step
+
+    scan = LedgerScan(args.path)
+    header: RunHeader | None = None
+    sizes_sum = sizes_n = 0
+    sizes_min: int | None = None
+    sizes_max: int | None = None
+    resumes: list[int] = []
+    checkpoints = 0
+    seal: Seal | None = None
+    for record in _progress(scan, args.quiet):
+        if isinstance(record, Step):
+            b = record.batch_size
+            sizes_sum += b
+            sizes_n += 1
+            sizes_min = b if sizes_min is None else min(sizes_min, b)
+            sizes_max = b if sizes_max is None else max(sizes_max, b)
+            if args.indices and not args.json:
+                print(f"step {record.step}: {' '.join(map(str, record.indices.tolist()))}")
+        elif isinstance(record, RunHeader):
+            header = record
+            if not args.json:
+                _print_header(record, scan.path)
+        elif isinstance(record, Resume):
+            resumes.append(record.step)
+        elif isinstance(record, Checkpoint):
+            checkpoints += 1
+        elif isinstance(record, Seal):
+            seal = record
+    summary = {
+        "steps_executed": sizes_n,
+        "next_step": scan.state.next_step,
+        "batch_size_mean": sizes_sum / sizes_n if sizes_n else None,
+        "batch_size_min": sizes_min,
+        "batch_size_max": sizes_max,
+        "resumes": resumes,
+        "checkpoints": checkpoints,
+        "sealed": seal is not None,
+        "head": scan.head,
+        "torn_tail_bytes": scan.torn_tail_bytes,
+    }
+    if args.json:
+        assert header is not None
+        print(json.dumps({"path": str(scan.path), "header": record_to_dict(header),
+                          "summary": summary}, indent=2))  # fmt: skip
+        return 0
+    mean = f"{summary['batch_size_mean']:.2f}" if sizes_n else "-"
+    print(f"steps:       {sizes_n} executed (next logical step {scan.state.next_step})")
+    print(f"batch size:  mean {mean}, min {sizes_min}, max {sizes_max}")
+    print(f"resumes:     {len(resumes)}" + (f" (at steps {resumes})" if resumes else ""))
+    print(f"checkpoints: {checkpoints}")
+    print(f"sealed:      {'yes' if seal else 'no'}")
+    print(f"head:        {scan.head}")
+    if scan.torn_tail_bytes:
+        print(f"torn tail:   {scan.torn_tail_bytes} bytes ignored")
+    return 0
+
+
+def _print_header(header: Any, path: Path) -> None:
+    from dpverify.ledger._payload import record_to_dict
+
+    print(f"ledger:      {path}")
+    for name, value in record_to_dict(header).items():
+        if value is None or value == {}:
+            continue
+        print(f"  {name}: {json.dumps(value) if isinstance(value, dict) else value}")
+
+
+def _import(args: argparse.Namespace) -> int:
+    from dpverify.ledger.jsonl import import_jsonl
+    from dpverify.ledger.verify import verify_ledger
+
+    target = import_jsonl(args.file, args.out, seal=not args.no_seal)
+    report = verify_ledger(target)
+    print(f"imported {report.steps} steps into {target}")
+    print(f"head: {report.head}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from dpverify.ledger.jsonl import export_jsonl
+
+    lines = export_jsonl(args.path, args.out, overwrite=args.force)
+    print(f"wrote {lines} lines to {args.out} (contains sampled indices: keep it private)")
+    return 0

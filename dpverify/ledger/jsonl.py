@@ -1,0 +1,296 @@
+"""JSON Lines interchange: runs from any framework (Opacus, ...) become ledgers.
+
+One JSON object per line (docs/ledger-format.md §6):
+
+* line 1, the run: ``{"type": "run", "dataset_size": 10000, "sampler": "poisson",
+  "sampling_rate": 0.01, "noise_multiplier": 1.1, "clip_norm": 1.0,
+  "delta": 1e-5, "claimed_epsilon": 2.0, "neighbouring": "add_remove"}``, plus
+  any other :class:`RunHeader` field;
+* one line per executed step: ``{"type": "step", "step": 0, "indices": [3, 17, 254]}``
+  with optional :class:`Step` fields (``noise_multiplier``, ``clip_norm``,
+  ``noise_std``, ``num_clipped``, ``max_grad_norm``, ...; missing per-step
+  values mean "the run's");
+* optional ``{"type": "resume", "step": k}``, ``{"type": "checkpoint", "step": k,
+  "digest": "..."}`` and, last, ``{"type": "seal", "steps_executed": T, "final_step": t}``.
+
+Steps are numbered from 0 without gaps (after a resume line, from its step).
+Non-finite floats are written as the strings ``"NaN"``, ``"Infinity"``,
+``"-Infinity"`` (strict JSON has no such numbers); both forms are read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dpverify.errors import DpverifyError, InvalidArgument, UnusableInput
+from dpverify.ledger._payload import record_to_dict
+from dpverify.ledger.reader import LedgerScan
+from dpverify.ledger.records import RECORD_TYPES, Record, RunHeader, Seal, Step
+from dpverify.ledger.writer import LedgerWriter
+
+__all__ = ["export_jsonl", "import_jsonl", "record_from_json", "record_to_json"]
+
+_NONFINITE = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+_FLOAT_FIELDS = frozenset(
+    {
+        "sampling_rate",
+        "clip_norm",
+        "noise_multiplier",
+        "noise_std",
+        "max_grad_norm",
+        "max_clipped_norm",
+        "denominator",
+        "delta",
+        "claimed_epsilon",
+        "expected_batch_size",
+    }
+)
+
+
+def _json_float(value: float) -> float | str:
+    if math.isfinite(value):
+        return value
+    return "NaN" if math.isnan(value) else ("Infinity" if value > 0 else "-Infinity")
+
+
+def record_to_json(record: Record) -> dict[str, Any]:
+    """The interchange object of a record (``type`` first, ``None`` fields omitted)."""
+    out: dict[str, Any] = {"type": record.TYPE}
+    if isinstance(record, Step):
+        for field in dataclasses.fields(record):
+            value = getattr(record, field.name)
+            if value is None:
+                continue
+            if field.name == "indices":
+                value = value.tolist()
+            elif field.name == "update_sketch":
+                value = [_json_float(v) for v in value]
+            elif isinstance(value, float):
+                value = _json_float(value)
+            out[field.name] = value
+        return out
+    for name, value in record_to_dict(record).items():
+        if value is None or (isinstance(value, dict) and not value):
+            continue
+        out[name] = _json_float(value) if isinstance(value, float) else value
+    return out
+
+
+def _float_in(name: str, value: Any) -> Any:
+    if isinstance(value, str) and value in _NONFINITE:
+        return _NONFINITE[value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise InvalidArgument(f"{name}={value!r} must be a number")
+    return value
+
+
+def _indices_in(value: Any) -> np.ndarray:
+    if not isinstance(value, list):
+        raise InvalidArgument(f"indices={type(value).__name__} must be a list of integers")
+    if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
+        raise InvalidArgument("indices must be a list of integers")
+    if any(v < 0 or v >= 1 << 63 for v in value):
+        raise InvalidArgument("indices must be non-negative 64-bit integers")
+    arr = np.array(value, dtype=np.int64)
+    arr.sort()
+    if arr.size > 1 and np.any(arr[1:] == arr[:-1]):
+        repeated = int(arr[1:][arr[1:] == arr[:-1]][0])
+        raise InvalidArgument(
+            f"indices repeat example {repeated} (sampling with replacement is not supported)"
+        )
+    return arr
+
+
+def record_from_json(obj: Any) -> Record:
+    """Build a record from its interchange object.
+
+    Raises:
+        InvalidArgument: not an object, unknown ``type`` or field, bad value.
+    """
+    if not isinstance(obj, dict):
+        raise InvalidArgument(f"expected a JSON object, got {type(obj).__name__}")
+    kind = obj.get("type")
+    cls = RECORD_TYPES.get(kind) if isinstance(kind, str) else None
+    if cls is None:
+        known = ", ".join(RECORD_TYPES)
+        raise InvalidArgument(f"type={kind!r} must be one of {known}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(obj) - names - {"type"})
+    if unknown:
+        raise InvalidArgument(f"unknown field(s) for a {kind} line: {', '.join(unknown)}")
+    kwargs: dict[str, Any] = {}
+    for name, value in obj.items():
+        if name == "type" or value is None:
+            continue
+        if name == "indices":
+            value = _indices_in(value)
+        elif name == "update_sketch":
+            if not isinstance(value, list):
+                raise InvalidArgument("update_sketch must be a list of numbers")
+            value = tuple(_float_in(name, v) for v in value)
+        elif name in _FLOAT_FIELDS:
+            value = _float_in(name, value)
+        kwargs[name] = value
+    if cls is Step and "indices" not in kwargs:
+        raise InvalidArgument("a step line needs 'indices'")
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # a required field is missing
+        missing = str(exc).split("argument")[-1].strip(": ")
+        raise InvalidArgument(f"{kind} line is missing required field(s) {missing}") from None
+
+
+def _lines(src: Path) -> Iterator[tuple[int, Any]]:
+    try:
+        f = open(src, encoding="utf-8")
+    except FileNotFoundError:
+        raise UnusableInput(f"{src}: no such file") from None
+    except IsADirectoryError:
+        raise UnusableInput(f"{src}: is a directory, not a JSON Lines file") from None
+    except OSError as exc:
+        raise UnusableInput(f"{src}: cannot read ({exc.strerror})") from None
+    with f:
+        try:
+            for number, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                try:
+                    yield number, json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise InvalidArgument(f"{src}:{number}: not valid JSON ({exc.msg})") from None
+        except UnicodeDecodeError:
+            raise InvalidArgument(f"{src}: not UTF-8 text") from None
+
+
+def import_jsonl(
+    src: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, seal: bool = True
+) -> Path:
+    """Create ``out_dir/ledger`` from a JSON Lines file; returns the ledger path.
+
+    The ledger is built in a temporary directory and renamed into place, so a
+    failed import leaves nothing behind.  Without a ``seal`` line the ledger is
+    sealed at the end of the file (``seal=False`` leaves it unsealed).
+
+    Raises:
+        UnusableInput: ``src`` missing or unreadable.
+        InvalidArgument: a line is malformed, out of order or out of range,
+            named as ``FILE:LINE: reason``; or ``out_dir/ledger`` exists.
+    """
+    src = Path(src)
+    target = Path(out_dir) / "ledger"
+    if target.exists():
+        raise InvalidArgument(f"{target}: already exists (will not overwrite a ledger)")
+    tmp = Path(out_dir) / f".ledger.import-{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    writer: LedgerWriter | None = None
+    try:
+        lines = _lines(src)
+        first = next(lines, None)
+        if first is None:
+            raise InvalidArgument(f"{src}: empty file (the first line must be the run)")
+        writer = _start(src, first, tmp)
+        sealed = False
+        for number, obj in lines:
+            if sealed:
+                raise InvalidArgument(f"{src}:{number}: line after the seal")
+            try:
+                record = record_from_json(obj)
+                if isinstance(record, RunHeader):
+                    raise InvalidArgument("a second run line")
+                if isinstance(record, Seal):
+                    writer.close(seal=record)
+                    sealed = True
+                elif record.TYPE == "resume":
+                    writer = _resume(writer, record)  # type: ignore[arg-type]
+                else:
+                    writer.append(record)  # type: ignore[arg-type]
+            except DpverifyError as exc:
+                raise InvalidArgument(f"{src}:{number}: {exc}") from None
+        if not sealed:
+            final = Seal(
+                steps_executed=writer.steps_executed,
+                final_step=writer.next_step,
+                claimed_epsilon=writer.header.claimed_epsilon,
+                delta=writer.header.delta,
+            )
+            writer.close(seal=final if seal else None)
+        writer = None
+        os.replace(tmp, target)
+    finally:
+        if writer is not None:
+            writer.close()
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    return target
+
+
+def _start(src: Path, first: tuple[int, Any], tmp: Path) -> LedgerWriter:
+    number, obj = first
+    if not isinstance(obj, dict) or obj.get("type") != "run":
+        raise InvalidArgument(f"{src}:{number}: the first line must be the run (type 'run')")
+    try:
+        header = record_from_json(obj)
+    except DpverifyError as exc:
+        raise InvalidArgument(f"{src}:{number}: {exc}") from None
+    tmp.parent.mkdir(parents=True, exist_ok=True)
+    return LedgerWriter.create(tmp, header, group_commit=4096)  # type: ignore[arg-type]
+
+
+def _resume(writer: LedgerWriter, record: Any) -> LedgerWriter:
+    if record.step > writer.next_step:
+        raise InvalidArgument(f"resume step={record.step} skips steps (at most {writer.next_step})")
+    path = writer.path
+    writer.close()
+    return LedgerWriter.resume(
+        path, step=record.step, checkpoint_digest=record.checkpoint_digest, group_commit=4096
+    )
+
+
+def export_jsonl(
+    ledger_path: str | os.PathLike[str], dst: str | os.PathLike[str], *, overwrite: bool = False
+) -> int:
+    """Write the ledger at ``ledger_path`` as JSON Lines to ``dst`` (mode 0600).
+
+    Every record is written (run, steps, resumes, checkpoints, seal), so
+    import → export → import reproduces the same records.  Returns the number
+    of lines.  The file holds sampled indices: keep it private.
+
+    Raises:
+        UnusableInput: no ledger at ``ledger_path``.
+        LedgerCorrupt: the ledger fails verification (nothing is written).
+        InvalidArgument: ``dst`` exists and ``overwrite`` is false.
+    """
+    dst = Path(dst)
+    if not dst.parent.is_dir():
+        raise UnusableInput(f"{dst.parent}: no such directory")
+    if dst.is_dir():
+        raise UnusableInput(f"{dst}: is a directory")
+    if dst.exists() and not overwrite:
+        raise InvalidArgument(f"{dst}: already exists (pass overwrite/--force to replace it)")
+    scan = LedgerScan(ledger_path)
+    tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
+    count = 0
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            for record in scan:
+                f.write(json.dumps(record_to_json(record), allow_nan=False))
+                f.write("\n")
+                count += 1
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return count
