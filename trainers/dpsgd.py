@@ -15,12 +15,12 @@ noise multiplier σ, fixed denominator D = q·N (the expected batch size):
    and the update sketch (:mod:`trainers.sketch`), fetched to the host in one
    transfer per logical step.
 
-Noise: the key of step t is ``jax.random.fold_in(noise_key, t)``; it is split
-into one key per leaf (``jax.random.split(key_t, n_leaves)``, leaves in
-``jax.tree_util.tree_leaves`` order, frozen leaves included so the assignment
-does not depend on what is frozen) and leaf i receives
-``jax.random.normal(keys[i], leaf.shape, float32)`` times σC (zero on frozen
-leaves).  :func:`gaussian_noise` is that rule; the reference trainer calls it.
+Noise: the key of step t is ``jax.random.fold_in(noise_key, t)``; one float32
+standard normal vector of length P (all parameters) is drawn from it and cut
+into the leaves in ``jax.tree_util.tree_leaves`` order (frozen leaves included,
+so the assignment does not depend on what is frozen); it is multiplied by σC
+(zero on frozen leaves).  :func:`gaussian_noise` is that rule; the reference
+trainer calls it.
 
 The realised L never reaches the compiled code as a shape or a static value,
 so the run compiles exactly once whatever the batch sizes (``compilations``).
@@ -180,10 +180,14 @@ def trainable_leaves(params: Any, frozen: Any = None) -> tuple[bool, ...]:
 def gaussian_noise(noise_key: Any, step: Any, like: Any, *, batch: Any = None) -> Any:
     """Standard normal float32 noise shaped like the pytree ``like``, for step ``step``.
 
+    The rule (the reference trainer and the auditor rely on it):
     ``key_t = fold_in(noise_key, step)`` (and, for the ``noise_per_physical_batch``
-    mutation only, ``fold_in(key_t, batch + 1)``), split into one key per leaf
-    in ``tree_leaves`` order; leaf i is ``normal(keys[i], shape, float32)``.
-    Multiply by σ·C yourself.
+    mutation only, ``fold_in(key_t, batch + 1)``); ONE draw
+    ``z = normal(key_t, (P,), float32)`` with P the total number of parameters;
+    leaf i (in ``tree_leaves`` order, frozen leaves included) is the next
+    ``size_i`` entries of z reshaped to the leaf's shape.  A single flat draw
+    keeps the compiled graph small whatever the number of leaves.  Multiply by
+    σ·C yourself.
     """
     import jax
     import jax.numpy as jnp
@@ -192,9 +196,14 @@ def gaussian_noise(noise_key: Any, step: Any, like: Any, *, batch: Any = None) -
     if batch is not None:
         key = jax.random.fold_in(key, batch + 1)
     leaves, treedef = jax.tree_util.tree_flatten(like)
-    keys = jax.random.split(key, len(leaves))
-    noise = [jax.random.normal(keys[i], jnp.shape(a), jnp.float32) for i, a in enumerate(leaves)]
-    return jax.tree_util.tree_unflatten(treedef, noise)
+    shapes = [jnp.shape(a) for a in leaves]
+    sizes = [math.prod(sh) for sh in shapes]
+    z = jax.random.normal(key, (sum(sizes),), jnp.float32)
+    out, offset = [], 0
+    for shape, size in zip(shapes, sizes, strict=True):
+        out.append(z[offset : offset + size].reshape(shape))
+        offset += size
+    return jax.tree_util.tree_unflatten(treedef, out)
 
 
 class MaskedDPSGD:

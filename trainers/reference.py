@@ -20,6 +20,7 @@ References: Abadi et al. 2016, arXiv:1607.00133, Algorithm 1.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from typing import Any
 
@@ -71,6 +72,17 @@ def _to_float64(tree: Any) -> Any:
         return a.astype(np.float64) if np.issubdtype(a.dtype, np.floating) else a
 
     return jax.tree_util.tree_map(conv, tree)
+
+
+@functools.lru_cache(maxsize=16)
+def _example_value_and_grad(model_apply: Any, loss_fn: Any) -> Any:
+    """Jitted ``(loss, grad)`` of ONE example's loss (cached: replay calls it per step)."""
+    import jax
+
+    def example_loss(p, xi, yi):
+        return loss_fn(model_apply(p, xi[None]), yi[None])[0]
+
+    return jax.jit(jax.value_and_grad(example_loss))
 
 
 def reference_noisy_gradient(
@@ -128,10 +140,7 @@ def reference_noisy_gradient(
         p64 = _to_float64(params)
         treedef = jax.tree_util.tree_structure(p64)
 
-        def example_loss(p, xi, yi):
-            return loss_fn(model_apply(p, xi[None]), yi[None])[0]
-
-        value_and_grad = jax.jit(jax.value_and_grad(example_loss))
+        value_and_grad = _example_value_and_grad(model_apply, loss_fn)
         total = [np.zeros(np.shape(a), np.float64) for a in jax.tree_util.tree_leaves(p64)]
         losses, num_clipped, max_norm, max_clipped = [], 0, 0.0, 0.0
         for i in idx:

@@ -14,8 +14,12 @@ gradient's norm; replay compares sketches relative to that scale (see
 :func:`compare_sketches`).  The sketch is a digest for *replay*, not a
 commitment: it reveals only k linear functionals of a noised quantity.
 
-Leaves are enumerated in ``jax.tree_util.tree_leaves`` order (all leaves,
-frozen ones included) and each leaf in C order.
+Precisely: let g be the concatenation of all leaves, raveled in C order, in
+``jax.tree_util.tree_leaves`` order (frozen leaves included), and n = 0, 1, …
+a position in g.  Then r_j(n) = −1 if the top bit of
+``fmix32(n · 0x9E3779B1 + salt_j mod 2³²)`` is set, else +1, with
+``salt_j = fmix32(seed · 0x27D4EB2F + j · 0x9E3779B9 + 1 mod 2³²)``.  One
+vectorised hash over the flat vector keeps the compiled graph small.
 """
 
 from __future__ import annotations
@@ -54,8 +58,8 @@ def _fmix32_int(x: int) -> int:
     return x
 
 
-def _salt(seed: int, leaf: int, j: int) -> int:
-    return _fmix32_int(seed * 0x27D4EB2F + leaf * 0x165667B1 + j * 0x9E3779B9 + 1)
+def _salt(seed: int, j: int) -> int:
+    return _fmix32_int(seed * 0x27D4EB2F + j * 0x9E3779B9 + 1)
 
 
 def _fmix32(x, xp):
@@ -66,9 +70,13 @@ def _fmix32(x, xp):
     return x ^ (x >> xp.uint32(16))
 
 
-def _negative(n, salt: int, xp):
-    """True where direction (leaf, j) has sign −1 at flat positions ``n``."""
-    h = _fmix32(n * xp.uint32(_GOLDEN) + xp.uint32(salt), xp)
+def _salts(k: int, seed: int) -> np.ndarray:
+    return np.array([_salt(seed, j) for j in range(k)], dtype=np.uint32)
+
+
+def _negative(n, salts, xp):
+    """Boolean ``(k, len(n))``: true where direction j has sign −1 at flat positions ``n``."""
+    h = _fmix32(n[None, :] * xp.uint32(_GOLDEN) + salts[:, None], xp)
     return (h >> xp.uint32(31)) == xp.uint32(1)
 
 
@@ -77,18 +85,11 @@ def sketch_jax(tree: Any, *, k: int = DEFAULT_SKETCH_DIM, seed: int = SKETCH_SEE
     import jax
     import jax.numpy as jnp
 
-    total = jnp.zeros((k,), jnp.float32)
-    for leaf_id, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
-        flat = jnp.ravel(leaf).astype(jnp.float32)
-        if flat.size == 0:
-            continue
-        n = jax.lax.iota(jnp.uint32, flat.size)
-        rows = []
-        for j in range(k):
-            neg = _negative(n, _salt(seed, leaf_id, j), jnp)
-            rows.append(jnp.sum(jnp.where(neg, -flat, flat)))
-        total = total + jnp.stack(rows)
-    return total
+    leaves = [jnp.ravel(a).astype(jnp.float32) for a in jax.tree_util.tree_leaves(tree)]
+    flat = jnp.concatenate(leaves) if leaves else jnp.zeros((0,), jnp.float32)
+    n = jax.lax.iota(jnp.uint32, flat.size)
+    neg = _negative(n, jnp.asarray(_salts(k, seed)), jnp)
+    return jnp.sum(jnp.where(neg, -flat[None, :], flat[None, :]), axis=1)
 
 
 def update_sketch(
@@ -101,16 +102,16 @@ def update_sketch(
     """
     import jax
 
+    leaves = [np.ravel(np.asarray(a, dtype=np.float64)) for a in jax.tree_util.tree_leaves(tree)]
+    flat = np.concatenate(leaves) if leaves else np.zeros(0)
+    salts = _salts(k, seed)
     total = np.zeros(k, dtype=np.float64)
-    with np.errstate(over="ignore"):
-        for leaf_id, leaf in enumerate(jax.tree_util.tree_leaves(tree)):
-            flat = np.ravel(np.asarray(leaf, dtype=np.float64))
-            if flat.size == 0:
-                continue
-            n = np.arange(flat.size, dtype=np.uint32)
-            for j in range(k):
-                neg = _negative(n, _salt(seed, leaf_id, j), np)
-                total[j] += flat[~neg].sum() - flat[neg].sum()
+    chunk = 1 << 20
+    for start in range(0, flat.size, chunk):  # bounded memory for large models
+        part = flat[start : start + chunk]
+        n = np.arange(start, start + part.size, dtype=np.uint32)
+        neg = _negative(n, salts, np)
+        total += np.where(neg, -part[None, :], part[None, :]).sum(axis=1)
     return tuple(float(v) for v in total)
 
 
