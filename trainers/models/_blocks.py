@@ -23,12 +23,12 @@ class EncoderBlock(nn.Module):
     Attributes:
         num_heads: attention heads (must divide the token width).
         mlp_dim: hidden width of the MLP.
-        dtype: computation dtype.
+        dtype: computation dtype; ``None`` follows the inputs and parameters.
     """
 
     num_heads: int
     mlp_dim: int
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray, mask: jnp.ndarray | None = None) -> jnp.ndarray:

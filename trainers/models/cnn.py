@@ -35,7 +35,9 @@ class CNN(nn.Module):
             count must divide the channels).
         activation: ``"tanh"`` (default, Papernot et al. 2021 "Tempered
             Sigmoid Activations"), ``"relu"``, ``"gelu"`` or ``"elu"``.
-        dtype: computation dtype (parameters stay float32).
+        dtype: computation dtype; ``None`` (default) follows the inputs and
+            parameters, so casting both to bfloat16 computes in bfloat16.
+            Parameters are created float32 either way.
 
     Inputs are NHWC images ``(B, H, W, C)`` or greyscale ``(B, H, W)``;
     ``apply({"params": p}, x)`` returns logits ``(B, num_classes)``.
@@ -45,14 +47,15 @@ class CNN(nn.Module):
     channels: Sequence[int] = (16, 32)
     groups: int = 4
     activation: str = "tanh"
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
         act = activation(self.activation)
         if x.ndim == 3:
             x = x[..., None]
-        x = x.astype(self.dtype)
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
         for width in self.channels:
             x = nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype)(x)
             x = nn.GroupNorm(num_groups=min(self.groups, width), dtype=self.dtype)(x)

@@ -38,7 +38,9 @@ class TextTransformer(nn.Module):
         depth: number of encoder blocks.
         num_heads: attention heads per block.
         mlp_dim: hidden width of each block's MLP.
-        dtype: computation dtype (parameters stay float32).
+        dtype: computation dtype; ``None`` (default) follows the inputs and
+            parameters, so casting both to bfloat16 computes in bfloat16.
+            Parameters are created float32 either way.
 
     Inputs are integer token ids ``(B, L)``; ``apply({"params": p}, x)``
     returns logits ``(B, num_classes)``.  The position embedding's length is
@@ -51,7 +53,7 @@ class TextTransformer(nn.Module):
     depth: int = 2
     num_heads: int = 4
     mlp_dim: int = 128
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, tokens: jnp.ndarray) -> jnp.ndarray:
@@ -62,14 +64,13 @@ class TextTransformer(nn.Module):
         pos = self.param(
             "pos_embedding", nn.initializers.normal(stddev=0.02), (1, tokens.shape[1], self.width)
         )
-        x = x + pos.astype(self.dtype)
+        x = x + pos.astype(x.dtype)
         mask = nn.make_attention_mask(keep, keep)  # (B, 1, L, L)
         for i in range(self.depth):
             x = EncoderBlock(self.num_heads, self.mlp_dim, dtype=self.dtype, name=f"block{i}")(
                 x, mask=mask
             )
         x = nn.LayerNorm(dtype=self.dtype)(x)
-        weights = keep.astype(x.dtype)[..., None]
-        count = jnp.maximum(jnp.sum(weights, axis=1), 1.0)
+        count = jnp.maximum(jnp.sum(keep, axis=1, keepdims=True), 1).astype(x.dtype)
         pooled = jnp.sum(jnp.where(keep[..., None], x, 0.0), axis=1) / count
         return nn.Dense(self.num_classes, dtype=self.dtype, name="head")(pooled).astype(jnp.float32)

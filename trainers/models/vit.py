@@ -34,7 +34,9 @@ class ViT(nn.Module):
         depth: number of encoder blocks.
         num_heads: attention heads per block.
         mlp_dim: hidden width of each block's MLP.
-        dtype: computation dtype (parameters stay float32).
+        dtype: computation dtype; ``None`` (default) follows the inputs and
+            parameters, so casting both to bfloat16 computes in bfloat16.
+            Parameters are created float32 either way.
 
     Inputs are NHWC images ``(B, H, W, C)`` or greyscale ``(B, H, W)``;
     ``apply({"params": p}, x)`` returns logits ``(B, num_classes)``.  The
@@ -47,7 +49,7 @@ class ViT(nn.Module):
     depth: int = 2
     num_heads: int = 2
     mlp_dim: int = 64
-    dtype: Any = jnp.float32
+    dtype: Any = None
 
     @nn.compact
     def __call__(self, x: jnp.ndarray) -> jnp.ndarray:
@@ -58,14 +60,16 @@ class ViT(nn.Module):
         check_divisible("image height", height, "patch_size", self.patch_size)
         check_divisible("image width", width_px, "patch_size", self.patch_size)
         p = self.patch_size
+        if self.dtype is not None:
+            x = x.astype(self.dtype)
         x = nn.Conv(
             self.width, (p, p), strides=(p, p), padding="VALID", dtype=self.dtype, name="embed"
-        )(x.astype(self.dtype))
+        )(x)
         x = x.reshape((batch, -1, self.width))
         pos = self.param(
             "pos_embedding", nn.initializers.normal(stddev=0.02), (1, x.shape[1], self.width)
         )
-        x = x + pos.astype(self.dtype)
+        x = x + pos.astype(x.dtype)
         for i in range(self.depth):
             x = EncoderBlock(self.num_heads, self.mlp_dim, dtype=self.dtype, name=f"block{i}")(x)
         x = nn.LayerNorm(dtype=self.dtype)(x)
