@@ -158,6 +158,8 @@ def load_checkpoint(
     if not isinstance(raw, dict) or raw.get("format") != CHECKPOINT_FORMAT:
         raise UnusableInput(f"checkpoint {path} is not a {CHECKPOINT_FORMAT} file")
     try:
+        _check_fits(params_template, raw["params"])
+        _check_fits(opt_state_template, raw["opt_state"])
         params = serialization.from_state_dict(params_template, raw["params"])
         opt_state = serialization.from_state_dict(opt_state_template, raw["opt_state"])
     except (KeyError, ValueError, TypeError) as exc:
@@ -169,3 +171,27 @@ def load_checkpoint(
         rng=dict(raw.get("rng") or {}),
         digest=digest,
     )
+
+
+def _check_fits(template: Any, stored: Any) -> None:
+    """Raise ``ValueError`` unless ``stored`` has the template's keys and shapes.
+
+    (:func:`flax.serialization.from_state_dict` alone ignores extra keys and
+    does not compare shapes.)
+    """
+    import jax
+    import numpy as np
+    from flax import serialization
+
+    want = serialization.to_state_dict(template)
+    paths_w = jax.tree_util.tree_flatten_with_path(want)[0]
+    paths_s = jax.tree_util.tree_flatten_with_path(stored)[0]
+    keys_w = [jax.tree_util.keystr(k) for k, _ in paths_w]
+    keys_s = [jax.tree_util.keystr(k) for k, _ in paths_s]
+    if sorted(keys_w) != sorted(keys_s):
+        raise ValueError(f"parameter names differ ({len(keys_s)} stored, {len(keys_w)} expected)")
+    shapes = {jax.tree_util.keystr(k): np.shape(v) for k, v in paths_s}
+    for k, v in paths_w:
+        name = jax.tree_util.keystr(k)
+        if shapes[name] != np.shape(v):
+            raise ValueError(f"{name} has shape {shapes[name]}, expected {np.shape(v)}")

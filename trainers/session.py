@@ -84,8 +84,7 @@ class Session:
             opt_state,
             rng={"noise_key_digest": self.noise_key_digest, "sampler": self.plan.declared_sampler},
         )
-        self.writer.append(Checkpoint(step=step, digest=digest, path=rel))
-        self.writer.flush()
+        self.writer.append(Checkpoint(step=step, digest=digest, path=rel))  # committed now
 
     def claim(self, steps: int) -> float | None:
         """Claimed ε (PLD, Poisson) at the plan's δ after ``steps`` executed steps."""

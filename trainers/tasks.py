@@ -143,14 +143,16 @@ def _text_transformer(num_classes: int):
 
 # --- defaults ----------------------------------------------------------------
 
+# Tuned for `dpverify demo` (digits-mlp, N = 1437, δ = 1e-5): ε ≈ 2.0 (PLD) and
+# ≈ 92% held-out accuracy (two seeds); large batches, high σ, a bold Adam step.
 _DIGITS_DEFAULTS = {
-    "expected_batch_size": 64,
-    "noise_multiplier": 1.0,
+    "expected_batch_size": 256,
+    "noise_multiplier": 4.5,
     "clip_norm": 1.0,
-    "steps": 300,
-    "learning_rate": 2e-3,
+    "steps": 150,
+    "learning_rate": 1.5e-2,
     "optimizer": "adam",
-    "physical_batch_size": 32,
+    "physical_batch_size": 64,
 }
 
 _CIFAR10_DEFAULTS = {

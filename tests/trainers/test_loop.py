@@ -1,0 +1,174 @@
+"""The training loop: ledger contents, write-ahead checkpoints, secrets, summary, one compilation."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from dpverify.errors import InvalidArgument, UnusableInput
+from dpverify.ledger import Checkpoint, Step, read_ledger
+from trainers.checkpoint import file_digest
+from trainers.loop import TrainConfig, train
+from trainers.run_plan import auto_physical_batch_size, plan_run
+
+SEED = 987_654_321  # a distinctive value we can search files for
+
+SMALL = dict(
+    task="digits-mlp",
+    expected_batch_size=40,
+    noise_multiplier=1.0,
+    clip_norm=1.0,
+    steps=12,
+    physical_batch_size=16,
+    checkpoint_every=5,
+    seed=SEED,
+)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run") / "r"
+    summary = train(TrainConfig(**SMALL), out, progress=False)
+    return out, summary
+
+
+def test_summary_fields(run):
+    out, summary = run
+    assert json.loads((out / "summary.json").read_text()) == summary
+    assert summary["steps"] == summary["steps_executed"] == 12
+    assert summary["compilations"] == 1
+    assert 0.0 <= summary["accuracy"] <= 1.0
+    assert summary["examples_per_second"] > 0
+    assert summary["physical_batch_size"] == 16 and summary["precision"] == "float32"
+    assert summary["sampler"] == "poisson" and summary["shortcut"] is False
+    assert summary["delta"] == 1e-5
+    eps = summary["epsilon"]
+    assert eps["pld"]["epsilon"] > 0 and eps["rdp"]["epsilon"] >= eps["pld"]["epsilon"] * 0.99
+    assert eps["prv"]["lower"] <= eps["prv"]["upper"]
+    assert summary["claimed_epsilon"] == pytest.approx(eps["pld"]["epsilon"], rel=1e-6)
+    assert summary["wall_seconds"] > 0
+
+
+def test_ledger_has_every_step_once_and_is_sealed(run):
+    out, summary = run
+    ledger = read_ledger(out / "ledger")
+    assert [s.step for s in ledger.steps] == list(range(12))
+    assert ledger.resumes == ()
+    assert [c.step for c in ledger.checkpoints] == [0, 5, 10, 12]
+    assert ledger.seal.steps_executed == 12 and ledger.seal.final_step == 12
+    assert ledger.seal.claimed_epsilon == pytest.approx(summary["claimed_epsilon"])
+    assert ledger.head == summary["ledger_head"]
+    # Batch sizes vary, including the number of physical batches, with one compilation.
+    assert len({s.physical_batches for s in ledger.steps}) >= 2
+    for s in ledger.steps:
+        assert s.physical_batches == -(-s.batch_size // 16)
+        assert s.noise_std == pytest.approx(1.0) and s.noise_draws == 1
+        assert s.denominator == pytest.approx(40.0)
+        assert s.max_clipped_norm <= 1.0 + 1e-5
+        assert s.update_sketch is not None and len(s.update_sketch) >= 1
+
+
+def test_write_ahead_order_and_checkpoint_digests(run):
+    out, _ = run
+    ledger = read_ledger(out / "ledger")
+    done = 0
+    for rec in ledger.records:
+        if isinstance(rec, Step):
+            done = rec.step + 1
+        elif isinstance(rec, Checkpoint):
+            assert rec.step == done  # every step before the checkpoint is already recorded
+            assert file_digest(out / rec.path) == rec.digest
+
+
+def test_header_records_the_run(run):
+    out, _ = run
+    h = read_ledger(out / "ledger").header
+    assert h.dataset_size == 1437 and h.sampler == "poisson"
+    assert h.sampling_rate == pytest.approx(40 / 1437)
+    assert h.expected_batch_size == pytest.approx(40.0)
+    assert h.physical_batch_size == 16 and h.precision == "float32" and h.task == "digits-mlp"
+    assert h.noise_key_digest == hashlib.sha256((out / "noise.key").read_bytes()).hexdigest()
+    assert h.dataset_fingerprint and len(h.dataset_fingerprint) == 64
+    assert {"jax", "flax", "optax", "python"} <= set(h.software)
+    assert h.claimed_epsilon > 0 and h.accountant == "pld"
+
+
+def test_secrets_are_private_and_nowhere_public(run):
+    out, _ = run
+    for name in ("noise.key", "private.json"):
+        assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o600
+    assert json.loads((out / "private.json").read_text())["seed"] == SEED
+    key_hex = (out / "noise.key").read_bytes().hex()
+    for path in Path(out).rglob("*"):
+        if path.is_file() and path.name not in ("noise.key", "private.json"):
+            data = path.read_bytes()
+            assert key_hex.encode() not in data, path
+            assert bytes.fromhex(key_hex) not in data, path
+            if path.suffix == ".json":
+                assert str(SEED) not in data.decode(), path
+
+
+def test_existing_run_is_not_overwritten(run):
+    out, _ = run
+    with pytest.raises(UnusableInput, match="already holds a run"):
+        train(TrainConfig(**SMALL), out, progress=False)
+
+
+def test_shortcut_sampler_is_labelled_and_can_lie_in_the_header(tmp_path):
+    cfg = dict(SMALL, steps=3, sampler="shuffle", declare_sampler="poisson")
+    summary = train(TrainConfig(**cfg), tmp_path / "s", progress=False)
+    assert summary["shortcut"] is True and "shortcut" in summary["note"]
+    assert summary["sampler"] == "shuffle" and summary["declared_sampler"] == "poisson"
+    ledger = read_ledger(tmp_path / "s" / "ledger")
+    assert ledger.header.sampler == "poisson"  # the lie the auditor must catch
+    assert "shuffle" not in (tmp_path / "s" / "config.json").read_text()
+    # Fixed-size shuffled batches: every step has the same size.
+    assert len({s.batch_size for s in ledger.steps}) == 1
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"sampling_rate": 1.5}, r"sampling_rate=1.5 must be in \(0, 1\]"),
+        ({"sampling_rate": 0.0}, "sampling_rate=0.0"),
+        ({"noise_multiplier": -1.0}, "noise_multiplier=-1.0 must be >= 0"),
+        ({"clip_norm": 0.0}, "clip_norm=0.0 must be > 0"),
+        ({"physical_batch_size": 0}, "physical_batch_size=0 must be an integer >= 1"),
+        ({"task": "nope"}, "task='nope' is unknown"),
+        ({"steps": 0}, "steps=0"),
+        ({"steps": 5, "epochs": 1.0}, "steps or epochs, not both"),
+        ({"sampling_rate": 0.1, "expected_batch_size": 10}, "not both"),
+        ({"precision": "fp8"}, "precision='fp8'"),
+        ({"sampler": "magic"}, "sampler='magic'"),
+        ({"mutation": "nope"}, "mutation='nope'"),
+        ({"delta": 1.0}, "delta=1.0"),
+    ],
+)
+def test_invalid_config_is_refused(kwargs, message):
+    with pytest.raises(InvalidArgument, match=message):
+        TrainConfig(**kwargs)
+
+
+def test_plan_resolves_defaults_epochs_and_expected_batch_size():
+    plan = plan_run(TrainConfig(expected_batch_size=100, epochs=2.0), 1000, 5000)
+    assert plan.sampling_rate == pytest.approx(0.1) and plan.steps == 20
+    assert plan.expected_batch_size == pytest.approx(100.0)
+    default = plan_run(TrainConfig(), 1437, 5000)
+    assert default.physical_batch_size == 64 and default.optimizer == "adam"
+    assert default.delta == 1e-5 and default.declared_sampler == "poisson"
+    with pytest.raises(InvalidArgument, match="must be <= dataset size"):
+        plan_run(TrainConfig(expected_batch_size=2000), 1437, 5000)
+    assert plan_run(TrainConfig(), 10**6, 5000).delta == pytest.approx(1e-7)
+
+
+def test_auto_physical_batch_size_is_a_power_of_two_within_memory():
+    assert auto_physical_batch_size(64, 1000, memory_bytes=1 << 30) == 128
+    assert auto_physical_batch_size(100, 1000, memory_bytes=1 << 30) == 128
+    # Memory-bound: 12 bytes per parameter per example.
+    assert auto_physical_batch_size(1000, 10**6, memory_bytes=12 * 10**6 * 40) == 32
+    assert auto_physical_batch_size(0.3, 10**9, memory_bytes=1) == 1
