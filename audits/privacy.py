@@ -95,8 +95,11 @@ def check_privacy(ledger: Any) -> tuple[CheckResult, Any | None]:
         q = segments[0].sampling_rate if segments else header.sampling_rate
         sigma = segments[0].noise_multiplier if segments else header.noise_multiplier
         lower = accounting.shuffle_lower_bound(q, sigma, executed, delta)
-        details["shuffle_lower_bound"] = lower
-        poisson = eps["pld"] if eps["pld"] is not None else eps["prv"]
+        as_poisson = accounting.compute_epsilon(
+            segments, delta, neighbouring=header.neighbouring, sampler="poisson"
+        )
+        poisson = as_poisson.tight
+        details.update(shuffle_lower_bound=lower, poisson_epsilon=poisson)
         return (
             CheckResult(
                 name=_NAME,

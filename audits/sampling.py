@@ -36,17 +36,7 @@ def last_executions(steps: Sequence[Any]) -> list[Any]:
 def _battery(ledger: Any, *, alpha: float, seed: int) -> Any:
     from dpverify import stats
 
-    header = ledger.header
-    if header.sampler == "truncated_poisson":
-        batches = (s.indices for s in last_executions(ledger.steps))
-        return stats.run_battery(
-            batches,
-            dataset_size=header.dataset_size,
-            sampling_rate=header.sampling_rate,
-            alpha=alpha,
-            cap=int(header.sampler_params["cap"]),
-            seed=seed,
-        )
+    # N, q and a declared cap (truncated Poisson) come from the header.
     return stats.battery_from_ledger(ledger, alpha=alpha, seed=seed)
 
 
