@@ -136,7 +136,7 @@ def require_complete(ledger_dir: Path) -> None:
     if not has_records and has_manifest:
         raise UnusableInput(f"{ledger_dir}: ledger creation did not complete (no {RECORDS_NAME})")
     if not has_manifest:
-        raise LedgerCorrupt(f"{ledger_dir}: {MANIFEST_NAME} is missing", record_index=None)
+        raise LedgerCorrupt(f"{ledger_dir}: {MANIFEST_NAME} is missing", record_index=0)
 
 
 class WriterLock:

@@ -55,7 +55,6 @@ class LedgerScan:
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
         self.path = resolve_ledger_path(path)
-        require_complete(self.path)
         self._scanner = FrameScanner(self.path / RECORDS_NAME)
         self.state = SequenceState()
         self._head = GENESIS
@@ -78,6 +77,7 @@ class LedgerScan:
         return self._scanner.count
 
     def __iter__(self) -> Iterator[Record]:
+        require_complete(self.path)
         pending: list[Frame] = []
         try:
             for frame in self._scanner:

@@ -1,0 +1,109 @@
+"""JSON Lines interchange: round trips and one clear error per bad line."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import numpy as np
+import pytest
+
+from dpverify.errors import InvalidArgument, UnusableInput
+from dpverify.ledger import export_jsonl, import_jsonl, read_ledger
+
+RUN = {
+    "type": "run", "dataset_size": 10000, "sampler": "poisson", "sampling_rate": 0.01,
+    "noise_multiplier": 1.1, "clip_norm": 1.0, "delta": 1e-5, "claimed_epsilon": 2.0,
+    "neighbouring": "add_remove",
+}  # fmt: skip
+
+
+def _write(path, lines):
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    return path
+
+
+def test_import_the_issue_example(tmp_path):
+    src = _write(
+        tmp_path / "run.jsonl",
+        [
+            RUN,
+            {"type": "step", "step": 0, "indices": [3, 17, 254]},
+            {"type": "step", "step": 1, "indices": [9, 2], "noise_multiplier": 1.2,
+             "clip_norm": 0.5, "noise_std": 0.6, "num_clipped": 1, "max_grad_norm": "NaN"},
+            {"type": "resume", "step": 1},
+            {"type": "step", "step": 1, "indices": []},
+        ],
+    )  # fmt: skip
+    target = import_jsonl(src, tmp_path / "run")
+    assert target == tmp_path / "run" / "ledger"
+    ledger = read_ledger(tmp_path / "run")
+    assert ledger.header.claimed_epsilon == 2.0
+    assert [s.step for s in ledger.steps] == [0, 1, 1]
+    np.testing.assert_array_equal(ledger.steps[1].indices, [2, 9])  # sorted on import
+    assert ledger.steps[0].clip_norm is None  # missing: the run's value
+    assert ledger.steps[1].noise_multiplier == 1.2 and np.isnan(ledger.steps[1].max_grad_norm)
+    assert ledger.seal is not None and ledger.seal.steps_executed == 3
+
+
+def test_round_trip_ledger_jsonl_ledger(tmp_path, helpers):
+    path = helpers.small_ledger(tmp_path / "a" / "ledger")
+    n = export_jsonl(path, tmp_path / "a.jsonl")
+    assert n == 12
+    assert stat.S_IMODE((tmp_path / "a.jsonl").stat().st_mode) == 0o600
+    import_jsonl(tmp_path / "a.jsonl", tmp_path / "b")
+    a, b = read_ledger(path), read_ledger(tmp_path / "b")
+    assert a.records == b.records and a.head == b.head
+    export_jsonl(tmp_path / "b", tmp_path / "b.jsonl")
+    assert (tmp_path / "a.jsonl").read_bytes() == (tmp_path / "b.jsonl").read_bytes()
+
+
+def test_export_refuses_to_overwrite(tmp_path, helpers):
+    path = helpers.small_ledger(tmp_path / "l")
+    export_jsonl(path, tmp_path / "x.jsonl")
+    with pytest.raises(InvalidArgument, match="already exists"):
+        export_jsonl(path, tmp_path / "x.jsonl")
+    export_jsonl(path, tmp_path / "x.jsonl", overwrite=True)
+
+
+@pytest.mark.parametrize(
+    ("lines", "match"),
+    [
+        ([], "empty file"),
+        ([{"type": "step", "step": 0, "indices": [1]}], ":1: the first line must be the run"),
+        ([{**RUN, "sampling_rate": 1.5}], r":1: sampling_rate=1.5 must be in \(0, 1\]"),
+        ([{**RUN, "colour": "blue"}], ":1: unknown field"),
+        ([{k: v for k, v in RUN.items() if k != "delta"}], ":1: .*missing required"),
+        ([RUN, {"type": "step", "step": 1, "indices": [1]}], ":2: step=1 out of sequence"),
+        (
+            [
+                RUN,
+                {"type": "step", "step": 0, "indices": [1]},
+                {"type": "step", "step": 2, "indices": [1]},
+            ],
+            ":3: step=2 out of sequence",
+        ),  # fmt: skip
+        ([RUN, {"type": "step", "step": 0, "indices": [1, 1]}], ":2: indices repeat"),
+        ([RUN, {"type": "step", "step": 0, "indices": [10000]}], ":2: .*out of range"),
+        ([RUN, {"type": "step", "step": 0, "indices": [-1]}], ":2: indices must be non-neg"),
+        ([RUN, {"type": "step", "step": 0}], ":2: a step line needs 'indices'"),
+        ([RUN, {"type": "bogus"}], ":2: type='bogus'"),
+        ([RUN, {"type": "resume", "step": 3}], ":2: resume step=3 skips"),
+        ([RUN, RUN], ":2: a second run line"),
+        ([RUN, {"type": "seal", "steps_executed": 1, "final_step": 0}], ":2: seal steps_exec"),
+    ],
+)
+def test_bad_lines_are_named(tmp_path, lines, match):
+    src = _write(tmp_path / "bad.jsonl", lines)
+    with pytest.raises(InvalidArgument, match=match):
+        import_jsonl(src, tmp_path / "out")
+    assert not (tmp_path / "out" / "ledger").exists()
+    assert [p.name for p in (tmp_path / "out").glob(".*")] == []  # no leftovers
+
+
+def test_not_json_and_missing_file(tmp_path):
+    (tmp_path / "x.jsonl").write_text(json.dumps(RUN) + "\n{oops\n")
+    with pytest.raises(InvalidArgument, match=":2: not valid JSON"):
+        import_jsonl(tmp_path / "x.jsonl", tmp_path / "out")
+    with pytest.raises(UnusableInput):
+        import_jsonl(tmp_path / "missing.jsonl", tmp_path / "out")
