@@ -86,7 +86,7 @@ def _bad_inputs(tmp_path):
 
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     for argv in _bad_inputs(tmp_path):
-        code, out, err = _run(capsys, *argv)
+        code, _out, err = _run(capsys, *argv)
         lines = [line for line in err.splitlines() if not line.startswith("usage:")]
         assert code == 2, argv
         assert len(lines) == 1 and "Traceback" not in err, (argv, err)

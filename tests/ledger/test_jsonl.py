@@ -82,7 +82,7 @@ def test_export_refuses_to_overwrite(tmp_path, helpers):
                 {"type": "step", "step": 2, "indices": [1]},
             ],
             ":3: step=2 out of sequence",
-        ),  # fmt: skip
+        ),
         ([RUN, {"type": "step", "step": 0, "indices": [1, 1]}], ":2: indices repeat"),
         ([RUN, {"type": "step", "step": 0, "indices": [10000]}], ":2: .*out of range"),
         ([RUN, {"type": "step", "step": 0, "indices": [-1]}], ":2: indices must be non-neg"),

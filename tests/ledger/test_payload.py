@@ -84,7 +84,7 @@ def test_empty_step_and_nan_payload():
             extra={"nested": [1, {"a": None}]},
             run_id="r",
             created="2026-01-01T00:00:00Z",
-        ),  # fmt: skip
+        ),
         Checkpoint(step=3, digest="ff" * 32, path="checkpoints/3.npz"),
         Resume(step=0),
         Resume(step=7, checkpoint_digest="ab"),

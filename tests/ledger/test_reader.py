@@ -67,7 +67,7 @@ def test_truncation_at_every_offset_recovers_the_prefix(small, tmp_path):
 
 
 def test_zero_filled_tail_is_a_torn_tail(small, tmp_path):
-    path, data, frames, ledger = small
+    path, data, _frames, ledger = small
     work = _copy(path, tmp_path, "zeros", data + bytes(100))
     got = read_ledger(work)
     assert got.records == ledger.records and got.torn_tail_bytes == 100
@@ -104,8 +104,8 @@ def test_every_manifest_byte_flip_is_detected(small, tmp_path):
     ("name", "edit", "first_bad"),
     [
         ("drop", lambda f: f[:3] + f[4:], 3),
-        ("duplicate", lambda f: f[:4] + [f[3]] + f[4:], 4),
-        ("reorder", lambda f: f[:2] + [f[5], f[2], f[3], f[4]] + f[6:], 2),
+        ("duplicate", lambda f: [*f[:4], f[3], *f[4:]], 4),
+        ("reorder", lambda f: [*f[:2], f[5], f[2], f[3], f[4], *f[6:]], 2),
         ("drop_header", lambda f: f[1:], 0),
     ],
 )
@@ -191,7 +191,7 @@ def test_sigkill_mid_run_always_leaves_a_recoverable_prefix(tmp_path):
         lengths.append(len(ledger.steps))
         start = ledger.steps[-1].step + 1 if ledger.steps else 0
     assert lengths == sorted(lengths) and lengths[-1] > 0
-    with LedgerWriter.resume(path, step=start) as w:
+    with LedgerWriter.resume(path, step=start):
         pass
     final = read_ledger(path)
     assert final.torn_tail_bytes == 0 and len(final.resumes) == 5

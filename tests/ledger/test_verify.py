@@ -29,7 +29,7 @@ def test_report_of_an_unsealed_torn_ledger(tmp_path, helpers):
 def test_report_of_a_corrupt_ledger_names_the_record(tmp_path, helpers):
     path = helpers.small_ledger(tmp_path / "l")
     data = bytearray((path / "records.log").read_bytes())
-    start, end = helpers.frames(bytes(data))[7]
+    start, _end = helpers.frames(bytes(data))[7]
     data[start + 20] ^= 0x40
     (path / "records.log").write_bytes(bytes(data))
     report = verify_ledger(path)
