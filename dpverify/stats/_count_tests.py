@@ -15,6 +15,9 @@ from dpverify.stats._stream import StreamSummary
 
 __all__ = ["gap_moments", "inclusion_count_dispersion", "return_gaps"]
 
+# Up to this many steps, gap_moments builds the (T-1)x(T-1) lag covariance directly.
+_DIRECT_MAX_STEPS = 1200
+
 
 def inclusion_count_dispersion(summary: StreamSummary) -> RawTest:
     """T3: dispersion of the per-example counts ``c_i``, given the batch sizes.
@@ -101,6 +104,14 @@ def gap_moments(steps: int, q: float, edges: np.ndarray) -> tuple[np.ndarray, np
     geo = np.exp((k - 1.0) * lw)
     starts = edges[:-1] - 1
     mean = np.add.reduceat((t - k) * q * q * geo, starts)
+    if t <= _DIRECT_MAX_STEPS:  # the full lag-by-lag matrix, then aggregate
+        s = k[:, None] + k[None, :]
+        w = np.exp((s - 2.0) * lw)
+        g = np.where(s <= t - 1, (t - s) * (s + 1.0), t * (t - s))
+        lag_cov = w * (2.0 * q**3 * np.maximum(0.0, t - s) - q**4 * (g + k[:, None] * k[None, :]))
+        lag_cov[np.diag_indices_from(lag_cov)] += (t - k) * q * q * geo
+        cov = np.add.reduceat(np.add.reduceat(lag_cov, starts, axis=0), starts, axis=1)
+        return mean, cov
     kk = np.add.reduceat(k * geo, starts)
     nb = edges.size - 1
     cov = np.zeros((nb, nb))

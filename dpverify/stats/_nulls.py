@@ -95,8 +95,9 @@ class SizeLaw:
         n = self.dataset_size
         k = self.support
         log_binom = special.gammaln(n + 1) - special.gammaln(k + 1) - special.gammaln(n - k + 1)
-        terms = 2.0 * logp - log_binom
-        return float(np.exp(special.logsumexp(terms[np.isfinite(terms)])))
+        terms = (2.0 * logp - log_binom)[np.isfinite(logp)]
+        top = float(terms.max())
+        return float(np.exp(top) * np.sum(np.exp(terms - top)))
 
 
 def _matched_family(mean: float, var: float) -> tuple[object, object]:

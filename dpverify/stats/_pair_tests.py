@@ -28,8 +28,8 @@ __all__ = ["adjacent_index_pairs", "consecutive_overlap", "lagged_overlap_scan",
 def _overlap_moments(sizes: np.ndarray, n: int, lag: int) -> tuple[float, float]:
     a = sizes[lag:].astype(np.float64)
     b = sizes[:-lag].astype(np.float64)
-    mean = float(np.sum(a * b) / n)
-    var = float(np.sum(a * b * (n - a) * (n - b)) / (n * n * (n - 1))) if n > 1 else 0.0
+    mean = float(a @ b) / n
+    var = float((a * (n - a)) @ (b * (n - b))) / (n * n * (n - 1.0)) if n > 1 else 0.0
     return mean, var
 
 

@@ -170,39 +170,49 @@ class BatchStream:
         """Return gaps and lagged overlaps of this chunk's events (window included)."""
         idx = np.concatenate((self._ctx_idx, flat))
         tim = np.concatenate((self._ctx_time, times))
-        base = t0 - self._max_lag
-        span = t1 - base
-        keys = np.sort(idx * span + (tim - base))
-        sidx, stime = np.divmod(keys, span)
-        stime += base
-        new = stime >= t0
-        # Return gaps: previous inclusion is the sorted predecessor, or last_seen.
-        if sidx.size:
-            prev = np.empty_like(stime)
-            prev[1:] = stime[:-1]
-            first = np.ones(sidx.size, dtype=bool)
-            first[1:] = sidx[1:] != sidx[:-1]
-            prev[first] = self._last_seen[sidx[first]]
-            has = new & (prev >= 0)
-            gaps = stime[has] - prev[has]
-            if gaps.size:
-                hist = np.bincount(gaps)
-                if hist.size > self._gap_hist.size:
-                    hist[: self._gap_hist.size] += self._gap_hist
-                    self._gap_hist = hist
-                else:
-                    self._gap_hist[: hist.size] += hist
-            last = np.ones(sidx.size, dtype=bool)
-            last[:-1] = sidx[1:] != sidx[:-1]
-            self._last_seen[sidx[last]] = stime[last]
-        # Lagged overlaps: all same-example pairs at most max_lag steps apart.
-        j = 1
-        while j < sidx.size:
-            same = (sidx[j:] == sidx[:-j]) & (stime[j:] - stime[:-j] <= self._max_lag)
-            if not same.any():
-                break
-            lags = (stime[j:] - stime[:-j])[same & new[j:]]
-            self._lag_overlap += np.bincount(lags, minlength=self._max_lag + 1)
-            j += 1
         keep = tim >= t1 - self._max_lag
         self._ctx_idx, self._ctx_time = idx[keep], tim[keep]
+        if idx.size == 0:
+            return
+        base = t0 - self._max_lag
+        shift = int(t1 - base - 1).bit_length()
+        # Pack (example, step) into one sortable integer; 32 bits when they fit (faster sort).
+        dtype = np.uint32 if (self._n - 1) < (1 << (32 - shift)) else np.uint64
+        keys = (idx.astype(dtype) << dtype(shift)) | (tim - base).astype(dtype)
+        keys.sort()
+        sidx = (keys >> dtype(shift)).astype(np.int64)
+        stime = (keys & dtype((1 << shift) - 1)).astype(np.int64) + base
+        del keys
+        new = stime >= t0
+        same = sidx[1:] == sidx[:-1]
+        step = stime[1:] - stime[:-1]
+        # Return gaps: to the sorted predecessor of the same example, else to last_seen.
+        inner = step[same & new[1:]]
+        first = np.concatenate(([0], np.flatnonzero(~same) + 1))
+        first = first[new[first]]
+        seen = self._last_seen[sidx[first]]
+        outer = stime[first][seen >= 0] - seen[seen >= 0]
+        gaps = np.concatenate((inner, outer))
+        if gaps.size:
+            hist = np.bincount(gaps)
+            if hist.size > self._gap_hist.size:
+                hist[: self._gap_hist.size] += self._gap_hist
+                self._gap_hist = hist
+            else:
+                self._gap_hist[: hist.size] += hist
+        last = np.concatenate((np.flatnonzero(~same), [sidx.size - 1]))
+        self._last_seen[sidx[last]] = stime[last]
+        # Lagged overlaps: all same-example pairs at most max_lag steps apart.  Pairs
+        # j apart in sorted order can only qualify if the pair j-1 apart did.
+        close = same & (step <= self._max_lag)
+        lags = [step[close & new[1:]]]
+        pos = np.flatnonzero(close) + 1
+        j = 2
+        while pos.size:
+            pos = pos[pos >= j]
+            d = stime[pos] - stime[pos - j]
+            ok = (sidx[pos] == sidx[pos - j]) & (d <= self._max_lag)
+            lags.append(d[ok & new[pos]])
+            pos = pos[ok]
+            j += 1
+        self._lag_overlap += np.bincount(np.concatenate(lags), minlength=self._max_lag + 1)

@@ -35,7 +35,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
-from scipy import stats
+from scipy import special
 
 from dpverify._validate import check_int, check_probability
 from dpverify.errors import InvalidArgument
@@ -126,7 +126,7 @@ def _min_detectable_bias(n: int, q: float, steps: int, alpha: float, k: int) -> 
     expected = n * steps * q
     if expected <= 0 or q >= 1.0:
         return math.inf
-    z = stats.norm.isf(alpha / (2.0 * k)) + stats.norm.isf(0.2)
+    z = -float(special.ndtri(alpha / (2.0 * k))) - float(special.ndtri(0.2))
     return float(z * math.sqrt((1.0 - q) / expected))
 
 
