@@ -1,6 +1,7 @@
 """PoissonSampler: reproducible, step-addressable, and Binomial(N, q) batch sizes."""
 
 import numpy as np
+
 from dpverify.samplers import PoissonSampler, step_rng
 
 

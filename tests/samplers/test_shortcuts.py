@@ -109,7 +109,7 @@ def test_every_shortcut_is_a_pure_function_of_seed_and_step(n, q, seed, step):
 
 
 def test_bad_arguments_raise_invalid_argument():
-    with pytest.raises(InvalidArgument, match="sampling_rate=1.5"):
+    with pytest.raises(InvalidArgument, match=r"sampling_rate=1\.5"):
         ShuffleSampler(10, 1.5, 0)
     with pytest.raises(InvalidArgument, match="step=-1"):
         FixedSizeSampler(10, 0.5, 0).sample(-1)
