@@ -1,0 +1,147 @@
+"""Kill-and-resume: a run killed with SIGKILL and resumed loses no step and double-counts none."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dpverify.errors import InvalidArgument, UnusableInput
+from dpverify.ledger import Checkpoint, Step, read_ledger
+from trainers.loop import TrainConfig, train
+from trainers.replay import replay_steps
+
+STEPS = 260
+# > the writer's group commit (64 records): steps after a checkpoint become durable
+# before the next checkpoint, so the kill usually leaves steps that must be repeated.
+EVERY = 100
+
+ARGS = [
+    "--task", "digits-mlp", "--expected-batch-size", "40", "--noise-multiplier", "1.0",
+    "--physical-batch-size", "16", "--steps", str(STEPS), "--checkpoint-every", str(EVERY),
+    "--seed", "11", "--quiet",
+]  # fmt: skip
+
+
+def _start(out: Path) -> subprocess.Popen:
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    return subprocess.Popen(
+        [sys.executable, "-m", "dpverify", "train", "--out", str(out), *ARGS],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+
+
+def _durable_steps(out: Path) -> int:
+    try:
+        return len(read_ledger(out / "ledger").steps)
+    except Exception:  # not created yet
+        return 0
+
+
+def _kill_between_checkpoints(proc: subprocess.Popen, out: Path) -> None:
+    """SIGKILL once some steps after checkpoint EVERY are durable (a group commit)."""
+    deadline = time.monotonic() + 240
+    while _durable_steps(out) <= EVERY:
+        if proc.poll() is not None:
+            pytest.fail(f"trainer exited early: {proc.stderr.read().decode()[-2000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail("trainer made no progress")
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+
+@pytest.fixture(scope="module")
+def resumed(tmp_path_factory):
+    out = tmp_path_factory.mktemp("kill") / "run"
+    proc = _start(out)
+    _kill_between_checkpoints(proc, out)
+    before = read_ledger(out / "ledger")
+    assert before.seal is None, "the run finished before it was killed; raise STEPS"
+    summary = train(None, out, resume=True, progress=False)
+    return out, before, summary
+
+
+def test_no_step_lost_none_double_counted(resumed):
+    out, before, summary = resumed
+    ledger = read_ledger(out / "ledger")
+    (resume,) = ledger.resumes
+    i = ledger.records.index(resume)
+    first = [r.step for r in ledger.records[:i] if isinstance(r, Step)]
+    second = [r.step for r in ledger.records[i:] if isinstance(r, Step)]
+    m = len(first)
+    assert first == list(range(m)) and m == len(before.steps)
+    # Resumed at the last checkpoint recorded before the kill, and re-ran from there.
+    last_ckpt = [r for r in ledger.records[:i] if isinstance(r, Checkpoint)][-1]
+    assert resume.step == last_ckpt.step <= m
+    assert resume.checkpoint_digest == last_ckpt.digest
+    assert second == list(range(resume.step, STEPS))
+    # Every logical step is present; exactly the resumed range [resume.step, m) twice.
+    counts = np.bincount([s.step for s in ledger.steps], minlength=STEPS)
+    assert counts.min() == 1 and counts.max() <= 2
+    assert np.flatnonzero(counts == 2).tolist() == list(range(resume.step, m))
+    assert ledger.seal.steps_executed == len(ledger.steps) == STEPS + (m - resume.step)
+    assert summary["steps_executed"] == len(ledger.steps)
+    assert summary["resumed_from"] == resume.step and summary["compilations"] == 1
+
+
+def test_repeats_are_identical_re_executions(resumed):
+    out, _, _ = resumed
+    ledger = read_ledger(out / "ledger")
+    by_step: dict[int, list[Step]] = {}
+    for s in ledger.steps:
+        by_step.setdefault(s.step, []).append(s)
+    for runs in by_step.values():
+        if len(runs) == 2:
+            a, b = runs
+            assert np.array_equal(a.indices, b.indices)
+            np.testing.assert_allclose(a.update_sketch, b.update_sketch, rtol=1e-5, atol=1e-7)
+
+
+def test_final_claim_counts_the_repeats(resumed):
+    out, _, summary = resumed
+    ledger = read_ledger(out / "ledger")
+    repeats = len(ledger.steps) - STEPS
+    assert ledger.seal.claimed_epsilon == pytest.approx(summary["claimed_epsilon"])
+    if repeats > 0:
+        assert ledger.seal.claimed_epsilon > ledger.header.claimed_epsilon
+    else:
+        assert ledger.seal.claimed_epsilon == pytest.approx(ledger.header.claimed_epsilon)
+
+
+def test_replay_covers_the_resume_point_and_passes(resumed):
+    out, _, _ = resumed
+    report = replay_steps(out, sample=1, seed=0)
+    assert report.skipped_reason is None
+    resume_step = read_ledger(out / "ledger").resumes[0].step
+    assert resume_step in [o.step for o in report.outcomes]
+    assert report.ok, [o.reason for o in report.outcomes]
+
+
+def test_resuming_a_finished_run_changes_nothing(resumed):
+    out, _, summary = resumed
+    head = read_ledger(out / "ledger").head
+    again = train(None, out, resume=True, progress=False)
+    assert again["steps_executed"] == summary["steps_executed"]
+    assert read_ledger(out / "ledger").head == head
+
+
+def test_resume_refuses_a_different_configuration(resumed):
+    out, _, _ = resumed
+    with pytest.raises(InvalidArgument, match="differs from the run being resumed"):
+        train(TrainConfig(steps=STEPS + 1), out, resume=True, progress=False)
+
+
+def test_resume_without_a_run_is_unusable(tmp_path):
+    with pytest.raises(UnusableInput, match="no run to resume"):
+        train(None, tmp_path / "empty", resume=True, progress=False)
