@@ -216,6 +216,8 @@ class LedgerWriter:
         problem = self._state.problem(record)
         if problem is not None:
             raise InvalidArgument(problem)
+        if isinstance(record, Step):
+            _check_widths(record)
         self._state.accept(record)
         self._pending.append(record)
         if len(self._pending) >= self._group_commit:
@@ -293,3 +295,13 @@ class LedgerWriter:
 
 
 _TOKEN = object()
+
+
+def _check_widths(step: Step) -> None:
+    """Refuse now what the binary step layout cannot hold (encoding happens later)."""
+    if step.step >= 1 << 63:
+        raise InvalidArgument(f"step={step.step} must be < 2**63")
+    for name in ("noise_draws", "num_clipped", "physical_batches"):
+        value = getattr(step, name)
+        if value is not None and value >= 1 << 64:
+            raise InvalidArgument(f"{name}={value} must be < 2**64")
