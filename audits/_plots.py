@@ -54,6 +54,10 @@ def _against_binomial(observed: np.ndarray, trials: int, p: float, total: int, a
         lw=1.5,
         label=f"Binomial({trials}, {p:.3g})",
     )
+    seen = np.flatnonzero(observed)
+    left = min(lo, int(seen[0])) if seen.size else lo
+    right = max(int(stats.binom.ppf(1 - 1e-6, trials, p)), int(seen[-1]) if seen.size else 0)
+    ax.set_xlim(left - 1, right + 1)
     ax.legend(frameon=False)
 
 

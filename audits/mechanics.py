@@ -47,8 +47,9 @@ def _close(a: float, b: float) -> bool:
 class _Finding:
     """Counts steps violating one rule and remembers the first."""
 
-    def __init__(self, message: str) -> None:
+    def __init__(self, message: str, hint: str = "") -> None:
         self.message = message
+        self.hint = hint
         self.count = 0
         self.first: str | None = None
 
@@ -56,6 +57,10 @@ class _Finding:
         self.count += 1
         if self.first is None:
             self.first = example
+
+    def describe(self, total: int) -> str:
+        hint = f": {self.hint}" if self.hint else ""
+        return f"{self.message} at {self.count} of {total} steps ({self.first}){hint}"
 
 
 def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
@@ -75,10 +80,12 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
     rules = {
         "clip_norm": _Finding("clip norm is not positive"),
         "noise_std": _Finding("noise std is not σ·C"),
-        "clipped_norm": _Finding("a clipped gradient norm exceeds C: clipping after summation?"),
-        "noise_draws": _Finding("noise drawn more than once per step: noise per physical batch?"),
+        "clipped_norm": _Finding("a clipped gradient norm exceeds C", "clipping after summation?"),
+        "noise_draws": _Finding("noise drawn more than once", "noise per physical batch?"),
         "denominator": _Finding("denominator is not the declared expected batch size"),
-        "num_clipped": _Finding("more examples clipped than sampled"),
+        "num_clipped": _Finding(
+            "more examples clipped than sampled", "padding rows not masked out?"
+        ),
     }
     missing = {"noise_std": 0, "max_clipped_norm": 0, "noise_draws": 0, "denominator": 0}
     varying_clip = varying_sigma = 0
@@ -133,9 +140,7 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
         "max_clipped_norm_over_c": worst_clipped or None,
     }
     if failed:
-        parts = [
-            f"{r.message} at {r.count} of {len(steps)} steps ({r.first})" for r in failed.values()
-        ]
+        parts = [r.describe(len(steps)) for r in failed.values()]
         return CheckResult(name=_NAME, status="fail", reason="; ".join(parts), details=details)
     gaps = [f"{k} at {v}" for k, v in missing.items() if v]
     note = f"; not recorded (unchecked): {', '.join(gaps)} steps" if gaps else ""

@@ -95,14 +95,16 @@ def check_replay(
     details["max_rel_deviation"] = worst.max_rel_deviation
     if bad:
         first = bad[0]
-        why = f": {first.reason}" if first.reason else ""
+        where = first.reason or (
+            f"step {first.step} deviates by {first.max_rel_deviation:.3g} of its scale "
+            f"(tolerance {first.tolerance:.3g})"
+        )
         return CheckResult(
             name=_NAME,
             status="fail",
             reason=(
                 f"the masked trainer does not match the reference at {len(bad)} of "
-                f"{len(outcomes)} replayed steps; step {first.step} deviates by "
-                f"{first.max_rel_deviation:.3g} (relative, tolerance {first.tolerance:.3g}){why}"
+                f"{len(outcomes)} replayed steps; {where}"
             ),
             details=details,
         )

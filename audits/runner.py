@@ -74,7 +74,8 @@ def _verdict(checks: list[CheckResult], claimed: float | None) -> tuple[str, str
     errors = [c for c in failures if c.details.get("error")]
     genuine = [c for c in failures if not c.details.get("error")]
     if genuine:
-        more = f" (and {len(genuine) - 1} more failed checks)" if len(genuine) > 1 else ""
+        others = [c.name for c in genuine[1:]]
+        more = f" (also failed: {', '.join(others)})" if others else ""
         return "refuted", f"{genuine[0].name}: {genuine[0].reason}{more}"
     if errors:
         return "unverifiable", f"{errors[0].name}: {errors[0].reason}"

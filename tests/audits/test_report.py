@@ -42,7 +42,7 @@ def test_markdown_report_has_verdict_first_checks_and_plots(cert, tmp_path):
         assert f"| {name} |" in text
     assert "fine \\| ok" in text
     plots = sorted(p.name for p in (tmp_path / "report_plots").iterdir())
-    assert plots == ["batch_sizes.png", "inclusion_counts.png"]  # no ε curve without accounting
+    assert plots == ["batch_sizes.png", "epsilon.png", "inclusion_counts.png"]
     assert (tmp_path / "report_plots" / "batch_sizes.png").read_bytes()[:4] == b"\x89PNG"
     assert "secret_note" not in text
 
@@ -50,7 +50,7 @@ def test_markdown_report_has_verdict_first_checks_and_plots(cert, tmp_path):
 def test_html_report_is_self_contained(cert, tmp_path):
     text = write_report(cert, tmp_path / "r.html").read_text()
     assert text.startswith("<!DOCTYPE html>") and "Verdict: CERTIFIED" in text
-    assert text.count("data:image/png;base64,") == 2
+    assert text.count("data:image/png;base64,") == 3
     assert not (tmp_path / "r_plots").exists()
 
 

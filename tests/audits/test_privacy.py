@@ -1,0 +1,66 @@
+"""Privacy check: ε over executed steps at the claimed δ, judged against the claim."""
+
+import numpy as np
+import pytest
+
+from audits.privacy import check_privacy, claimed_privacy
+from dpverify.accounting import epsilon_poisson
+from dpverify.ledger.records import Resume, Seal
+
+
+def _eps(fakes, steps):
+    h = fakes.make_header()
+    return epsilon_poisson(h.sampling_rate, h.noise_multiplier, steps, h.delta, accountant="pld")
+
+
+def test_claim_above_recomputed_epsilon_holds(fakes):
+    ledger = fakes.make_ledger(20, header=fakes.make_header(claimed_epsilon=3.0))
+    result, report = check_privacy(ledger)
+    assert result.status == "pass", result.reason
+    assert report.pld.epsilon < 3.0
+    assert result.details["executed_steps"] == 20 and result.details["repeated_steps"] == 0
+
+
+def test_claim_below_recomputed_epsilon_is_refuted(fakes):
+    low = 0.5 * _eps(fakes, 20)
+    ledger = fakes.make_ledger(20, header=fakes.make_header(claimed_epsilon=low))
+    result, _ = check_privacy(ledger)
+    assert result.status == "fail" and "is below the recomputed" in result.reason
+
+
+def test_repeated_steps_count(fakes):
+    base = fakes.make_ledger(20, sealed=False)
+    claim = _eps(fakes, 20)  # honest for 20 steps, too low for 30 executed
+    header = fakes.make_header(claimed_epsilon=claim)
+    rng = np.random.default_rng(3)
+    again = [fakes.honest_step(header, t, rng) for t in range(10, 20)]
+    records = (header, *base.records[1:], Resume(step=10), *again)
+    ledger = fakes.FakeLedger(header=header, records=records)
+    result, _ = check_privacy(ledger)
+    assert result.status == "fail", result.reason
+    assert "30 executed steps (10 repeated after resumes)" in result.reason
+
+
+def test_seal_claim_is_used(fakes):
+    ledger = fakes.make_ledger(5, sealed=False)
+    sealed = fakes.FakeLedger(
+        header=ledger.header,
+        records=(*ledger.records, Seal(steps_executed=5, final_step=5, claimed_epsilon=0.01)),
+    )
+    assert claimed_privacy(sealed) == (0.01, 1e-5)
+    assert check_privacy(sealed)[0].status == "fail"
+
+
+def test_no_claim_is_skipped_but_epsilon_reported(fakes):
+    ledger = fakes.make_ledger(5, header=fakes.make_header(claimed_epsilon=None))
+    result, report = check_privacy(ledger)
+    assert result.status == "skip" and "claims no ε" in result.reason
+    assert report.pld.epsilon is not None
+
+
+@pytest.mark.parametrize("sampler", ["shuffle", "balls_in_bins", "shuffle_binomial"])
+def test_shuffling_samplers_are_refuted_with_lower_bound(fakes, sampler):
+    ledger = fakes.make_ledger(50, header=fakes.make_header(sampler=sampler, claimed_epsilon=50.0))
+    result, _ = check_privacy(ledger)
+    assert result.status == "fail" and "no valid ε upper bound" in result.reason
+    assert result.details["shuffle_lower_bound"] >= 0
