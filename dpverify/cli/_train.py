@@ -232,19 +232,21 @@ def _demo(args: argparse.Namespace) -> int:
         sys.stdout.write("audit:       the auditor (audits.run_audit) is not installed yet\n")
         return 0
     err.write("dpverify demo: auditing the run ...\n")
-    cert = run_audit(out, replay_steps=args.replay_steps or None, progress=not args.quiet)
+    cert = run_audit(
+        out,
+        replay_steps=args.replay_steps or None,
+        progress=not args.quiet and sys.stderr.isatty(),
+    )
     sys.stdout.write(_write_certificate(cert, out))
     return int(cert.exit_code)
 
 
 def _write_certificate(cert: Any, out: Path) -> str:
-    lines = [f"verdict:     {str(cert.verdict).upper()}"]
     try:
         text = cert.summary_text()
     except Exception:  # the verdict line is enough
         text = ""
-    if text:
-        lines.extend("  " + line for line in text.splitlines())
+    lines = text.splitlines() if text else [f"verdict:     {str(cert.verdict).upper()}"]
     try:
         from audits import write_json, write_report
     except ImportError:

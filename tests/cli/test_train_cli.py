@@ -1,0 +1,98 @@
+"""``dpverify train`` / ``dpverify demo``: exit codes, one-line errors, outputs."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from dpverify.cli import main
+from dpverify.cli._train import DEMO_DIR, _demo_dir
+from trainers.tasks import get_task
+
+SMALL = [
+    "--expected-batch-size", "32", "--noise-multiplier", "1.0", "--steps", "5",
+    "--physical-batch-size", "16", "--checkpoint-every", "2", "--seed", "3", "--quiet",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--sampling-rate", "1.5"], "sampling_rate=1.5 must be in (0, 1]"),
+        (["--sampling-rate", "0"], "sampling_rate=0.0"),
+        (["--noise-multiplier", "-1"], "noise_multiplier=-1.0 must be >= 0"),
+        (["--clip-norm", "0"], "clip_norm=0.0 must be > 0"),
+        (["--clip-norm", "-2"], "clip_norm=-2.0 must be > 0"),
+        (["--physical-batch-size", "0"], "physical_batch_size=0 must be an integer >= 1"),
+        (["--physical-batch-size", "-4"], "physical_batch_size=-4"),
+        (["--task", "nope"], "task='nope' is unknown"),
+        (["--precision", "fp8"], "precision='fp8'"),
+        (["--sampler", "magic"], "sampler='magic'"),
+        (["--steps", "0"], "steps=0"),
+        (["--steps", "3", "--epochs", "1"], "not allowed with argument"),
+        (["--noise-multiplier", "1", "--target-epsilon", "2"], "not allowed with argument"),
+        (["--steps", "ten"], "'ten' is not an integer"),
+        (["--task", "cifar10-cnn"], "needs local data"),
+    ],
+)
+def test_invalid_input_is_one_line_exit_2(tmp_path, capsys, extra, message):
+    rc = _run(["train", "--out", str(tmp_path / "r"), *extra])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and message in err, err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r" / "ledger").exists()
+
+
+def test_resume_without_run_is_one_line_exit_2(tmp_path, capsys):
+    assert _run(["train", "--out", str(tmp_path / "none"), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no run to resume" in err
+
+
+def _run(argv):
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse errors
+        return exc.code
+
+
+def test_train_json_summary_and_existing_run(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(["train", "--out", str(out), *SMALL, "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["steps"] == 5 and summary["compilations"] == 1
+    assert summary["examples_per_second"] > 0 and 0 <= summary["accuracy"] <= 1
+    assert set(summary["epsilon"]) >= {"rdp", "pld", "prv"}
+    assert (out / "summary.json").exists()
+    # Again into the same directory without --resume: refused, one line.
+    assert main(["train", "--out", str(out), *SMALL]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err
+    # --resume of the finished run: nothing to do, the text summary is printed.
+    assert main(["train", "--out", str(out), *SMALL, "--resume"]) == 0
+    text = capsys.readouterr().out
+    assert "accuracy:" in text and "epsilon:" in text and "1 compilation" in text
+
+
+def test_demo_dir_never_reuses_a_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert str(_demo_dir(None)) == DEMO_DIR
+    (tmp_path / DEMO_DIR).mkdir()
+    assert str(_demo_dir(None)) == f"{DEMO_DIR}-2"
+    assert str(_demo_dir("x")) == "x"
+
+
+def test_demo_trains_audits_and_prints_the_verdict(tmp_path, capsys, monkeypatch):
+    defaults = get_task("digits-mlp").defaults
+    monkeypatch.setitem(defaults, "steps", 20)  # keep the test fast; the real demo runs 150
+    out = tmp_path / "demo"
+    rc = main(["demo", "--out", str(out), "--seed", "2", "--replay-steps", "2", "--quiet"])
+    text = capsys.readouterr().out
+    assert "accuracy:" in text and "epsilon:" in text
+    assert "verdict" in text.lower()
+    assert (out / "certificate.json").exists()
+    cert = json.loads((out / "certificate.json").read_text())
+    assert cert["verdict"] == "certified", text
+    assert rc == 0
