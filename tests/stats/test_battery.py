@@ -9,11 +9,14 @@ import json
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from scipy import stats
 
 from dpverify.errors import InvalidArgument
 from dpverify.samplers import PoissonSampler, make_sampler, step_rng
 from dpverify.stats import TEST_NAMES, battery_from_ledger, holm, run_battery
+from dpverify.testing import sampler_configs
 
 # The power study's size (issue 3): N=1e4, q=0.01, T=500, alpha=1e-3.
 N, Q, T, ALPHA = 10_000, 0.01, 500, 1e-3
@@ -309,3 +312,30 @@ def test_battery_from_ledger_path():
         res = battery_from_ledger(path)
     assert not res.passed
     assert "fixed-size batches?" in res.test("batch_size_dispersion").reason
+
+
+# --------------------------------------------------------------------------- robustness
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    config=sampler_configs(max_dataset_size=300, max_steps=40, min_sampling_rate=1e-3),
+    cap=st.one_of(st.none(), st.integers(1, 50)),
+)
+def test_battery_never_crashes_on_valid_input(config, cap):
+    """Any valid configuration gives p-values in [0, 1] and a serialisable result."""
+    sampler = (
+        config.build(PoissonSampler)
+        if cap is None
+        else make_sampler(
+            "truncated_poisson", config.dataset_size, config.sampling_rate, config.seed, cap=cap
+        )
+    )
+    res = run_battery(
+        (sampler.sample(t) for t in range(config.steps)),
+        dataset_size=config.dataset_size,
+        sampling_rate=config.sampling_rate,
+        cap=cap,
+    )
+    assert all(0.0 <= t.p_value <= 1.0 for t in res.tests)
+    json.dumps(res.to_dict(), allow_nan=False)

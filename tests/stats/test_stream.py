@@ -1,0 +1,71 @@
+"""The streaming pass equals brute force on the full inclusion matrix, for any chunking."""
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from dpverify.errors import InvalidArgument
+from dpverify.stats._stream import BatchStream
+
+
+def _brute(matrix, max_lag):
+    steps, n = matrix.shape
+    lag = [0] + [int((matrix[k:] & matrix[:-k]).sum()) for k in range(1, max_lag + 1)]
+    gaps = np.zeros(max(steps, 1), dtype=np.int64)
+    for i in range(n):
+        for g in np.diff(np.flatnonzero(matrix[:, i])):
+            gaps[g] += 1
+    adjacent = int((matrix[:, 1:] & matrix[:, :-1]).sum())
+    rows = [r.tobytes() for r in matrix]
+    repeated = sum(rows[a] == rows[b] for a in range(steps) for b in range(a))
+    return lag, gaps, adjacent, repeated
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    n=st.integers(1, 40),
+    steps=st.integers(0, 60),
+    q=st.floats(0.0, 1.0),
+    max_lag=st.integers(1, 12),
+    chunk=st.integers(1, 200),
+    seed=st.integers(0, 2**32),
+)
+def test_stream_matches_brute_force(n, steps, q, max_lag, chunk, seed):
+    rng = np.random.default_rng(seed)
+    matrix = rng.random((steps, n)) < q
+    stream = BatchStream(n, max_lag=max_lag, chunk_indices=chunk)
+    for row in matrix:
+        stream.add(np.flatnonzero(row))
+    s = stream.finish()
+    lag, gaps, adjacent, repeated = _brute(matrix, max_lag)
+    assert s.steps == steps
+    assert np.array_equal(s.sizes, matrix.sum(axis=1))
+    assert np.array_equal(s.counts, matrix.sum(axis=0))
+    assert list(s.lag_overlap) == lag
+    padded = np.zeros(max(steps, s.gap_hist.size), dtype=np.int64)
+    padded[: s.gap_hist.size] = s.gap_hist
+    assert np.array_equal(padded[: gaps.size], gaps) and not padded[gaps.size :].any()
+    assert s.adjacent_pairs == adjacent
+    assert s.repeated_pairs == repeated
+
+
+def test_wide_index_space_uses_64_bit_keys():
+    """N = 2^21 with 3000 steps in one chunk does not fit 32-bit packed keys."""
+    n, steps = 2**21, 3000
+    rng = np.random.default_rng(0)
+    pool = rng.choice(n, size=40, replace=False)  # few distinct examples: many overlaps
+    batches = [np.unique(rng.choice(pool, size=5)) for _ in range(steps)]
+    stream = BatchStream(n, max_lag=3, chunk_indices=10**6)
+    for b in batches:
+        stream.add(b)
+    s = stream.finish()
+    sets = [set(b.tolist()) for b in batches]
+    for k in (1, 2, 3):
+        assert s.lag_overlap[k] == sum(len(sets[t] & sets[t - k]) for t in range(k, steps))
+
+
+def test_rejects_two_dimensional_batches():
+    stream = BatchStream(10)
+    with pytest.raises(InvalidArgument, match="1-D integer array"):
+        stream.add(np.zeros((2, 2), dtype=np.int64))
