@@ -147,18 +147,32 @@ def calibrate_noise_multiplier(
     while lo > 1e-3 and rdp_eps(lo) <= target:
         lo /= 2.0
     lo, hi = _bisect(rdp_eps, lo, hi, target, max(rtol, 1e-2))
-    if accountant != "rdp":
-        # the tight accountant needs at most σ_RDP; walk down to bracket from below.
-        step = 0.9
-        lo = hi * step
-        while lo > 1e-3 and eps(lo) <= target:
-            hi, lo = lo, lo * step
-            step = step * step
-        if eps(hi) > target:  # PRV's upper bound can exceed RDP on tiny grids
-            while eps(hi) > target:
-                lo, hi = hi, hi * 1.1
-    lo, hi = _bisect(eps, lo, hi, target, rtol)
-    return hi
+    if accountant == "rdp":
+        return _bisect(eps, lo, hi, target, rtol)[1]
+    # The tight accountant needs at most about σ_RDP: bracket from below.
+    lo = hi * 0.85
+    while lo > 1e-3 and eps(lo) <= target:
+        hi, lo = lo, lo * 0.7
+    while eps(hi) > target:  # PRV's upper bound can exceed RDP on tiny grids
+        lo, hi = hi, hi * 1.1
+    return _solve(eps, lo, hi, target, rtol)
+
+
+def _solve(fn, lo: float, hi: float, target: float, rtol: float) -> float:
+    """Smallest σ within ``rtol`` with fn(σ) <= target, fn decreasing, fn(hi) <= target < fn(lo).
+
+    Brent's method on log σ (ε is smooth in σ), then a check that the answer
+    is on the safe side; a few evaluations instead of a dozen bisection steps.
+    """
+    from scipy.optimize import brentq
+
+    root = math.exp(
+        brentq(lambda x: fn(math.exp(x)) - target, math.log(lo), math.log(hi), xtol=rtol / 2)
+    )
+    sigma = min(hi, root * (1.0 + rtol / 2))
+    while fn(sigma) > target:
+        sigma = min(hi, sigma * (1.0 + rtol / 2))
+    return sigma
 
 
 def _bisect(fn, lo: float, hi: float, target: float, rtol: float) -> tuple[float, float]:

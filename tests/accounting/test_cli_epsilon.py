@@ -1,0 +1,183 @@
+"""``dpverify epsilon`` / ``dpverify noise``: JSON shape, RUN_DIR, one-line errors."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from dpverify.cli import main
+
+PARAMS = [
+    "--sampling-rate",
+    "0.01",
+    "--noise-multiplier",
+    "1.1",
+    "--steps",
+    "300",
+    "--delta",
+    "1e-5",
+]
+
+
+def run(argv, capsys):
+    code = main(argv)
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_json_shape_exactly(capsys):
+    code, out, err = run(["epsilon", *PARAMS, "--json"], capsys)
+    assert code == 0 and err == ""
+    obj = json.loads(out)
+    assert set(obj) == {"rdp", "pld", "prv", "reasons"}
+    assert set(obj["rdp"]) == {"epsilon", "order"}
+    assert set(obj["pld"]) == {"epsilon"}
+    assert set(obj["prv"]) == {"lower", "estimate", "upper"}
+    assert (
+        obj["prv"]["lower"] <= obj["pld"]["epsilon"] <= obj["prv"]["upper"] <= obj["rdp"]["epsilon"]
+    )
+    assert obj["reasons"] == {}
+
+
+def test_single_accountant_and_nulls_have_reasons(capsys):
+    code, out, _ = run(["epsilon", *PARAMS, "--json", "--accountant", "rdp"], capsys)
+    obj = json.loads(out)
+    assert code == 0 and obj["pld"] is None and obj["prv"] is None
+    assert obj["reasons"]["pld"] and obj["reasons"]["prv"]
+    code, out, _ = run(
+        ["epsilon", *PARAMS, "--json", "--neighbouring", "replace_one", "--accountant", "rdp"],
+        capsys,
+    )
+    obj = json.loads(out)
+    assert obj["rdp"] is None and "replace_one" in obj["reasons"]["rdp"]
+
+
+def test_text_output(capsys):
+    code, out, _ = run(["epsilon", *PARAMS, "--accountant", "pld"], capsys)
+    assert code == 0 and "PLD" in out and "RDP" not in out
+
+
+def test_epochs_use_ceil(capsys):
+    code, out, _ = run(
+        [
+            "epsilon",
+            "--sampling-rate",
+            "0.03",
+            "--noise-multiplier",
+            "1",
+            "--epochs",
+            "1",
+            "--delta",
+            "1e-5",
+            "--accountant",
+            "rdp",
+        ],
+        capsys,
+    )
+    assert code == 0 and "over 34 executed steps" in out
+
+
+@pytest.mark.parametrize(
+    ("argv", "field"),
+    [
+        (["--sampling-rate", "1.5"], "sampling_rate=1.5"),
+        (["--sampling-rate", "0"], "sampling_rate=0.0"),
+        (["--noise-multiplier", "0"], "noise_multiplier=0.0"),
+        (["--noise-multiplier", "-1"], "noise_multiplier=-1.0"),
+        (["--steps", "0"], "steps=0"),
+        (["--delta", "0"], "delta=0.0"),
+        (["--delta", "1"], "delta=1.0"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2(argv, field, capsys):
+    args = dict(zip(PARAMS[::2], PARAMS[1::2], strict=True))
+    args.update(dict(zip(argv[::2], argv[1::2], strict=True)))
+    code, out, err = run(["epsilon", *[x for kv in args.items() for x in kv]], capsys)
+    assert code == 2 and out == ""
+    assert err.count("\n") == 1 and field in err and "Traceback" not in err
+
+
+def test_missing_parameters_and_mixing_with_run_dir(capsys, make_run):
+    code, _, err = run(["epsilon", "--sampling-rate", "0.1"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "--noise-multiplier" in err
+    code, _, err = run(["epsilon", str(make_run(steps=3)), "--steps", "5"], capsys)
+    assert code == 2 and "RUN_DIR" in err
+
+
+def test_run_dir_counts_repeats(capsys, make_run):
+    run_dir = make_run(steps=20, resume_at=10, repeat_to=15)
+    code, out, _ = run(["epsilon", str(run_dir), "--json", "--accountant", "rdp"], capsys)
+    assert code == 0
+    from dpverify.accounting import epsilon_poisson
+
+    assert json.loads(out)["rdp"]["epsilon"] == pytest.approx(
+        epsilon_poisson(0.01, 1.0, 25, 1e-5, "rdp")
+    )
+    code, out, _ = run(["epsilon", str(run_dir / "ledger"), "--accountant", "rdp"], capsys)
+    assert code == 0 and "25 executed steps" in out
+
+
+def test_missing_run_dir_is_exit_2(tmp_path, capsys):
+    code, _, err = run(["epsilon", str(tmp_path / "nope")], capsys)
+    assert code == 2 and err.count("\n") == 1
+
+
+def test_noise_command(capsys):
+    code, out, _ = run(
+        [
+            "noise",
+            "--sampling-rate",
+            "0.01",
+            "--steps",
+            "300",
+            "--delta",
+            "1e-5",
+            "--target-epsilon",
+            "3",
+            "--accountant",
+            "rdp",
+            "--json",
+        ],
+        capsys,
+    )
+    obj = json.loads(out)
+    assert code == 0 and obj["epsilon"] <= 3.0 and obj["noise_multiplier"] > 0
+    code, _, err = run(
+        [
+            "noise",
+            "--sampling-rate",
+            "0.01",
+            "--steps",
+            "300",
+            "--delta",
+            "1e-5",
+            "--target-epsilon",
+            "-1",
+        ],
+        capsys,
+    )
+    assert code == 2 and "target_epsilon" in err
+
+
+def test_console_script_exit_code():
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "dpverify",
+            "epsilon",
+            "--sampling-rate",
+            "2",
+            "--noise-multiplier",
+            "1",
+            "--steps",
+            "1",
+            "--delta",
+            "1e-5",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stdout == ""
