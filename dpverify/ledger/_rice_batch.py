@@ -19,7 +19,6 @@ from dpverify.ledger.codec import (
     CODEC_RICE,
     MAX_RICE_K,
     CodecError,
-    gaps_to_indices,
     read_varint,
     rice_parameter,
     varint,
@@ -165,41 +164,67 @@ def _encode_group(out: list, slots: list[int], ns: np.ndarray, starts: np.ndarra
         )
 
 
+class _Group:
+    """Rice blocks sharing one parameter k, split into low and high parts."""
+
+    __slots__ = ("blocks", "lows", "ns", "slots", "unary")
+
+    def __init__(self) -> None:
+        self.blocks: list[bytes | memoryview] = []
+        self.slots: list[int] = []
+        self.ns: list[int] = []
+        self.lows: list[bytes | memoryview] = []
+        self.unary: list[bytes | memoryview] = []
+
+
 def decode_rice_many(blocks: Sequence[bytes | memoryview],
                      one: Callable[[bytes | memoryview], np.ndarray]) -> list[np.ndarray]:  # fmt: skip
     """Decode many blocks; Rice blocks vectorised per parameter, others via ``one``."""
     out: list[np.ndarray | None] = [None] * len(blocks)
-    by_k: dict[int, list[tuple[int, int, memoryview]]] = {}
+    groups: dict[int, _Group] = {}
+    pads = [bytes(k) for k in range(MAX_RICE_K + 1)]
     for i, block in enumerate(blocks):
-        if len(block) >= 3 and block[0] == CODEC_RICE:
+        size = len(block)
+        if size >= 4 and block[0] == CODEC_RICE and block[1] <= MAX_RICE_K:
             k = block[1]
-            n, pos = read_varint(block, 2)
-            body = memoryview(block)[pos:]
-            if k <= MAX_RICE_K and n > 0 and len(body) > (n * k + 7) // 8:
-                by_k.setdefault(k, []).append((i, n, body))
+            n = block[2]
+            if n < 0x80:
+                pos = 3
+            else:
+                n, pos = read_varint(block, 2)
+            low = (n * k + 7) >> 3
+            if n > 0 and size > pos + low:
+                g = groups.get(k)
+                if g is None:
+                    g = groups[k] = _Group()
+                view = memoryview(block)
+                g.blocks.append(block)
+                g.slots.append(i)
+                g.ns.append(n)
+                g.lows.append(view[pos : pos + low])
+                pad = ((n + 7) >> 3) * k - low  # low part padded to whole groups of 8
+                if pad:
+                    g.lows.append(pads[k][:pad])
+                g.unary.append(view[pos + low :])
                 continue
         out[i] = one(block)
-    for k, items in by_k.items():
-        _decode_group(out, items, k)
+    for k, group in groups.items():
+        if not _decode_group(out, group, k):  # indices near 2^63: the exact slow path
+            for slot, block in zip(group.slots, group.blocks, strict=True):
+                out[slot] = one(block)
     return out  # type: ignore[return-value]
 
 
-def _decode_group(out: list, items: list[tuple[int, int, memoryview]], k: int) -> None:
-    """Rice-decode blocks that share parameter ``k``; results into ``out`` slots."""
-    ns_list = [n for _, n, _ in items]
-    ns = np.array(ns_list, dtype=np.int64)
-    low_sizes = [(n * k + 7) // 8 for n in ns_list]
-    group_sizes = [(n + 7) // 8 * k for n in ns_list]  # low part padded to whole groups
-    zeros = bytes(k)
-    low_joined = b"".join(
-        part
-        for (_, _, body), lb, gb in zip(items, low_sizes, group_sizes, strict=True)
-        for part in (body[:lb], zeros[: gb - lb])
-    )
-    unary_views = [body[lb:] for (_, _, body), lb in zip(items, low_sizes, strict=True)]
+def _decode_group(out: list, group: _Group, k: int) -> bool:
+    """Rice-decode blocks that share parameter ``k`` into ``out`` slots.
+
+    Returns False (writing nothing) when int64 arithmetic could overflow.
+    """
+    ns = np.array(group.ns, dtype=np.int64)
+    unary_views = group.unary
     ubytes = np.array([len(v) for v in unary_views], dtype=np.int64)
     ubits = np.unpackbits(np.frombuffer(b"".join(unary_views), dtype=np.uint8))
-    ones = np.flatnonzero(ubits)
+    ones = np.flatnonzero(ubits.view(bool))  # the bool view takes numpy's fast path
     total = int(ns.sum())
     if ones.size != total:
         raise CodecError("Rice high part inconsistent with the entry count")
@@ -213,23 +238,26 @@ def _decode_group(out: list, items: list[tuple[int, int, memoryview]], k: int) -
     np.subtract(ones[1:], ones[:-1], out=high[1:])
     high[1:] -= 1
     high[first] = ones[first] - region
-    gaps = high.astype(np.uint64)
+    gaps = high  # int64 throughout (k ≤ 56); huge values take the slow path
+    if int(high.max()) >= 1 << max(0, 61 - k):
+        return False
     if k:
-        gaps <<= _U64(k)
-        rows = np.frombuffer(low_joined, dtype=np.uint8).reshape(-1, k)
-        low = _bytes_to_groups(rows, k)
+        gaps <<= k
+        rows = np.frombuffer(b"".join(group.lows), dtype=np.uint8).reshape(-1, k)
+        low = _bytes_to_groups(rows, k).view(np.int64)
         groups = (ns + 7) // 8
         shift = np.repeat(8 * (np.cumsum(groups) - groups) - first, ns)
         shift += np.arange(total)
         gaps |= low[shift]
-    if int(gaps.max()) >= (1 << 62):
-        x_parts = [gaps_to_indices(p) for p in np.split(gaps, first[1:])]
-    else:
-        x = gaps.astype(np.int64)
-        x += 1
-        np.cumsum(x, out=x)
-        base = np.concatenate(([0], x[first[1:] - 1])) + 1
-        x -= np.repeat(base, ns)
-        x_parts = np.split(x, first[1:])
-    for (slot, _, _), part in zip(items, x_parts, strict=True):
+    if float(np.sum(gaps, dtype=np.float64)) + total >= 2.0**62:
+        return False
+    gaps += 1
+    np.cumsum(gaps, out=gaps)
+    base = np.empty(ns.size, dtype=np.int64)
+    base[0] = 1
+    base[1:] = gaps[first[1:] - 1] + 1
+    gaps -= np.repeat(base, ns)
+    x_parts = np.split(gaps, first[1:])
+    for slot, part in zip(group.slots, x_parts, strict=True):
         out[slot] = part
+    return True

@@ -221,7 +221,9 @@ def decode_indices(block: bytes | memoryview) -> np.ndarray:
         universe, pos = read_varint(block, 1)
         if not 0 < universe <= _MAX_BITMAP_UNIVERSE or len(block) - pos != (universe + 7) // 8:
             raise CodecError("bitmap length does not match its universe")
-        x = np.flatnonzero(np.unpackbits(np.frombuffer(block, dtype=np.uint8, offset=pos)))
+        x = np.flatnonzero(
+            np.unpackbits(np.frombuffer(block, dtype=np.uint8, offset=pos)).view(bool)
+        )
         if x.size == 0 or x[-1] != universe - 1:
             raise CodecError("bitmap padding or last bit inconsistent with its universe")
         return x.astype(np.int64)
@@ -242,7 +244,9 @@ def decode_indices(block: bytes | memoryview) -> np.ndarray:
     low_bytes = (n * k + 7) // 8
     if k > MAX_RICE_K or len(body) <= low_bytes:
         raise CodecError("Rice block shorter than its header says")
-    ones = np.flatnonzero(np.unpackbits(np.frombuffer(body, dtype=np.uint8, offset=low_bytes)))
+    ones = np.flatnonzero(
+        np.unpackbits(np.frombuffer(body, dtype=np.uint8, offset=low_bytes)).view(bool)
+    )
     if ones.size != n or int(ones[-1]) // 8 != len(body) - low_bytes - 1:
         raise CodecError("Rice high part inconsistent with the entry count")
     high = np.diff(ones, prepend=-1) - 1

@@ -29,7 +29,9 @@ def index_sets(draw):
         n = draw(st.integers(1, 3000))
         q = draw(st.sampled_from([1e-6, 1e-3, 0.01, 0.1, 0.5, 0.9, 0.999, 1.0]))
         seed = draw(st.integers(0, 2**32 - 1))
-        return np.flatnonzero(np.random.default_rng(seed).random(n) < q)
+        x = np.flatnonzero(np.random.default_rng(seed).random(n) < q)
+        # an offset exercises Rice blocks whose values approach 2^63
+        return x + draw(st.sampled_from([0, 0, 0, 2**40, 2**62, 2**63 - 1 - n]))
     values = draw(st.lists(st.integers(0, 2**63 - 1), max_size=40, unique=True))
     return np.array(sorted(values), dtype=np.int64)
 
@@ -58,6 +60,9 @@ def test_edge_cases():
         np.testing.assert_array_equal(decode_indices(encode_indices(arr)), arr)
     assert encode_indices(np.arange(1000))[0] in (CODEC_RICE, CODEC_BITMAP)
     assert encode_indices(np.array([0, 2**62]))[0] == CODEC_PACKED
+    big = 2**62 + np.arange(1000)  # Rice with k = 52 and values past 2^62
+    assert encode_indices(big)[0] == CODEC_RICE
+    np.testing.assert_array_equal(decode_many([encode_indices(big)])[0], big)
 
 
 def _entropy_bits(n: int, q: float) -> float:
