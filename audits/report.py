@@ -17,6 +17,7 @@ from typing import Any
 
 from audits import _plots
 from audits.certificate import Certificate
+from dpverify._validate import check_int
 from dpverify.errors import InvalidArgument, UnusableInput
 
 __all__ = ["render_markdown", "write_report"]
@@ -28,7 +29,7 @@ def _num(x: Any, fmt: str = ".4g") -> str:
     return "—" if x is None else format(x, fmt)
 
 
-def _plots_for(cert: Certificate) -> list[tuple[str, str, bytes]]:
+def _plots_for(cert: Certificate, *, epsilon_points: int) -> list[tuple[str, str, bytes]]:
     """(file stem, caption, PNG) for each plot the evidence allows."""
     ev = cert.evidence
     if ev is None:
@@ -46,7 +47,7 @@ def _plots_for(cert: Certificate) -> list[tuple[str, str, bytes]]:
         ),
     ]
     try:
-        curve = _plots.epsilon_curve(ev)
+        curve = _plots.epsilon_curve(ev, points=epsilon_points) if epsilon_points else {}
     except Exception:  # a plot that cannot be drawn is left out
         curve = {}
     if curve:
@@ -176,8 +177,17 @@ def _render_html(cert: Certificate, plots: list[tuple[str, str, bytes]]) -> str:
     )
 
 
-def write_report(cert: Certificate, path: str | os.PathLike[str]) -> Path:
+def write_report(
+    cert: Certificate, path: str | os.PathLike[str], *, epsilon_points: int = 6
+) -> Path:
     """Write the human report to ``path`` (``.html``/``.htm`` or ``.md``).
+
+    Args:
+        cert: the certificate (its ``evidence`` feeds the plots).
+        path: where to write; Markdown plots go to ``<stem>_plots/`` beside it.
+        epsilon_points: step counts at which the ε curve is recomputed with
+            every accountant (each costs one accounting call; 0 leaves the ε
+            plot out).
 
     Returns:
         The path written.
@@ -192,7 +202,8 @@ def write_report(cert: Certificate, path: str | os.PathLike[str]) -> Path:
         raise InvalidArgument(f"report={str(path)!r} must end in .html or .md")
     if not path.parent.is_dir():
         raise UnusableInput(f"cannot write {path}: directory {path.parent} does not exist")
-    plots = _plots_for(cert)
+    check_int("epsilon_points", epsilon_points, minimum=0)
+    plots = _plots_for(cert, epsilon_points=epsilon_points)
     if suffix == ".md":
         links = []
         if plots:

@@ -35,7 +35,7 @@ def test_evidence_is_aggregate(fakes):
 
 
 def test_markdown_report_has_verdict_first_checks_and_plots(cert, tmp_path):
-    path = write_report(cert, tmp_path / "report.md")
+    path = write_report(cert, tmp_path / "report.md", epsilon_points=2)
     text = path.read_text()
     assert text.splitlines()[2].startswith("**Verdict: CERTIFIED**")
     for name in ("integrity", "configuration", "sampling", "mechanics", "privacy", "replay"):
@@ -48,7 +48,7 @@ def test_markdown_report_has_verdict_first_checks_and_plots(cert, tmp_path):
 
 
 def test_html_report_is_self_contained(cert, tmp_path):
-    text = write_report(cert, tmp_path / "r.html").read_text()
+    text = write_report(cert, tmp_path / "r.html", epsilon_points=1).read_text()
     assert text.startswith("<!DOCTYPE html>") and "Verdict: CERTIFIED" in text
     assert text.count("data:image/png;base64,") == 3
     assert not (tmp_path / "r_plots").exists()
@@ -76,7 +76,7 @@ def test_report_and_json_never_contain_indices(monkeypatch, fakes, tmp_path):
     )
     cert = runner.audit_ledger(ledger, verify_report=fakes.verify_for(ledger))
     texts = [
-        write_report(cert, tmp_path / "r.md").read_text(),
+        write_report(cert, tmp_path / "r.md", epsilon_points=0).read_text(),
         json.dumps(cert.to_json()),
         cert.summary_text(),
     ]
