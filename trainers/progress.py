@@ -8,6 +8,7 @@ bounded number of times per run so accounting never dominates the step time.
 
 from __future__ import annotations
 
+import logging
 import math
 import sys
 from typing import Any
@@ -71,6 +72,9 @@ class TrainingProgress:
     def _epsilon_so_far(self, steps: int) -> float | None:
         if self._sigma <= 0:
             return math.inf
+        absl = logging.getLogger("absl")
+        level = absl.level
+        absl.setLevel(logging.ERROR)  # dp-accounting's order-by-order warnings would break the bar
         try:
             from dpverify.accounting import epsilon_poisson
 
@@ -79,6 +83,8 @@ class TrainingProgress:
             )
         except Exception:  # accounting unavailable: show the bar without ε
             return None
+        finally:
+            absl.setLevel(level)
 
     def close(self) -> None:
         """Close the bar."""
