@@ -36,12 +36,12 @@ __all__ = ["audit_ledger", "run_audit"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
-class _CorruptReport:
-    """Stands in for a VerifyReport when the ledger cannot even be scanned."""
+class _ScanReport:
+    """A VerifyReport built from one read of the ledger (no second scan needed)."""
 
-    first_bad_record: int | None
-    reason: str
-    ok: bool = False
+    ok: bool
+    reason: str = ""
+    first_bad_record: int | None = None
     records: int = 0
     steps: int = 0
     head: str | None = None
@@ -228,16 +228,26 @@ def run_audit(
             raise UnusableInput(f"noise key file {key} does not exist")
     ledger_path = Path(ledger_api.resolve_ledger_path(path))
     run_dir = ledger_path.parent if ledger_path.name == "ledger" else None
-    try:
-        verify_report = ledger_api.verify_ledger(ledger_path)
-    except LedgerCorrupt as exc:  # e.g. the manifest is missing: nothing can be read
-        verify_report = _CorruptReport(first_bad_record=exc.record_index, reason=str(exc))
     ledger = None
-    if verify_report.ok:
-        try:
-            ledger = ledger_api.read_ledger(ledger_path)
-        except LedgerCorrupt:  # pragma: no cover - verify_ledger and read_ledger agree
-            ledger = None
+    try:
+        # read_ledger verifies framing, checksums and the chain as it reads.
+        ledger = ledger_api.read_ledger(ledger_path)
+    except LedgerCorrupt:
+        try:  # scan again, without raising, to say which record is bad
+            verify_report = ledger_api.verify_ledger(ledger_path)
+        except LedgerCorrupt as exc:  # e.g. the manifest is missing: nothing can be read
+            verify_report = _ScanReport(
+                ok=False, first_bad_record=exc.record_index, reason=str(exc)
+            )
+    else:
+        verify_report = _ScanReport(
+            ok=True,
+            records=len(ledger.records),
+            steps=len(ledger.steps),
+            head=ledger.head,
+            sealed=ledger.seal is not None,
+            torn_tail_bytes=ledger.torn_tail_bytes,
+        )
     return audit_ledger(
         ledger,
         verify_report=verify_report,
