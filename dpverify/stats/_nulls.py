@@ -86,7 +86,9 @@ class SizeLaw:
 
     @property
     def var(self) -> float:
-        return float(max(0.0, self.central_moment(2)))
+        """Variance; 0 when the law is a point mass up to rounding (e.g. a cap far below Nq)."""
+        var = self.central_moment(2)
+        return float(var) if var > 1e-12 else 0.0
 
     def prob_equal_batches(self) -> float:
         """P(two independent batches are the same set) = Σ_k P(b=k)² / C(N, k)."""

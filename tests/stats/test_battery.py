@@ -339,3 +339,13 @@ def test_battery_never_crashes_on_valid_input(config, cap):
     )
     assert all(0.0 <= t.p_value <= 1.0 for t in res.tests)
     json.dumps(res.to_dict(), allow_nan=False)
+
+
+def test_cap_far_below_the_mean_is_a_point_mass():
+    """Found by Hypothesis: min(Binomial(135, 0.9375), 1) has variance ~1e-300."""
+    s = make_sampler("truncated_poisson", 135, 0.9375, 0, cap=1)
+    res = run_battery(
+        (s.sample(t) for t in range(5)), dataset_size=135, sampling_rate=0.9375, cap=1
+    )
+    assert res.passed
+    assert not res.test("batch_size_dispersion").meaningful
