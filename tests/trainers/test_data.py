@@ -191,6 +191,15 @@ def test_unreadable_files(tmp_path, content, match):
     _one_line(info.value)
 
 
+def test_npy_content_under_another_name_is_refused(tmp_path):
+    path = tmp_path / "data.bin"
+    with path.open("wb") as f:
+        np.save(f, _images(1))
+    with pytest.raises(UnusableInput, match="single array") as info:
+        load_image_arrays(path)
+    _one_line(info.value)
+
+
 def test_object_arrays_are_refused(tmp_path):
     folder = tmp_path / "objs"
     folder.mkdir()

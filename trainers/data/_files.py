@@ -52,12 +52,16 @@ class ArrayFile:
                 f"({_LAYOUT_HINT})"
             )
         try:
-            with np.load(self.path, allow_pickle=False) as npz:
-                if not isinstance(npz, np.lib.npyio.NpzFile):
-                    raise UnusableInput(f"{self.path} is not an .npz archive ({_LAYOUT_HINT})")
-                self._archive = {k: npz[k] for k in npz.files}
-        except UnusableInput:
-            raise
+            loaded = np.load(self.path, allow_pickle=False)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+            raise UnusableInput(f"{self.path} is not a readable .npz archive: {exc}") from None
+        if not isinstance(loaded, np.lib.npyio.NpzFile):
+            raise UnusableInput(
+                f"{self.path} holds a single array, not an .npz archive ({_LAYOUT_HINT})"
+            )
+        try:
+            with loaded:
+                self._archive = {k: loaded[k] for k in loaded.files}
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
             raise UnusableInput(f"{self.path} is not a readable .npz archive: {exc}") from None
 
