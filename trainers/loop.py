@@ -43,7 +43,7 @@ from dpverify.errors import InvalidArgument, UnusableInput
 from trainers.run_plan import RunPlan, TrainConfig, plan_run
 from trainers.session import Session, open_new, open_resume
 
-__all__ = ["CONFIG_FILE", "SUMMARY_FILE", "TrainConfig", "train"]
+__all__ = ["CONFIG_FILE", "SUMMARY_FILE", "TrainConfig", "load_summary", "train"]
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from dpverify._validate import check_choice, check_int, check_positive, check_probability
@@ -86,7 +87,8 @@ class TrainConfig:
         optimizer: one of :data:`OPTIMIZERS`.
         checkpoint_every: K ≥ 1: checkpoint after every K steps and at the end
             (default :data:`DEFAULT_CHECKPOINT_EVERY`).
-        data_path: local data file/folder for tasks that need one.
+        data_path: local data file/folder for tasks that need one (recorded
+            as an absolute path so replay works from any directory).
         mutation: name of a deliberate bug (``trainers.mutations``; testing only).
     """
 
@@ -289,9 +291,10 @@ def plan_run(config: TrainConfig, dataset_size: int, num_params: int) -> RunPlan
         p = d.get("physical_batch_size", "auto")
     if p == "auto":
         p = auto_physical_batch_size(q * n, num_params)
+    data_path = None if config.data_path is None else str(Path(config.data_path).resolve())
     return RunPlan(
         task=config.task,
-        data_path=config.data_path,
+        data_path=data_path,
         dataset_size=n,
         sampling_rate=q,
         expected_batch_size=q * n,

@@ -162,7 +162,7 @@ def open_new(
     """Create a run directory: secrets, config.json, ledger header, checkpoint 0."""
     from dpverify.ledger import LedgerWriter, RunHeader
     from trainers.components import build_components, count_params, init_model
-    from trainers.noise_key import create_noise_key, write_private
+    from trainers.noise_key import create_noise_key, write_private, write_private_file
 
     if (run_dir / _LEDGER_DIR).exists():
         raise UnusableInput(f"{run_dir} already holds a run; pass --resume or a new --out")
@@ -183,7 +183,9 @@ def open_new(
         "mutation": config.mutation,
     }
     write_private(run_dir, private)
-    (run_dir / _CONFIG_FILE).write_text(json.dumps(plan.to_json(), indent=2) + "\n")
+    config_path = run_dir / _CONFIG_FILE
+    write_private_file(config_path, (json.dumps(plan.to_json(), indent=2) + "\n").encode())
+    config_path.chmod(0o644)  # public: the auditor rebuilds model and data from it
     declared_params = sampler.params() if plan.declared_sampler == sampler.name else {}
     header = RunHeader(
         dataset_size=plan.dataset_size,

@@ -172,3 +172,17 @@ def test_auto_physical_batch_size_is_a_power_of_two_within_memory():
     # Memory-bound: 12 bytes per parameter per example.
     assert auto_physical_batch_size(1000, 10**6, memory_bytes=12 * 10**6 * 40) == 32
     assert auto_physical_batch_size(0.3, 10**9, memory_bytes=1) == 1
+
+
+def test_target_epsilon_calibrates_sigma_and_the_claim_meets_it():
+    from dpverify.accounting import epsilon_poisson
+
+    plan = plan_run(TrainConfig(expected_batch_size=256, steps=150, target_epsilon=2.0), 1437, 5000)
+    eps = epsilon_poisson(plan.sampling_rate, plan.noise_multiplier, 150, plan.delta)
+    assert eps <= 2.0 and eps == pytest.approx(2.0, rel=0.02)
+
+
+def test_data_path_is_recorded_absolute(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    plan = plan_run(TrainConfig(data_path="data.npz"), 1000, 10)
+    assert plan.data_path == str(tmp_path / "data.npz")
