@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import operator
 import struct
 from typing import Any
 
@@ -35,18 +36,18 @@ TYPE_CODES: dict[type, int] = {RunHeader: 1, Step: 2, Checkpoint: 3, Resume: 4, 
 _CLASS_OF_CODE = {code: cls for cls, code in TYPE_CODES.items()}
 
 _STEP_VERSION = 1
-# Optional Step fields in flag-bit order; 'd' float64, 'q' uint64, 's' sketch.
+# Optional Step fields in flag-bit order; "d" float64, "Q" uint64, "s" sketch.
 _STEP_OPTIONAL: tuple[tuple[str, str], ...] = (
     ("sampling_rate", "d"),
     ("clip_norm", "d"),
     ("noise_multiplier", "d"),
     ("noise_std", "d"),
-    ("noise_draws", "q"),
-    ("num_clipped", "q"),
+    ("noise_draws", "Q"),
+    ("num_clipped", "Q"),
     ("max_grad_norm", "d"),
     ("max_clipped_norm", "d"),
     ("denominator", "d"),
-    ("physical_batches", "q"),
+    ("physical_batches", "Q"),
     ("update_sketch", "s"),
 )
 _KNOWN_FLAGS = (1 << len(_STEP_OPTIONAL)) - 1
@@ -77,22 +78,39 @@ def _encode_json(record: Record) -> bytes:
     ).encode("ascii")
 
 
+_SCALAR_NAMES = tuple(name for name, kind in _STEP_OPTIONAL if kind != "s")
+_scalars_of = operator.attrgetter(*_SCALAR_NAMES)
+_SKETCH_BIT = 1 << len(_SCALAR_NAMES)
+_struct_cache: dict[int, struct.Struct] = {}
+
+
+def _scalar_struct(flags: int) -> struct.Struct:
+    """Struct for the prefix plus the scalar optional fields present in ``flags``."""
+    cached = _struct_cache.get(flags)
+    if cached is None:
+        fmt = "<BQH" + "".join(
+            kind for bit, (_, kind) in enumerate(_STEP_OPTIONAL[:-1]) if flags & (1 << bit)
+        )
+        cached = _struct_cache[flags] = struct.Struct(fmt)
+    return cached
+
+
 def _encode_step(step: Step, block: bytes) -> bytes:
+    values = _scalars_of(step)
     flags = 0
-    parts: list[bytes] = []
-    for bit, (name, kind) in enumerate(_STEP_OPTIONAL):
-        value = getattr(step, name)
-        if value is None:
-            continue
-        flags |= 1 << bit
-        if kind == "d":
-            parts.append(_F64.pack(value))
-        elif kind == "q":
-            parts.append(_U64.pack(value))
-        else:
-            parts.append(_U32.pack(len(value)))
-            parts.append(np.asarray(value, dtype="<f8").tobytes())
-    return b"".join((_PREFIX.pack(_STEP_VERSION, step.step, flags), *parts, block))
+    present = []
+    for bit, value in enumerate(values):
+        if value is not None:
+            flags |= 1 << bit
+            present.append(value)
+    sketch = step.update_sketch
+    if sketch is None:
+        head = _scalar_struct(flags).pack(_STEP_VERSION, step.step, flags, *present)
+        return head + block
+    flags |= _SKETCH_BIT
+    head = _scalar_struct(flags & ~_SKETCH_BIT).pack(_STEP_VERSION, step.step, flags, *present)
+    body = _U32.pack(len(sketch)) + np.asarray(sketch, dtype="<f8").tobytes()
+    return b"".join((head, body, block))
 
 
 def _type_code(record: Record) -> int:
@@ -113,7 +131,7 @@ def encode_payload(record: Record) -> tuple[int, bytes]:
 def encode_payloads(records: list[Record]) -> list[tuple[int, bytes]]:
     """:func:`encode_payload` for many records, index blocks encoded in one batch."""
     steps = [r for r in records if isinstance(r, Step)]
-    blocks = iter(encode_many([s.indices for s in steps]) if steps else ())
+    blocks = iter(encode_many([s.indices for s in steps], validated=True) if steps else ())
     out = []
     for record in records:
         code = _type_code(record)
@@ -143,7 +161,7 @@ def step_fields_and_block(payload: bytes | memoryview) -> tuple[dict[str, Any], 
             if kind == "d":
                 (fields[name],) = _F64.unpack_from(view, pos)
                 pos += 8
-            elif kind == "q":
+            elif kind == "Q":
                 (fields[name],) = _U64.unpack_from(view, pos)
                 pos += 8
             else:

@@ -68,26 +68,20 @@ def _bytes_to_groups(rows: np.ndarray, k: int) -> np.ndarray:
 
 
 def _rice_choice(x: np.ndarray, ns: np.ndarray, starts: np.ndarray, gaps: np.ndarray):
-    """Per non-empty block: (use_rice bool, k) with the tie-breaks of encode_indices."""
+    """Per non-empty block: (use_rice bool, k) with the choices of encode_indices."""
     last = x[starts + ns - 1]
-    k0 = np.array(
+    k = np.array(
         [
             rice_parameter((lst - n + 1) / n)
             for lst, n in zip(last.tolist(), ns.tolist(), strict=True)
         ],
         dtype=np.int64,
     )
-    block_of = np.repeat(np.arange(ns.size), ns)
-
-    def cost(k: np.ndarray) -> np.ndarray:
-        high = np.add.reduceat(gaps >> k[block_of], starts)
-        return (ns * k + 7) // 8 * 8 + (ns + high + 7) // 8 * 8
-
-    c0 = cost(k0)
-    k1 = np.minimum(k0 + 1, MAX_RICE_K)
-    c1 = np.where(k0 + 1 <= MAX_RICE_K, cost(k1), np.iinfo(np.int64).max)
-    k = np.where(c1 < c0, k1, k0)
-    best = np.minimum(c0, c1)
+    high = np.zeros(ns.size, dtype=np.int64)
+    for kk in np.unique(k).tolist():  # one pass per distinct k (usually one or two)
+        sums = np.add.reduceat(gaps >> kk, starts)
+        high = np.where(k == kk, sums, high)
+    best = (ns * k + 7) // 8 * 8 + (ns + high + 7) // 8 * 8
     gmax = np.maximum.reduceat(gaps, starts).tolist()
     width = np.array([max(1, int(v).bit_length()) for v in gmax], dtype=np.int64)
     packed = (ns * width + 7) // 8 * 8
@@ -97,26 +91,28 @@ def _rice_choice(x: np.ndarray, ns: np.ndarray, starts: np.ndarray, gaps: np.nda
 
 
 def encode_rice_many(
-    arrays: Sequence[np.ndarray], one: Callable[[np.ndarray], bytes]
+    arrays: Sequence[np.ndarray], one: Callable[[np.ndarray], bytes], *, validated: bool = False
 ) -> list[bytes]:
     """Encode many sorted index arrays; non-Rice or invalid blocks go to ``one``."""
-    xs = [np.asarray(a) for a in arrays]
+    xs = list(arrays) if validated else [np.asarray(a) for a in arrays]
     out: list[bytes | None] = [None] * len(xs)
-    if any(a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)) for a in xs):
+    if not validated and any(
+        a.ndim != 1 or (a.size and not np.issubdtype(a.dtype, np.integer)) for a in xs
+    ):
         return [one(a) for a in xs]
-    ns_all = np.fromiter((a.size for a in xs), dtype=np.int64, count=len(xs))
+    ns_all = np.array([a.size for a in xs], dtype=np.int64)
     nonempty = np.flatnonzero(ns_all)
     for i in np.flatnonzero(ns_all == 0).tolist():
         out[i] = one(xs[i])
     if nonempty.size == 0:
         return out  # type: ignore[return-value]
-    x = np.concatenate([xs[i] for i in nonempty.tolist()]).astype(np.int64, copy=False)
+    parts = xs if nonempty.size == len(xs) else [xs[i] for i in nonempty.tolist()]
+    x = np.concatenate(parts).astype(np.int64, copy=False)
     ns = ns_all[nonempty]
     starts = np.cumsum(ns) - ns
     gaps = np.empty(x.size, dtype=np.int64)
-    gaps[0] = x[0]
     np.subtract(x[1:], x[:-1], out=gaps[1:])
-    gaps[1:] -= 1
+    gaps -= 1
     gaps[starts] = x[starts]
     if gaps.min() < 0:
         return [one(a) for a in xs]  # raises the one-block error
@@ -125,43 +121,46 @@ def encode_rice_many(
         i = int(nonempty[b])
         out[i] = one(xs[i])
     for k in np.unique(ks[use]).tolist():
-        sel = np.flatnonzero(use & (ks == k))
-        _encode_group(out, [int(nonempty[b]) for b in sel.tolist()], ns[sel], starts[sel], gaps, k)
+        member = use & (ks == k)
+        g = gaps if member.all() else gaps[np.repeat(member, ns)]
+        slots = nonempty[member].tolist()
+        _encode_group(out, slots, ns[member], g, k)
     return out  # type: ignore[return-value]
 
 
-def _encode_group(out: list, slots: list[int], ns: np.ndarray, starts: np.ndarray,
-                  gaps: np.ndarray, k: int) -> None:  # fmt: skip
-    """Rice-encode the blocks (all with parameter ``k``) at ``starts`` of ``gaps``."""
-    total = int(ns.sum())
-    local = np.arange(total) - np.repeat(np.cumsum(ns) - ns, ns)
-    g = gaps[np.repeat(starts, ns) + local].astype(np.uint64)
-    high = (g >> _U64(k)).astype(np.int64)
-    # High parts: one bit array, each block's unary region byte-aligned.
-    cs = np.cumsum(high + 1)
+def _encode_group(out: list, slots: list[int], ns: np.ndarray, gaps: np.ndarray, k: int) -> None:
+    """Rice-encode consecutive blocks (sizes ``ns``, all parameter ``k``) of ``gaps``."""
+    total = gaps.size
     first = np.cumsum(ns) - ns
-    before = cs[first] - (high[first] + 1)
-    unary_bits = cs[first + ns - 1] - before
-    unary_bytes = (unary_bits + 7) // 8
+    # High parts: one bit array, each block's unary region byte-aligned.
+    cs = gaps >> k
+    cs += 1
+    np.cumsum(cs, out=cs)  # cs[j] - before[block] = end of value j's unary code
+    before = np.zeros(ns.size, dtype=np.int64)
+    before[1:] = cs[first[1:] - 1]
+    unary_bytes = (cs[first + ns - 1] - before + 7) // 8
     ustart = np.cumsum(unary_bytes) - unary_bytes
     ubits = np.zeros(int(unary_bytes.sum()) * 8, dtype=np.uint8)
-    ubits[np.repeat(8 * ustart - before, ns) + cs - 1] = 1
+    pos = np.repeat(8 * ustart - before - 1, ns)
+    pos += cs
+    ubits[pos] = 1
     unary = np.packbits(ubits).tobytes()
     low_bytes = (ns * k + 7) // 8
     if k:
         groups = (ns + 7) // 8
         gstart = np.cumsum(groups) - groups
+        dest = np.repeat(8 * gstart - first, ns)
+        dest += np.arange(total)
         padded = np.zeros(int(groups.sum()) * 8, dtype=np.uint64)
-        padded[np.repeat(8 * gstart, ns) + local] = g & _U64((1 << k) - 1)
+        padded[dest] = (gaps & ((1 << k) - 1)).view(np.uint64)
         low = _groups_to_bytes(padded, k).tobytes()
         lstart = (gstart * k).tolist()
     else:
         low, lstart = b"", [0] * len(slots)
+    head = bytes((CODEC_RICE, k))
     for slot, n, ls, lb, us, ub in zip(slots, ns.tolist(), lstart, low_bytes.tolist(),
                                        ustart.tolist(), unary_bytes.tolist(), strict=True):  # fmt: skip
-        out[slot] = b"".join(
-            (bytes((CODEC_RICE, k)), varint(n), low[ls : ls + lb], unary[us : us + ub])
-        )
+        out[slot] = b"".join((head, varint(n), low[ls : ls + lb], unary[us : us + ub]))
 
 
 class _Group:

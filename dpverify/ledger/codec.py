@@ -24,7 +24,7 @@ integers.  Its first byte names the codec:
   gaps are far from geometric.
 
 ``varint`` is unsigned LEB128.  The encoder picks the shortest codec (Rice
-parameter chosen per block from the mean gap).  :func:`encode_many` and
+parameter chosen per block from the mean gap, after Kiely 2004).  :func:`encode_many` and
 :func:`decode_many` handle many blocks in one vectorised numpy pass (the
 writer's and the auditor's fast paths); :func:`encode_indices` and
 :func:`decode_indices` are the one-block forms.
@@ -130,11 +130,20 @@ def gaps_to_indices(gaps: np.ndarray) -> np.ndarray:
     return np.cumsum(gaps.astype(np.int64) + 1) - 1
 
 
+_LOG_GOLDEN_CONJUGATE = math.log((math.sqrt(5.0) - 1.0) / 2.0)  # ln(φ − 1) ≈ −0.4812
+
+
 def rice_parameter(mean_gap: float) -> int:
-    """Rice k ≈ log2(mean · ln 2): the near-optimal parameter for geometric gaps."""
-    if mean_gap < 1.0:
+    """The optimal Rice parameter for geometric gaps with mean ``mean_gap``.
+
+    k* = max(0, 1 + ⌊log₂(ln(φ−1) / ln(1−p))⌋) with 1 − p = μ/(μ+1) and φ the
+    golden ratio (Kiely 2004, "Selecting the Golomb parameter in Rice coding",
+    IPN Progress Report 42-159), capped at ``MAX_RICE_K``.
+    """
+    if mean_gap <= 0.0:
         return 0
-    return min(MAX_RICE_K, max(0, math.floor(math.log2(mean_gap * math.log(2.0)))))
+    ratio = -_LOG_GOLDEN_CONJUGATE / math.log1p(1.0 / mean_gap)
+    return min(MAX_RICE_K, max(0, 1 + math.floor(math.log2(ratio))))
 
 
 # ---------------------------------------------------------------- one block
@@ -171,8 +180,8 @@ def _rice_block(gaps: np.ndarray, k: int) -> bytes:
 def encode_indices(indices: np.ndarray) -> bytes:
     """Encode one sorted, strictly increasing array of non-negative indices.
 
-    The shortest of Rice (k ∈ {k₀, k₀+1}, k₀ from the mean gap), bitmap and
-    packed gaps is chosen (see the module docstring for the layouts).
+    The shortest of Rice (k from the mean gap, :func:`rice_parameter`), bitmap
+    and packed gaps is chosen (see the module docstring for the layouts).
 
     Raises:
         InvalidArgument: indices not 1-D integers, negative, unsorted or repeated.
@@ -183,12 +192,9 @@ def encode_indices(indices: np.ndarray) -> bytes:
         return bytes((CODEC_EMPTY,))
     gaps = _gaps(x)
     last = int(x[-1])
-    k0 = rice_parameter((last - n + 1) / n)
-    candidates = []
-    for k in (k0, k0 + 1):
-        if k <= MAX_RICE_K:
-            bits = (n * k + 7) // 8 * 8 + (n + int(np.sum(gaps >> k)) + 7) // 8 * 8
-            candidates.append((bits, CODEC_RICE, k))
+    k = rice_parameter((last - n + 1) / n)
+    bits = (n * k + 7) // 8 * 8 + (n + int(np.sum(gaps >> k)) + 7) // 8 * 8
+    candidates = [(bits, CODEC_RICE, k)]
     width = max(1, int(gaps.max()).bit_length())
     candidates.append(((n * width + 7) // 8 * 8, CODEC_PACKED, width))
     if last < _MAX_BITMAP_UNIVERSE:
@@ -259,15 +265,17 @@ def decode_indices(block: bytes | memoryview) -> np.ndarray:
 # ---------------------------------------------------------------- many blocks
 
 
-def encode_many(arrays: Sequence[np.ndarray]) -> list[bytes]:
+def encode_many(arrays: Sequence[np.ndarray], *, validated: bool = False) -> list[bytes]:
     """Encode many index arrays; equal to ``[encode_indices(a) for a in arrays]``.
 
     Rice blocks (the common case) are encoded together in a fixed number of
     numpy operations; other blocks fall back to :func:`encode_indices`.
+    ``validated=True`` skips the per-array shape and dtype checks (for arrays
+    taken from :class:`~dpverify.ledger.records.Step`, already checked).
     """
     from dpverify.ledger._rice_batch import encode_rice_many
 
-    return encode_rice_many(arrays, encode_indices)
+    return encode_rice_many(arrays, encode_indices, validated=validated)
 
 
 def decode_many(blocks: Sequence[bytes | memoryview]) -> list[np.ndarray]:
