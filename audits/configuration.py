@@ -106,8 +106,8 @@ def check_configuration(header: Any, *, claimed_epsilon: float | None = None) ->
         name=_NAME,
         status="pass",
         reason=(
-            f"sampler {header.sampler!r} with its parameters; q·N = {expected:g} matches "
-            f"the denominator; delta = {header.delta:g} < 1/N"
+            f"declared sampler {header.sampler!r} and its parameters agree; expected batch "
+            f"size q·N = {expected:g} is the denominator; δ = {header.delta:g} < 1/N"
         ),
         details=details,
     )

@@ -23,6 +23,7 @@ from audits.configuration import POISSON_SAMPLERS
 __all__ = ["check_sampling", "last_executions"]
 
 _NAME = "sampling"
+_LABELS = {"poisson": "Poisson", "truncated_poisson": "truncated Poisson"}
 
 
 def last_executions(steps: Sequence[Any]) -> list[Any]:
@@ -126,7 +127,7 @@ def check_sampling(ledger: Any, *, alpha: float = 1e-3, seed: int = 0) -> CheckR
         status="pass",
         p_value=p_min,
         reason=(
-            f"consistent with {header.sampler.replace('_', ' ')} sampling at q = "
+            f"consistent with {_LABELS.get(header.sampler, header.sampler)} sampling at q = "
             f"{header.sampling_rate:g}: no rejection at α = {result.alpha:g} "
             f"({len(meaningful)} of {len(tests)} tests had enough data){bias_txt}"
         ),

@@ -63,12 +63,16 @@ def honest_certificate(trained):
     return run_audit(trained(None), replay_steps=TRAIN_STEPS)
 
 
-def test_honest_masked_run_is_certified_with_replay(honest_certificate):
+def test_honest_masked_run_is_certified_with_replay(trained, honest_certificate):
     cert = honest_certificate
     assert cert.verdict == "certified", cert.summary_text()
     assert cert.check("replay").status == "pass", cert.check("replay").reason
     assert cert.check("mechanics").status == "pass"
     assert cert.exit_code == 0
+    # the certificate's ε is exactly what `dpverify epsilon RUN --json` prints
+    from dpverify.accounting import epsilon_from_ledger
+
+    assert cert.epsilon == epsilon_from_ledger(trained(None)).to_json()
 
 
 @pytest.mark.parametrize(
