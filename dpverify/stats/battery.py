@@ -29,6 +29,7 @@ what each test catches are documented in ``docs/statistics.md``.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
 import os
 from collections.abc import Iterable
@@ -247,6 +248,63 @@ def _final_executions(steps: Any) -> list[Any]:
     return [last[k] for k in sorted(last)]
 
 
+def _check_steps(numbers: list[int], rates: dict[int, float], q: float) -> None:
+    for step, rate in rates.items():
+        if not math.isclose(rate, q, rel_tol=1e-12):
+            raise InvalidArgument(
+                f"step {step} declares sampling_rate={rate} but the header has {q}: "
+                "the battery does not support rates that change during a run yet"
+            )
+    for expected, got in enumerate(numbers):
+        if got != expected:
+            raise InvalidArgument(f"the ledger has no step {expected}: steps must be 0, 1, 2, ...")
+
+
+def _header_null(header: Any) -> tuple[int, float, int | None]:
+    cap = (header.sampler_params or {}).get("cap")
+    return int(header.dataset_size), float(header.sampling_rate), None if cap is None else int(cap)
+
+
+def _battery_from_path(path: Any, alpha: float, seed: int) -> BatteryResult:
+    """Two streaming passes: find each step's last execution, then feed those in order.
+
+    Memory stays O(N + T) however large the ledger; when the last executions
+    are not in step order (a run resumed and ended before reaching its
+    earlier last step) the ledger is read into memory instead.
+    """
+    from dpverify.ledger import RunHeader, Step, iter_records, read_ledger
+
+    header = None
+    numbers: list[int] = []  # step index of each Step record, in order
+    rates: dict[int, float] = {}
+    for record in iter_records(path):
+        if isinstance(record, RunHeader):
+            header = record
+        elif isinstance(record, Step):
+            numbers.append(record.step)
+            if record.sampling_rate is not None:
+                rates[record.step] = record.sampling_rate
+    if header is None:  # pragma: no cover - the reader guarantees a header
+        raise InvalidArgument("the ledger has no run header")
+    n, q, cap = _header_null(header)
+    last = {step: ordinal for ordinal, step in enumerate(numbers)}
+    ordinals = [last[k] for k in sorted(last)]
+    if any(b <= a for a, b in itertools.pairwise(ordinals)):
+        return battery_from_ledger(read_ledger(path), alpha=alpha, seed=seed)
+    _check_steps(sorted(last), rates, q)
+    keep = set(ordinals)
+
+    def batches() -> Iterable[np.ndarray]:
+        ordinal = -1
+        for record in iter_records(path):
+            if isinstance(record, Step):
+                ordinal += 1
+                if ordinal in keep:
+                    yield record.indices
+
+    return run_battery(batches(), dataset_size=n, sampling_rate=q, alpha=alpha, cap=cap, seed=seed)
+
+
 def battery_from_ledger(
     ledger_or_path: Any, *, alpha: float = 1e-3, seed: int = 0
 ) -> BatteryResult:
@@ -259,39 +317,27 @@ def battery_from_ledger(
     Args:
         ledger_or_path: a ``Ledger`` from :func:`dpverify.ledger.read_ledger`
             (anything with ``.header`` and ``.steps``), or a ledger / run
-            directory path.
+            directory path, which is streamed (two passes, memory O(N + T)).
         alpha: family-wise false-positive rate.
         seed: see :func:`run_battery`.
 
     Raises:
         UnusableInput, LedgerCorrupt: from the ledger reader.
         InvalidArgument: steps declare a sampling rate other than the header's
-            (heterogeneous rates are not supported by the battery yet).
+            (heterogeneous rates are not supported by the battery yet), or a
+            logical step index is missing.
     """
-    ledger = ledger_or_path
     if isinstance(ledger_or_path, (str, os.PathLike)):
-        from dpverify.ledger import read_ledger  # imported here: the reader may be absent
-
-        ledger = read_ledger(ledger_or_path)
-    header = ledger.header
-    q = float(header.sampling_rate)
-    cap = (header.sampler_params or {}).get("cap")
-    steps = _final_executions(ledger.steps)
-    for s in steps:
-        if s.sampling_rate is not None and not math.isclose(s.sampling_rate, q, rel_tol=1e-12):
-            raise InvalidArgument(
-                f"step {s.step} declares sampling_rate={s.sampling_rate} but the header has {q}: "
-                "the battery does not support rates that change during a run yet"
-            )
-    expected = list(range(len(steps)))
-    if [s.step for s in steps] != expected:
-        missing = next(i for i, s in zip(expected, steps, strict=False) if s.step != i)
-        raise InvalidArgument(f"the ledger has no step {missing}: steps must be 0, 1, 2, ...")
+        return _battery_from_path(ledger_or_path, alpha, seed)
+    n, q, cap = _header_null(ledger_or_path.header)
+    steps = _final_executions(ledger_or_path.steps)
+    rates = {s.step: s.sampling_rate for s in steps if s.sampling_rate is not None}
+    _check_steps([s.step for s in steps], rates, q)
     return run_battery(
         (s.indices for s in steps),
-        dataset_size=int(header.dataset_size),
+        dataset_size=n,
         sampling_rate=q,
         alpha=alpha,
-        cap=None if cap is None else int(cap),
+        cap=cap,
         seed=seed,
     )

@@ -295,23 +295,52 @@ def test_battery_from_ledger_reads_the_cap():
     assert res.cap == 100 and res.passed
 
 
-def test_battery_from_ledger_path():
+def _write_ledger(path, sampler, runs, cap=None):
+    """Write a ledger executing ``runs`` = [(first, stop), ...]; each run after the first resumes."""
+    from dpverify.ledger import LedgerWriter, Step
+
+    header = _fake_ledger(sampler, 0, cap=cap).header
+    for i, (first, stop) in enumerate(runs):
+        if i == 0:
+            writer = LedgerWriter.create(path, header)
+        else:
+            writer = LedgerWriter.resume(path, step=first)
+        with writer as w:
+            for t in range(first, stop):
+                w.append(Step(step=t, indices=sampler.sample(t)))
+
+
+@pytest.mark.parametrize(
+    "runs",
+    [
+        [(0, 150)],
+        [(0, 120), (100, 150)],  # resumed from an earlier checkpoint: 100..119 run twice
+        [(0, 150), (90, 110)],  # resumed, then stopped before step 149: last runs out of order
+    ],
+)
+def test_battery_from_ledger_path_streams_last_executions(tmp_path, runs):
     ledger = pytest.importorskip("dpverify.ledger")
     if not hasattr(ledger, "LedgerWriter"):
         pytest.skip("ledger writer not available yet")
-    import tempfile
-    from pathlib import Path
-
     s = make_sampler("fixed_size", 2000, 0.05, 3)
-    fake = _fake_ledger(s, 150)
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "ledger"
-        with ledger.LedgerWriter.create(path, fake.header) as w:
-            for step in fake.steps:
-                w.append(step)
-        res = battery_from_ledger(path)
-    assert not res.passed
-    assert "fixed-size batches?" in res.test("batch_size_dispersion").reason
+    path = tmp_path / "ledger"
+    _write_ledger(path, s, runs)
+    from_path = battery_from_ledger(path)
+    in_memory = battery_from_ledger(ledger.read_ledger(path))
+    reference = battery_from_ledger(_fake_ledger(s, 150))
+    assert from_path.to_dict() == in_memory.to_dict() == reference.to_dict()
+    assert not from_path.passed
+    assert "fixed-size batches?" in from_path.test("batch_size_dispersion").reason
+
+
+def test_battery_from_ledger_refuses_changing_rates():
+    from dpverify.ledger import Step
+
+    s = PoissonSampler(2000, 0.05, 3)
+    fake = _fake_ledger(s, 10)
+    fake.steps = (*fake.steps[:5], Step(step=5, indices=s.sample(5), sampling_rate=0.1))
+    with pytest.raises(InvalidArgument, match=r"sampling_rate=0\.1"):
+        battery_from_ledger(fake)
 
 
 # --------------------------------------------------------------------------- robustness
