@@ -95,7 +95,7 @@ class BatchStream:
     def add(self, batch: np.ndarray) -> None:
         """Record the batch of the next step (sorted distinct integers in ``[0, N)``)."""
         arr = np.asarray(batch)
-        if arr.ndim != 1 or (arr.size and not np.issubdtype(arr.dtype, np.integer)):
+        if arr.ndim != 1 or (arr.size and arr.dtype.kind not in "iu"):
             raise InvalidArgument(
                 f"batch at step {self._step}: expected a 1-D integer array, got shape {arr.shape} {arr.dtype}"
             )
