@@ -18,7 +18,15 @@ import numpy as np
 
 from dpverify.errors import InvalidArgument
 from dpverify.ledger.codec import CodecError, decode_indices, encode_indices, encode_many
-from dpverify.ledger.records import Checkpoint, Record, Resume, RunHeader, Seal, Step
+from dpverify.ledger.records import (
+    CheckedIndices,
+    Checkpoint,
+    Record,
+    Resume,
+    RunHeader,
+    Seal,
+    Step,
+)
 
 __all__ = [
     "TYPE_CODES",
@@ -152,35 +160,45 @@ def step_fields_and_block(payload: bytes | memoryview) -> tuple[dict[str, Any], 
         raise PayloadError(f"unknown step payload version {version}")
     if flags & ~_KNOWN_FLAGS:
         raise PayloadError(f"unknown step fields (flags {flags:#x})")
-    pos = _PREFIX.size
-    fields: dict[str, Any] = {"step": step}
+    layout = _scalar_struct(flags & ~_SKETCH_BIT)
     try:
-        for bit, (name, kind) in enumerate(_STEP_OPTIONAL):
-            if not flags & (1 << bit):
-                continue
-            if kind == "d":
-                (fields[name],) = _F64.unpack_from(view, pos)
-                pos += 8
-            elif kind == "Q":
-                (fields[name],) = _U64.unpack_from(view, pos)
-                pos += 8
-            else:
-                (count,) = _U32.unpack_from(view, pos)
-                pos += 4
-                if pos + 8 * count > len(view):
-                    raise PayloadError("update_sketch runs past the payload")
-                sketch = np.frombuffer(view, dtype="<f8", count=count, offset=pos)
-                fields[name] = tuple(float(v) for v in sketch)
-                pos += 8 * count
+        values = layout.unpack_from(view, 0)
+        fields: dict[str, Any] = dict(zip(_names_of(flags & ~_SKETCH_BIT), values[3:], strict=True))
+        fields["step"] = step
+        pos = layout.size
+        if flags & _SKETCH_BIT:
+            (count,) = _U32.unpack_from(view, pos)
+            pos += 4
+            if pos + 8 * count > len(view):
+                raise PayloadError("update_sketch runs past the payload")
+            sketch = np.frombuffer(view, dtype="<f8", count=count, offset=pos)
+            fields["update_sketch"] = tuple(sketch.tolist())
+            pos += 8 * count
     except struct.error:
         raise PayloadError("step payload too short") from None
     return fields, view[pos:]
 
 
+def _names_of(flags: int) -> tuple[str, ...]:
+    names = _names_cache.get(flags)
+    if names is None:
+        names = _names_cache[flags] = tuple(
+            name for bit, name in enumerate(_SCALAR_NAMES) if flags & (1 << bit)
+        )
+    return names
+
+
+_names_cache: dict[int, tuple[str, ...]] = {}
+
+
 def make_step(fields: dict[str, Any], indices: np.ndarray) -> Step:
-    """Build a Step from decoded fields, as a :class:`PayloadError` if invalid."""
+    """Build a Step from decoded fields, as a :class:`PayloadError` if invalid.
+
+    ``indices`` come from the codec, which only produces sorted, distinct,
+    non-negative int64 arrays; Step skips re-checking them.
+    """
     try:
-        return Step(indices=indices, **fields)
+        return Step(indices=indices.view(CheckedIndices), **fields)
     except InvalidArgument as exc:
         raise PayloadError(f"invalid step record: {exc}") from None
 

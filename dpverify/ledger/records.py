@@ -169,7 +169,20 @@ def _same_float(a: Any, b: Any) -> bool:
     )
 
 
+class CheckedIndices(np.ndarray):
+    """Marks an int64 array already known sorted, distinct and non-negative.
+
+    Internal: the ledger reader wraps the index codec's output in it so that
+    :class:`Step` does not re-check (or copy) what the codec guarantees.  The
+    Step stores a plain read-only ``ndarray``.
+    """
+
+
 def _as_indices(value: Any) -> np.ndarray:
+    if type(value) is CheckedIndices and value.dtype == np.int64 and value.ndim == 1:
+        arr = value.view(np.ndarray)
+        arr.setflags(write=False)
+        return arr
     arr = np.asarray(value)
     if arr.size == 0:
         arr = np.zeros(0, dtype=np.int64)
