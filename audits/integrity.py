@@ -102,10 +102,10 @@ def structural_problems(ledger: Any) -> list[str]:
                     f"seal says {record.steps_executed} steps were executed, "
                     f"the ledger records {executed}"
                 )
-            if record.final_step != last + 1:
+            if record.final_step != expected:
                 problems.append(
                     f"seal says the run ended after step {record.final_step - 1}, "
-                    f"the last step recorded is {last}"
+                    f"the last step executed is {expected - 1}"
                 )
     if executed == 0:
         problems.append("the ledger records no steps")

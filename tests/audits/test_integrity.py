@@ -1,6 +1,8 @@
 """Integrity check on hand-made ledgers: chain, contiguity, resumes, seal."""
 
 import numpy as np
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from audits.integrity import check_integrity, structural_problems
 from dpverify.ledger.records import Checkpoint, Resume, Seal, Step
@@ -99,3 +101,50 @@ def test_index_outside_dataset_and_empty_ledger_fail(fakes):
     assert "10]" not in problems[0].replace("N=10)", "")  # the index itself is not printed
     empty = _with_records(fakes, [])
     assert structural_problems(empty) == ["the ledger records no steps"]
+
+
+# --- properties ------------------------------------------------------------------------
+
+
+@st.composite
+def _histories(draw):
+    """Executed step numbers of a run with random restarts, as (records, n_steps)."""
+    events: list = []
+    last = -1
+    for _ in range(draw(st.integers(1, 6))):
+        if last >= 0 and draw(st.booleans()):
+            k = draw(st.integers(0, last + 1))
+            events.append(("resume", k))
+            start = k
+        else:
+            start = last + 1
+        length = draw(st.integers(1, 5))
+        events += [("step", t) for t in range(start, start + length)]
+        last = start + length - 1
+    return events
+
+
+def _build(fakes, events):
+    header = fakes.make_header(dataset_size=50, sampling_rate=0.1)
+    rng = np.random.default_rng(0)
+    records = [header]
+    for kind, k in events:
+        records.append(fakes.honest_step(header, k, rng) if kind == "step" else Resume(step=k))
+    steps = [k for kind, k in events if kind == "step"]
+    records.append(Seal(steps_executed=len(steps), final_step=events[-1][1] + 1))
+    return records
+
+
+# ``fakes`` is a stateless namespace of helpers: sharing it across examples is safe.
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(events=_histories(), data=st.data())
+def test_valid_histories_pass_and_any_removed_step_is_caught(fakes, events, data):
+    records = _build(fakes, events)
+    header = records[0]
+    assert structural_problems(fakes.FakeLedger(header=header, records=tuple(records))) == []
+    step_positions = [i for i, r in enumerate(records) if isinstance(r, Step)]
+    drop = data.draw(st.sampled_from(step_positions))
+    edited = tuple(r for i, r in enumerate(records) if i != drop)
+    assert structural_problems(fakes.FakeLedger(header=header, records=edited))
