@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-from dpverify.errors import LedgerCorrupt
+from dpverify.errors import LedgerCorrupt, UnusableInput
 
 __all__ = [
     "FRAME_OVERHEAD",
@@ -97,7 +97,11 @@ class FrameScanner:
         self.count = 0
 
     def __iter__(self) -> Iterator[Frame]:
-        with open(self.path, "rb") as f:
+        try:
+            f = open(self.path, "rb")
+        except OSError as exc:
+            raise UnusableInput(f"{self.path}: cannot read ({exc.strerror})") from None
+        with f:
             yield from self._scan(f)
 
     def _scan(self, f: BinaryIO) -> Iterator[Frame]:

@@ -78,6 +78,9 @@ class LedgerScan:
 
     def __iter__(self) -> Iterator[Record]:
         require_complete(self.path)
+        self._scanner = FrameScanner(self.path / RECORDS_NAME)  # each pass starts afresh
+        self.state = SequenceState()
+        self._head = GENESIS
         pending: list[Frame] = []
         try:
             for frame in self._scanner:
