@@ -26,12 +26,13 @@ sampler under which neighbouring relation.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from dpverify._validate import check_choice, check_positive, check_probability
+from dpverify._validate import check_choice, check_int, check_positive, check_probability
 from dpverify.accounting.report import AccountantResult, DeltaReport, EpsilonReport
 from dpverify.accounting.segments import Segment
 from dpverify.accounting.support import (
@@ -45,13 +46,16 @@ from dpverify.accounting.support import (
 from dpverify.errors import InvalidArgument
 
 __all__ = [
+    "DEFAULT_MAX_GROUPS",
     "DEFAULT_PLD_DISCRETIZATION",
     "DEFAULT_PRV_EPS_ERROR",
     "TF_PRIVACY_ORDERS",
     "build_event",
     "compute_delta",
     "compute_epsilon",
+    "event_from_groups",
     "group_segments",
+    "pessimistic_groups",
 ]
 
 #: PLD value discretisation interval: reproduces every public reference case.
@@ -100,9 +104,20 @@ def build_event(
     Raises:
         InvalidArgument: no segments, a sampler without an event, or missing sizes.
     """
+    return event_from_groups(
+        group_segments(segments), sampler=sampler, sampler_params=sampler_params
+    )
+
+
+def event_from_groups(
+    groups: Sequence[tuple[tuple[float, float], int]],
+    *,
+    sampler: str = "poisson",
+    sampler_params: Mapping[str, Any] | None = None,
+):  # -> dp_accounting.DpEvent
+    """The dp-accounting event of ``[((q, σ), steps), ...]`` groups (see :func:`build_event`)."""
     import dp_accounting as dpa
 
-    groups = group_segments(segments)
     if not groups:
         raise InvalidArgument("segments must contain at least one step")
     kind = accounting_kind(sampler)
@@ -132,6 +147,41 @@ def build_event(
             )
         parts.append(dpa.SelfComposedDpEvent(ev, count))
     return parts[0] if len(parts) == 1 else dpa.ComposedDpEvent(parts)
+
+
+#: Above this many distinct (q, σ) pairs, PLD and PRV use pessimistically rounded groups.
+DEFAULT_MAX_GROUPS = 32
+
+
+def pessimistic_groups(
+    groups: Sequence[tuple[tuple[float, float], int]], max_groups: int
+) -> tuple[list[tuple[tuple[float, float], int]], float]:
+    """Merge (q, σ) groups onto a log grid, rounding q up and σ down, until <= ``max_groups``.
+
+    The Poisson-subsampled Gaussian's privacy profile increases with q and
+    decreases with σ (more sampling or less noise can only cost privacy), so
+    accounting the rounded groups gives an upper bound on the run's ε.  PLD and
+    PRV cost about a second per distinct group (RDP ~50 ms); this keeps a run
+    whose σ or q changed at every step tractable.
+
+    Returns:
+        ``(groups, ratio)``: the merged groups and the relative grid step used
+        (0.0 when no rounding was needed).
+    """
+    if len(groups) <= max_groups:
+        return list(groups), 0.0
+    ratio = 1e-3
+    while True:
+        step = math.log1p(ratio)
+        merged: dict[tuple[float, float], int] = {}
+        for (q, sigma), count in groups:
+            q_up = min(1.0, math.exp(math.ceil(math.log(q) / step - 1e-9) * step))
+            sigma_down = math.exp(math.floor(math.log(sigma) / step + 1e-9) * step)
+            key = (q_up, min(sigma, sigma_down))
+            merged[key] = merged.get(key, 0) + count
+        if len(merged) <= max_groups:
+            return list(merged.items()), ratio
+        ratio *= 2.0
 
 
 def _relation(neighbouring: str):
@@ -249,6 +299,7 @@ def compute_epsilon(
     pld_discretization: float = DEFAULT_PLD_DISCRETIZATION,
     prv_eps_error: float = DEFAULT_PRV_EPS_ERROR,
     prv_delta_error: float | None = None,
+    max_groups: int = DEFAULT_MAX_GROUPS,
 ) -> EpsilonReport:
     """ε at ``delta`` for the executed segments, from each requested accountant.
 
@@ -270,6 +321,10 @@ def compute_epsilon(
         pld_discretization: PLD value discretisation interval.
         prv_eps_error: PRV ε error.
         prv_delta_error: PRV δ error (default δ/1000).
+        max_groups: above this many distinct (q, σ) pairs (Poisson sampling),
+            every accountant uses pessimistically rounded groups (see
+            :func:`pessimistic_groups`; ``details["grouping"]`` says so): the
+            result stays an upper bound and the cost stays bounded.
 
     Returns:
         An :class:`EpsilonReport`.  With no executed steps every ε is 0.  A step
@@ -306,7 +361,16 @@ def compute_epsilon(
         )
 
     groups = group_segments(segs)
-    event = None
+    rounded, ratio = groups, 0.0
+    if accounting_kind(sampler) == "poisson":
+        rounded, ratio = pessimistic_groups(groups, check_int("max_groups", max_groups, minimum=1))
+    grouping = None
+    if ratio:
+        grouping = (
+            f"{len(groups)} distinct (q, σ) pairs rounded pessimistically (q up, σ down, "
+            f"relative grid {ratio:g}) to {len(rounded)} groups"
+        )
+    rounded_event = None
     results: dict[str, AccountantResult] = {}
     for name in ACCOUNTANTS:
         if name not in wanted:
@@ -316,14 +380,23 @@ def compute_epsilon(
         if why is not None:
             results[name] = _fixed(name, None, why)
             continue
-        if event is None and name in ("rdp", "pld"):
-            event = build_event(segs, sampler=sampler, sampler_params=sampler_params)
+        if rounded_event is None and name in ("rdp", "pld"):
+            try:
+                rounded_event = event_from_groups(
+                    rounded, sampler=sampler, sampler_params=sampler_params
+                )
+            except InvalidArgument as exc:  # e.g. a header without the sampler's sizes
+                results[name] = _fixed(name, None, f"{name.upper()} unavailable: {exc}")
+                continue
         if name == "rdp":
-            results[name] = _timed(name, _rdp, event, delta, neighbouring, rdp_orders)
+            res = _timed(name, _rdp, rounded_event, delta, neighbouring, rdp_orders)
         elif name == "pld":
-            results[name] = _timed(name, _pld, event, delta, neighbouring, pld_discretization)
+            res = _timed(name, _pld, rounded_event, delta, neighbouring, pld_discretization)
         else:
-            results[name] = _timed(name, _prv, groups, delta, prv_eps_error, prv_delta_error)
+            res = _timed(name, _prv, rounded, delta, prv_eps_error, prv_delta_error)
+        if grouping and res.epsilon is not None:
+            res = dataclasses.replace(res, details={**res.details, "grouping": grouping})
+        results[name] = res
     return EpsilonReport(**results, **common)
 
 

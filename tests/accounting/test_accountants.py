@@ -161,10 +161,13 @@ def test_truncated_poisson_uses_pld_only():
         )
     )
     assert r.pld.epsilon == pytest.approx(acc.get_epsilon(DELTA), rel=1e-9)
+    # a header without the cap: reported, not raised (the auditor must not crash)
+    no_cap = compute_epsilon(
+        seg, DELTA, sampler="truncated_poisson", sampler_params={"dataset_size": 1000}
+    )
+    assert no_cap.pld.epsilon is None and "cap" in no_cap.pld.reason
     with pytest.raises(InvalidArgument, match="cap"):
-        compute_epsilon(
-            seg, DELTA, sampler="truncated_poisson", sampler_params={"dataset_size": 1000}
-        )
+        build_event([seg], sampler="truncated_poisson", sampler_params={"dataset_size": 1000})
 
 
 def test_fixed_size_is_rdp_under_replace_one_only():
@@ -265,3 +268,41 @@ def test_compute_delta_inverts_compute_epsilon():
     assert d.deltas["pld"] == pytest.approx(DELTA, rel=0.02)
     assert d.deltas["rdp"] > DELTA
     assert d.details["prv"]["lower"] <= DELTA <= d.deltas["prv"]
+
+
+def test_many_distinct_pairs_are_rounded_pessimistically():
+    segs = [
+        Segment(sampling_rate=0.01 + 1e-5 * i, noise_multiplier=1.0 + 0.01 * i, steps=5)
+        for i in range(60)
+    ]
+    r = compute_epsilon(
+        segs, DELTA, accountants=("rdp", "pld"), pld_discretization=1e-3, max_groups=8
+    )
+    assert "rounded pessimistically" in r.pld.details["grouping"]
+    total = sum(s.steps for s in segs)
+    worst = Segment(
+        sampling_rate=max(s.sampling_rate for s in segs), noise_multiplier=1.0, steps=total
+    )
+    best = Segment(
+        sampling_rate=0.01, noise_multiplier=max(s.noise_multiplier for s in segs), steps=total
+    )
+    hi = compute_epsilon(worst, DELTA, accountants=("rdp", "pld"), pld_discretization=1e-3)
+    lo = compute_epsilon(best, DELTA, accountants=("rdp", "pld"), pld_discretization=1e-3)
+    for name in ("rdp", "pld"):
+        assert getattr(lo, name).epsilon < getattr(r, name).epsilon <= getattr(hi, name).epsilon
+    # exact RDP (cheap) is below the rounded one, but close
+    exact = compute_epsilon(segs, DELTA, accountants=("rdp",), max_groups=1000).rdp.epsilon
+    assert exact <= r.rdp.epsilon <= exact * 1.15
+
+
+def test_pessimistic_groups_round_the_safe_way():
+    from dpverify.accounting.accountants import pessimistic_groups
+
+    groups = [((0.01 * (1 + i / 100), 1.0 + i / 50), 3) for i in range(50)]
+    merged, ratio = pessimistic_groups(groups, 10)
+    assert len(merged) <= 10 and ratio > 0
+    assert sum(c for _, c in merged) == 150
+    assert pessimistic_groups(groups, 100) == (groups, 0.0)
+    lo_q = min(q for (q, _), _ in merged)
+    hi_sigma = max(s for (_, s), _ in merged)
+    assert lo_q >= 0.01 and hi_sigma <= 1.0 + 49 / 50
