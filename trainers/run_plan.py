@@ -25,6 +25,7 @@ from dpverify.errors import InvalidArgument
 
 __all__ = [
     "DEFAULT_CHECKPOINT_EVERY",
+    "DEFAULT_TASK",
     "OPTIMIZERS",
     "RunPlan",
     "TrainConfig",
@@ -34,6 +35,9 @@ __all__ = [
 
 #: Optimisers ``--optimizer`` accepts (Optax names).
 OPTIMIZERS: tuple[str, ...] = ("adam", "sgd", "momentum")
+
+#: Task trained when none is named.
+DEFAULT_TASK = "digits-mlp"
 
 #: Checkpoint after every this many steps unless told otherwise.
 DEFAULT_CHECKPOINT_EVERY = 25
@@ -66,7 +70,7 @@ class TrainConfig:
     given.
 
     Attributes:
-        task: task name (:data:`trainers.tasks.TASKS`).
+        task: task name (:data:`trainers.tasks.TASKS`; default :data:`DEFAULT_TASK`).
         sampling_rate: q in (0, 1].
         expected_batch_size: q·N, the alternative way to set q.
         noise_multiplier: σ ≥ 0.
@@ -92,7 +96,7 @@ class TrainConfig:
         mutation: name of a deliberate bug (``trainers.mutations``; testing only).
     """
 
-    task: str = "digits-mlp"
+    task: str | None = None
     sampling_rate: float | None = None
     expected_batch_size: float | None = None
     noise_multiplier: float | None = None
@@ -116,7 +120,8 @@ class TrainConfig:
     def __post_init__(self) -> None:
         from trainers.tasks import get_task
 
-        get_task(self.task)
+        if self.task is not None:
+            get_task(self.task)
         for a, b in (
             ("sampling_rate", "expected_batch_size"),
             ("noise_multiplier", "target_epsilon"),
@@ -256,7 +261,7 @@ def plan_run(config: TrainConfig, dataset_size: int, num_params: int) -> RunPlan
     """
     from trainers.tasks import get_task
 
-    task = get_task(config.task)
+    task = get_task(config.task or DEFAULT_TASK)
     d = dict(task.defaults)
     n = check_int("dataset_size", dataset_size, minimum=1)
     if config.sampling_rate is not None:
@@ -293,7 +298,7 @@ def plan_run(config: TrainConfig, dataset_size: int, num_params: int) -> RunPlan
         p = auto_physical_batch_size(q * n, num_params)
     data_path = None if config.data_path is None else str(Path(config.data_path).resolve())
     return RunPlan(
-        task=config.task,
+        task=task.name,
         data_path=data_path,
         dataset_size=n,
         sampling_rate=q,

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from dpverify.errors import InvalidArgument, UnusableInput
-from trainers.run_plan import RunPlan, TrainConfig
+from trainers.run_plan import DEFAULT_TASK, RunPlan, TrainConfig
 
 __all__ = ["Session", "load_dataset", "make_sampler", "open_new", "open_resume"]
 
@@ -166,9 +166,10 @@ def open_new(
 
     if (run_dir / _LEDGER_DIR).exists():
         raise UnusableInput(f"{run_dir} already holds a run; pass --resume or a new --out")
-    dataset = load_dataset(config.task, config.data_path)
+    task_name = config.task or DEFAULT_TASK
+    dataset = load_dataset(task_name, config.data_path)
     init_seed = _init_seed(seed)
-    _, _, params0 = init_model(config.task, dataset.num_classes, dataset.x_train[:1], init_seed)
+    _, _, params0 = init_model(task_name, dataset.num_classes, dataset.x_train[:1], init_seed)
     plan = plan_fn(config, dataset.size, count_params(params0))
     sampler_name = config.sampler or "poisson"
     sampler = make_sampler(
@@ -270,6 +271,8 @@ def _check_resume_config(config: TrainConfig, plan: RunPlan, private: dict) -> N
             raise InvalidArgument(
                 f"{name}={given!r} differs from the run being resumed ({name}={stored!r})"
             )
+    if config.seed is not None and config.seed != private.get("seed"):
+        raise InvalidArgument(f"seed={config.seed!r} differs from the run being resumed")
     if config.sampler is not None and config.sampler != private.get("sampler"):
         raise InvalidArgument(
             f"sampler={config.sampler!r} differs from the run being resumed "

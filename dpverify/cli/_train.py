@@ -51,21 +51,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "stay private in RUN_DIR (mode 0600). Unset hyperparameters take the task's defaults."
         ),
     )
-    p.add_argument("--task", default="digits-mlp", help="task name (default digits-mlp)")
+    p.add_argument("--task", help="task name (default digits-mlp)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory")
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--sampling-rate", type=positive_float, help="Poisson rate q in (0, 1]")
-    g.add_argument("--expected-batch-size", type=positive_float, help="q·N")
+    g.add_argument(
+        "--sampling-rate", type=positive_float, metavar="Q", help="Poisson rate q in (0, 1]"
+    )
+    g.add_argument(
+        "--expected-batch-size", type=positive_float, metavar="E", help="E = q·N (sets q)"
+    )
     g = p.add_mutually_exclusive_group()
-    g.add_argument("--noise-multiplier", type=positive_float, help="σ >= 0")
-    g.add_argument("--target-epsilon", type=positive_float, help="calibrate σ for this ε")
-    p.add_argument("--clip-norm", type=positive_float, help="per-example clip norm C > 0")
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--steps", type=integer, help="logical steps T")
-    g.add_argument("--epochs", type=positive_float, help="T = ceil(epochs / q)")
-    p.add_argument("--delta", type=positive_float, help="δ (default min(1e-5, 0.1/N))")
+    g.add_argument("--noise-multiplier", type=positive_float, metavar="SIGMA", help="σ >= 0")
+    g.add_argument(
+        "--target-epsilon", type=positive_float, metavar="EPS", help="calibrate σ for this ε"
+    )
     p.add_argument(
-        "--physical-batch-size", type=_physical_batch, help="rows per compiled batch, or auto"
+        "--clip-norm", type=positive_float, metavar="C", help="per-example clip norm C > 0"
+    )
+    g = p.add_mutually_exclusive_group()
+    g.add_argument("--steps", type=integer, metavar="T", help="logical steps T")
+    g.add_argument("--epochs", type=positive_float, metavar="E", help="T = ceil(epochs / q)")
+    p.add_argument(
+        "--delta", type=positive_float, metavar="DELTA", help="δ (default min(1e-5, 0.1/N))"
+    )
+    p.add_argument(
+        "--physical-batch-size",
+        type=_physical_batch,
+        metavar="P",
+        help="rows per compiled batch, or auto",
     )
     p.add_argument("--precision", help="float32 (default), tf32 or bf16")
     p.add_argument("--seed", type=integer, help="private seed (default: random)")
@@ -88,9 +101,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mutation", help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help="continue a killed run in RUN_DIR")
     p.add_argument("--data", metavar="PATH", help="local data for tasks that need files")
-    p.add_argument("--learning-rate", type=positive_float)
+    p.add_argument("--learning-rate", type=positive_float, metavar="LR")
     p.add_argument("--optimizer", help="adam, sgd or momentum")
-    p.add_argument("--checkpoint-every", type=integer, help="checkpoint every K steps (25)")
+    p.add_argument(
+        "--checkpoint-every", type=integer, metavar="K", help="checkpoint every K steps (25)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_train)

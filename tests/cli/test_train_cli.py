@@ -70,6 +70,11 @@ def test_train_json_summary_and_existing_run(tmp_path, capsys):
     assert main(["train", "--out", str(out), *SMALL]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already holds a run" in err
+    # --resume with settings that differ from the run: refused, one line.
+    for flag in (["--task", "digits-cnn"], ["--seed", "4"], ["--steps", "6"]):
+        assert main(["train", "--out", str(out), "--resume", *flag]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "differs from the run being resumed" in err, err
     # --resume of the finished run: nothing to do, the text summary is printed.
     assert main(["train", "--out", str(out), *SMALL, "--resume"]) == 0
     text = capsys.readouterr().out
