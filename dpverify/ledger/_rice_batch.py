@@ -163,6 +163,9 @@ def _encode_group(out: list, slots: list[int], ns: np.ndarray, gaps: np.ndarray,
         out[slot] = b"".join((head, varint(n), low[ls : ls + lb], unary[us : us + ub]))
 
 
+_PADS = [bytes(k) for k in range(MAX_RICE_K + 1)]
+
+
 class _Group:
     """Rice blocks sharing one parameter k, split into low and high parts."""
 
@@ -181,7 +184,7 @@ def decode_rice_many(blocks: Sequence[bytes | memoryview],
     """Decode many blocks; Rice blocks vectorised per parameter, others via ``one``."""
     out: list[np.ndarray | None] = [None] * len(blocks)
     groups: dict[int, _Group] = {}
-    pads = [bytes(k) for k in range(MAX_RICE_K + 1)]
+    pads = _PADS
     for i, block in enumerate(blocks):
         size = len(block)
         if size >= 4 and block[0] == CODEC_RICE and block[1] <= MAX_RICE_K:
@@ -256,7 +259,8 @@ def _decode_group(out: list, group: _Group, k: int) -> bool:
     base[0] = 1
     base[1:] = gaps[first[1:] - 1] + 1
     gaps -= np.repeat(base, ns)
-    x_parts = np.split(gaps, first[1:])
+    starts = first.tolist()
+    x_parts = [gaps[a:b] for a, b in zip(starts, [*starts[1:], total], strict=True)]
     for slot, part in zip(group.slots, x_parts, strict=True):
         out[slot] = part
     return True
