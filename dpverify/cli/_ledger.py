@@ -80,25 +80,11 @@ def _progress(scan: Any, quiet: bool) -> Iterator[Any]:
 
 
 def _verify(args: argparse.Namespace) -> int:
-    from dpverify.errors import LedgerCorrupt
     from dpverify.ledger.reader import LedgerScan
-    from dpverify.ledger.verify import VerifyReport
+    from dpverify.ledger.verify import verify_scan
 
     scan = LedgerScan(args.path)
-    try:
-        for _ in _progress(scan, args.quiet):
-            pass
-        report = VerifyReport(
-            ok=True, records=scan.state.records, steps=scan.state.steps, head=scan.head,
-            sealed=scan.state.sealed, torn_tail_bytes=scan.torn_tail_bytes,
-            first_bad_record=None, reason="",
-        )  # fmt: skip
-    except LedgerCorrupt as exc:
-        report = VerifyReport(
-            ok=False, records=scan.state.records, steps=scan.state.steps, head=scan.head,
-            sealed=scan.state.sealed, torn_tail_bytes=0,
-            first_bad_record=exc.record_index, reason=str(exc),
-        )  # fmt: skip
+    report = verify_scan(scan, _progress(scan, args.quiet))
     if args.json:
         print(json.dumps({"path": str(scan.path), **report.to_dict()}, indent=2))
     elif report.ok:

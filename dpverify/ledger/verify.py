@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
+from collections.abc import Iterable
 
 from dpverify.errors import LedgerCorrupt
 from dpverify.ledger.reader import LedgerScan
+from dpverify.ledger.records import Record
 
-__all__ = ["VerifyReport", "verify_ledger"]
+__all__ = ["VerifyReport", "verify_ledger", "verify_scan"]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -48,9 +50,14 @@ def verify_ledger(path: str | os.PathLike[str]) -> VerifyReport:
     Raises:
         UnusableInput: ``path`` is missing or is not a ledger at all.
     """
-    scan = LedgerScan(path)
+    return verify_scan(LedgerScan(path))
+
+
+def verify_scan(scan: LedgerScan, records: Iterable[Record] | None = None) -> VerifyReport:
+    """Consume ``records`` (default: ``scan`` itself, e.g. wrapped in a progress
+    bar by the CLI) and report on the ledger ``scan`` reads."""
     try:
-        for _ in scan:
+        for _ in scan if records is None else records:
             pass
     except LedgerCorrupt as exc:
         return VerifyReport(
