@@ -90,6 +90,15 @@ class BatteryResult:
     min_detectable_relative_bias: float
     cap: int | None = None
 
+    def __post_init__(self) -> None:
+        if not 0.0 < self.alpha < 1.0:
+            raise InvalidArgument(f"alpha={self.alpha!r} must be in (0, 1)")
+        if self.correction not in ("holm", "bonferroni"):
+            raise InvalidArgument(f"correction={self.correction!r} must be one of holm, bonferroni")
+        if any(not isinstance(t, TestResult) for t in self.tests):
+            raise InvalidArgument("tests must hold TestResult values")
+        object.__setattr__(self, "tests", tuple(self.tests))
+
     @property
     def passed(self) -> bool:
         """No test rejected at the family-wise level α."""
