@@ -60,6 +60,37 @@ def test_step_round_trip_bit_exact(step):
         assert [_bits(v) for v in back.update_sketch] == [_bits(v) for v in step.update_sketch]
 
 
+finite_pos = st.floats(min_value=0.0, max_value=1e300)
+json_value = st.recursive(
+    st.none() | st.booleans() | st.integers(-(2**63), 2**63) | st.text(max_size=5) | finite_pos,
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=4), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.builds(
+        RunHeader,
+        dataset_size=st.integers(1, 2**62),
+        sampler=st.text(min_size=1, max_size=12),
+        sampling_rate=st.floats(min_value=1e-12, max_value=1.0),
+        noise_multiplier=finite_pos,
+        clip_norm=st.floats(min_value=1e-9, max_value=1e9),
+        delta=st.floats(min_value=1e-300, max_value=0.99),
+        claimed_epsilon=st.none() | finite_pos | st.just(math.inf),
+        neighbouring=st.sampled_from(["add_remove", "replace_one"]),
+        sampler_params=st.dictionaries(st.text(max_size=6), json_value, max_size=3),
+        extra=st.dictionaries(st.text(max_size=6), json_value, max_size=3),
+        task=st.none() | st.text(max_size=10),
+    )
+)
+def test_run_header_round_trip(header):
+    assert decode_payload(*encode_payload(header)) == header
+
+
 def test_empty_step_and_nan_payload():
     step = Step(step=0, indices=np.array([], dtype=np.int64), max_grad_norm=STRANGE_NAN)
     back = decode_payload(*encode_payload(step))

@@ -13,7 +13,7 @@ import time
 import numpy as np
 import pytest
 
-from dpverify.errors import LedgerCorrupt, UnusableInput
+from dpverify.errors import LedgerCorrupt, LedgerLocked, UnusableInput
 from dpverify.ledger import (
     LedgerWriter,
     iter_records,
@@ -170,7 +170,8 @@ _CHILD = textwrap.dedent(
 
 def test_sigkill_mid_run_always_leaves_a_recoverable_prefix(tmp_path):
     """Kill a writer at random moments, five times; each time the ledger reads
-    cleanly (maybe with a torn tail) and the next writer resumes it."""
+    cleanly (maybe with a torn tail) and the next writer resumes it.  While the
+    writer lives, a writer in another process is refused."""
     path = tmp_path / "ledger"
     rng = np.random.default_rng(0)
     start = 0
@@ -182,6 +183,8 @@ def test_sigkill_mid_run_always_leaves_a_recoverable_prefix(tmp_path):
             text=True,
         )
         assert child.stdout.readline().strip() == "ready"
+        with pytest.raises(LedgerLocked):  # the live writer holds the lock
+            LedgerWriter.resume(path, step=0)
         time.sleep(float(rng.uniform(0.02, 0.15)))
         os.kill(child.pid, signal.SIGKILL)
         child.wait()
