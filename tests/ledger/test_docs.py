@@ -23,3 +23,12 @@ def test_documented_constants():
     assert MAGIC == b"DPVLEDG\x01" and '"DPVLEDG" 0x01' in text
     assert f"Frame overhead: {FRAME_OVERHEAD} bytes" in text
     assert zlib.crc32(b"123456789") == 0xCBF43926
+
+
+def test_module_doctests():
+    import doctest
+
+    import dpverify.ledger.writer as writer
+
+    result = doctest.testmod(writer)
+    assert result.attempted > 0 and result.failed == 0
