@@ -313,3 +313,14 @@ def test_restart_counted_in_the_claim_is_certified(tmp_path):
     cert = run_audit(_restarted_ledger(tmp_path / "ledger", claim), replay_steps=None)
     assert cert.verdict == "certified", cert.summary_text()
     assert cert.steps == 500 and cert.logical_steps == 300
+
+
+def test_cli_exit_codes_on_trained_runs(trained, tmp_path, capsys):
+    import json
+
+    from dpverify.cli import main
+
+    out = tmp_path / "cert.json"
+    assert main(["audit", str(trained(None)), "--no-replay", "--quiet", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["verdict"] == "certified"
+    assert main(["audit", str(trained("clip_after_sum")), "--no-replay", "--quiet"]) == 1
