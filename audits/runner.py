@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,8 @@ def audit_ledger(
     """
     from tqdm import tqdm
 
-    bar = tqdm(total=6, desc="audit", unit="check", disable=not progress, leave=False)
+    show = progress and sys.stderr.isatty()
+    bar = tqdm(total=6, desc="audit", unit="check", disable=not show, leave=False)
     checks = [check_integrity(verify_report, ledger)]
     bar.update(1)
     head = getattr(verify_report, "head", None)
