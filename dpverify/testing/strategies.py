@@ -3,15 +3,16 @@
 Hypothesis is imported when a strategy is built, not when this module is
 imported, so ``import dpverify.testing`` works without it installed.
 
-Example:
-    >>> from hypothesis import given, settings
-    >>> from dpverify.testing import sampler_configs
-    >>> @settings(max_examples=5, deadline=None)
-    ... @given(sampler_configs(max_dataset_size=500, max_steps=20))
-    ... def test_batches_are_sorted(config):
-    ...     sampler = config.build(MySampler)
-    ...     batch = sampler.sample(config.steps - 1)
-    ...     assert (batch[1:] > batch[:-1]).all()
+Example (in a user's test module; ``MySampler(dataset_size, sampling_rate, seed)``)::
+
+    from hypothesis import given, settings
+    from dpverify.testing import sampler_configs
+
+    @settings(max_examples=5, deadline=None)
+    @given(sampler_configs(max_dataset_size=500, max_steps=20))
+    def test_batches_are_sorted(config):
+        batch = config.build(MySampler).sample(config.steps - 1)
+        assert (batch[1:] > batch[:-1]).all()
 """
 
 from __future__ import annotations
