@@ -166,6 +166,11 @@ def open_new(
 
     if (run_dir / _LEDGER_DIR).exists():
         raise UnusableInput(f"{run_dir} already holds a run; pass --resume or a new --out")
+    if (run_dir / "noise.key").exists():
+        raise UnusableInput(
+            f"{run_dir} holds a run that never started (noise.key but no ledger/); "
+            "remove it or pass a new --out"
+        )
     task_name = config.task or DEFAULT_TASK
     dataset = load_dataset(task_name, config.data_path)
     init_seed = _init_seed(seed)
