@@ -69,10 +69,12 @@ def collect_evidence(ledger: Any, *, steps: Sequence[Any], delta: float) -> Audi
         counts[s.indices[s.indices < n]] += 1  # indices are distinct within a step
     histogram = np.bincount(counts, minlength=1)
     segments: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
     try:
         from dpverify import accounting
 
         segments = tuple(accounting.segments_from_ledger(ledger))
+        kwargs = accounting.accounting_kwargs(header)
     except Exception:  # plots degrade gracefully; the privacy check reports why
         segments = ()
     return AuditEvidence(
@@ -82,9 +84,5 @@ def collect_evidence(ledger: Any, *, steps: Sequence[Any], delta: float) -> Audi
         count_histogram=histogram,
         delta=delta,
         segments=segments,
-        accounting_kwargs={
-            "neighbouring": header.neighbouring,
-            "sampler": header.sampler,
-            "sampler_params": dict(header.sampler_params or {}),
-        },
+        accounting_kwargs=kwargs,
     )

@@ -68,13 +68,8 @@ def check_privacy(ledger: Any) -> tuple[CheckResult, Any | None]:
     executed = sum(seg.steps for seg in segments)
     logical = len({s.step for s in ledger.steps})
     repeated = executed - logical
-    report = accounting.compute_epsilon(
-        segments,
-        delta,
-        neighbouring=header.neighbouring,
-        sampler=header.sampler,
-        sampler_params=dict(header.sampler_params or {}),
-    )
+    # the declared sampler, its parameters plus N, and the neighbouring relation
+    report = accounting.compute_epsilon(segments, delta, **accounting.accounting_kwargs(header))
     eps = {name: getattr(report, name).epsilon for name in ("rdp", "pld", "prv")}
     details: dict[str, Any] = {
         "claimed_epsilon": claimed,

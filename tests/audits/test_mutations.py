@@ -268,6 +268,8 @@ def test_declared_truncated_poisson_is_tested_against_its_cap(tmp_path):
     )
     cert = run_audit(path, replay_steps=None)
     assert cert.check("sampling").status == "pass", cert.check("sampling").reason
+    assert cert.verdict == "certified", cert.summary_text()  # PLD accounts the truncation
+    assert cert.epsilon["pld"] is not None and cert.epsilon["rdp"] is None
 
 
 def test_honestly_declared_shuffle_is_refuted_with_the_lower_bound(tmp_path):

@@ -64,3 +64,15 @@ def test_shuffling_samplers_are_refuted_with_lower_bound(fakes, sampler):
     result, _ = check_privacy(ledger)
     assert result.status == "fail" and "no valid ε upper bound" in result.reason
     assert result.details["shuffle_lower_bound"] >= 0
+
+
+def test_fixed_size_is_accounted_under_replace_one_only(fakes):
+    header = fakes.make_header(sampler="fixed_size", claimed_epsilon=50.0)
+    result, _ = check_privacy(fakes.make_ledger(30, header=header))
+    assert result.status == "fail" and "no accountant bounds ε" in result.reason
+    header = fakes.make_header(
+        sampler="fixed_size", neighbouring="replace_one", claimed_epsilon=50.0
+    )
+    result, report = check_privacy(fakes.make_ledger(30, header=header))
+    assert report.rdp.epsilon is not None, report.to_json()
+    assert result.status == "pass", result.reason
