@@ -56,7 +56,7 @@ def entropy_bits(n: int, q: float) -> float:
     return n * -(q * math.log2(q) + (1 - q) * math.log2(1 - q))
 
 
-def bench(n: int, q: float, steps: int, group_commit: int, workdir: Path) -> list[dict]:
+def bench(n: int, q: float, steps: int, group_commits: list[int], workdir: Path) -> list[dict]:
     rng = np.random.default_rng(0)
     sets = [poisson_indices(rng, n, q) for _ in range(steps)]
     total_indices = sum(int(s.size) for s in sets)
@@ -79,12 +79,26 @@ def bench(n: int, q: float, steps: int, group_commit: int, workdir: Path) -> lis
     construct_s = time.perf_counter() - t0
 
     path = workdir / f"ledger-{n}"
-    t0, c0 = time.perf_counter(), time.process_time()
-    with LedgerWriter.create(path, header, group_commit=group_commit) as w:
-        for record in records:
-            w.append(record)
-        w.close(seal=Seal(steps_executed=steps, final_step=steps))
-    append_s, append_cpu = time.perf_counter() - t0, time.process_time() - c0
+    appends = []
+    for group_commit in group_commits:
+        if path.exists():
+            shutil.rmtree(path)
+        t0, c0 = time.perf_counter(), time.process_time()
+        with LedgerWriter.create(path, header, group_commit=group_commit) as w:
+            for record in records:
+                w.append(record)
+            w.close(seal=Seal(steps_executed=steps, final_step=steps))
+        append_s, append_cpu = time.perf_counter() - t0, time.process_time() - c0
+        appends.append(
+            {
+                "bench": "append", **common,
+                "steps_per_s": round(steps / append_s),
+                "steps_per_cpu_s": round(steps / append_cpu),
+                "steps_per_s_incl_step_construction": round(steps / (append_s + construct_s)),
+                "fsync_policy": f"write+fdatasync every {group_commit} records, "
+                "before each checkpoint record and at close",
+            }
+        )  # fmt: skip
     file_bytes = (path / "records.log").stat().st_size
 
     all_blocks = encode_many(sets)
@@ -109,13 +123,7 @@ def bench(n: int, q: float, steps: int, group_commit: int, workdir: Path) -> lis
             "bytes_per_index": round(block_bytes * steps / total_indices, 4),
             "record_bytes_per_step": round(file_bytes / steps, 2),
         },
-        {
-            "bench": "append", **common,
-            "steps_per_s": round(steps / append_s),
-            "steps_per_cpu_s": round(steps / append_cpu),
-            "steps_per_s_incl_step_construction": round(steps / (append_s + construct_s)),
-            "fsync_policy": f"write+fsync every {group_commit} records and at close",
-        },
+        *appends,
         {
             "bench": "decode", **common,
             "codec_indices_per_s": round(total_indices / best),
@@ -130,7 +138,9 @@ def bench(n: int, q: float, steps: int, group_commit: int, workdir: Path) -> lis
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=20_000, help="steps per configuration")
-    parser.add_argument("--group-commit", type=int, default=64, help="records per fsync")
+    parser.add_argument(
+        "--group-commit", type=int, nargs="+", default=[64, 1024], help="records per fsync"
+    )
     parser.add_argument("--dir", default=None, help="directory for the ledgers (default: temp)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="dpverify-bench-", dir=args.dir))
