@@ -103,10 +103,13 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
+    from dpverify.errors import InvalidArgument
     from dpverify.ledger._payload import record_to_dict
     from dpverify.ledger.reader import LedgerScan
     from dpverify.ledger.records import Checkpoint, Resume, RunHeader, Seal, Step
 
+    if args.indices and args.json:
+        raise InvalidArgument("--indices cannot be combined with --json (use ledger export)")
     scan = LedgerScan(args.path)
     header: RunHeader | None = None
     sizes_sum = sizes_n = 0
@@ -122,7 +125,7 @@ def _show(args: argparse.Namespace) -> int:
             sizes_n += 1
             sizes_min = b if sizes_min is None else min(sizes_min, b)
             sizes_max = b if sizes_max is None else max(sizes_max, b)
-            if args.indices and not args.json:
+            if args.indices:
                 print(f"step {record.step}: {' '.join(map(str, record.indices.tolist()))}")
         elif isinstance(record, RunHeader):
             header = record

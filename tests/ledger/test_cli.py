@@ -74,6 +74,7 @@ def _bad_inputs(tmp_path):
         ("ledger", "show", missing),
         ("ledger", "show", str(tmp_path / "plain")),
         ("ledger", "show", str(tmp_path / "plain"), "--bogus"),
+        ("ledger", "show", str(tmp_path / "plain"), "--indices", "--json"),
         ("ledger", "import", missing, "--out", str(tmp_path / "o")),
         ("ledger", "import", str(tmp_path / "bad.jsonl"), "--out", str(tmp_path / "o")),
         ("ledger", "import", str(tmp_path / "bad.jsonl")),
