@@ -44,13 +44,13 @@ __all__ = ["Ledger", "LedgerScan", "iter_records", "iter_steps", "read_ledger"]
 class LedgerScan:
     """Streaming, verifying iteration over a ledger's records.
 
-    Iterate it for the records; afterwards ``head`` (hex chain head),
-    ``torn_tail_bytes``, ``end_offset``, ``state`` (the grammar state: header,
-    steps, sealed) are set.
+    Iterate it for the records (each iteration starts afresh); afterwards
+    ``head`` (hex chain head), ``torn_tail_bytes``, ``end_offset`` and
+    ``state`` (the grammar state: header, steps, sealed) describe what was read.
 
-    Raises (during iteration):
-        UnusableInput: the path is missing or not a ledger.
-        LedgerCorrupt: naming the first bad record.
+    Raises:
+        UnusableInput: on construction, the path is missing or not a ledger.
+        LedgerCorrupt: during iteration, naming the first bad record.
     """
 
     def __init__(self, path: str | os.PathLike[str]) -> None:
@@ -66,14 +66,17 @@ class LedgerScan:
 
     @property
     def torn_tail_bytes(self) -> int:
+        """Bytes after the last complete record (0 for a clean end)."""
         return self._scanner.torn_tail_bytes
 
     @property
     def end_offset(self) -> int:
+        """File offset just past the last complete record."""
         return self._scanner.end_offset
 
     @property
     def count(self) -> int:
+        """Frames whose checksum and chain verified."""
         return self._scanner.count
 
     def __iter__(self) -> Iterator[Record]:
