@@ -1,10 +1,12 @@
 """Writing a ledger: one writer, append-only, hash-chained, group-committed.
 
-Durability policy: records are buffered in memory and written + fsynced every
-``group_commit`` records, at :meth:`LedgerWriter.flush`, before every
-:class:`Checkpoint` record, and at :meth:`LedgerWriter.close`.  A crash loses
-at most the records appended since the last commit; what is on disk is always
-a valid prefix, possibly followed by a torn tail that readers ignore.
+Durability policy: records are buffered in memory and written + synced
+(``fdatasync``) every ``group_commit`` records — on a background thread, so the
+trainer does not wait for the disk — and synchronously at
+:meth:`LedgerWriter.flush`, before every :class:`Checkpoint` record, and at
+:meth:`LedgerWriter.close`.  A crash loses at most the records not yet synced;
+what is on disk is always a valid prefix, possibly followed by a torn tail
+that readers ignore.
 
 Write-ahead rule: call :meth:`~LedgerWriter.flush` (appending a ``Checkpoint``
 does it too) *before* saving model parameters, so every step the parameters
@@ -28,6 +30,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from dpverify._validate import check_int
 from dpverify.errors import InvalidArgument, LedgerError
@@ -43,6 +46,9 @@ from dpverify.ledger._framing import GENESIS, MAGIC, chain_next, encode_frame
 from dpverify.ledger._payload import encode_payload, encode_payloads
 from dpverify.ledger._sequence import SequenceState
 from dpverify.ledger.records import Checkpoint, Record, Resume, RunHeader, Seal, Step
+
+if TYPE_CHECKING:
+    from concurrent.futures import Executor, Future
 
 __all__ = ["LedgerWriter"]
 
@@ -73,6 +79,8 @@ class LedgerWriter:
         self._group_commit = group_commit
         self._buffer = bytearray()
         self._pending: list[Record] = []
+        self._syncer: Executor | None = None
+        self._inflight: Future | None = None
         self._closed = False
 
     # ------------------------------------------------------------ opening
@@ -221,7 +229,7 @@ class LedgerWriter:
         self._state.accept(record)
         self._pending.append(record)
         if len(self._pending) >= self._group_commit:
-            self.flush()
+            self._commit(wait=False)
 
     def _encode_pending(self) -> None:
         """Frame and chain the pending records (index blocks encoded as one batch)."""
@@ -234,6 +242,28 @@ class LedgerWriter:
         self._chain = chain
         self._pending.clear()
 
+    def _commit(self, *, wait: bool) -> None:
+        """Write and sync the buffered frames: now (``wait``) or on the sync thread.
+
+        At most one background commit is in flight; commits reach the file in
+        order.  An I/O error of a background commit is raised here, at the next
+        commit or flush.
+        """
+        self._encode_pending()
+        data = bytes(self._buffer)
+        self._buffer.clear()
+        if self._inflight is not None:
+            inflight, self._inflight = self._inflight, None
+            inflight.result()
+        if wait:
+            _write_and_sync(self._fd, data)
+        elif data:
+            if self._syncer is None:
+                from concurrent.futures import ThreadPoolExecutor
+
+                self._syncer = ThreadPoolExecutor(1, thread_name_prefix="dpverify-ledger")
+            self._inflight = self._syncer.submit(_write_and_sync, self._fd, data)
+
     def flush(self) -> None:
         """Write and sync everything appended so far (durable on return).
 
@@ -242,14 +272,7 @@ class LedgerWriter:
         """
         if self._closed:
             raise LedgerError(f"{self.path}: the ledger writer is closed")
-        self._encode_pending()
-        if self._buffer:
-            view = memoryview(self._buffer)
-            while view:
-                view = view[os.write(self._fd, view) :]
-            view.release()
-            self._buffer.clear()
-        _datasync(self._fd)
+        self._commit(wait=True)
 
     def close(self, seal: Seal | None = None) -> None:
         """Flush, optionally append ``seal`` (the run finished), release the lock.
@@ -271,6 +294,9 @@ class LedgerWriter:
 
     def _release(self) -> None:
         self._closed = True
+        if self._syncer is not None:
+            self._syncer.shutdown(wait=True)
+            self._syncer = None
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
@@ -300,6 +326,13 @@ class LedgerWriter:
 
 _TOKEN = object()
 _datasync = getattr(os, "fdatasync", os.fsync)
+
+
+def _write_and_sync(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+    _datasync(fd)
 
 
 def _check_widths(step: Step) -> None:

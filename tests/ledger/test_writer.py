@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import time
 
 import numpy as np
 import pytest
@@ -133,8 +134,11 @@ def test_group_commit_and_flush_durability(tmp_path, helpers):
     for t in range(3):
         w.append(_step(t))
     assert len(read_ledger(path).steps) == 0  # buffered, not yet committed
-    w.append(_step(3))
-    assert len(read_ledger(path).steps) == 4  # group commit at 4 records
+    w.append(_step(3))  # group commit at 4 records, synced on a background thread
+    deadline = time.monotonic() + 10
+    while len(read_ledger(path).steps) < 4 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert len(read_ledger(path).steps) == 4
     w.append(_step(4))
     w.flush()
     assert len(read_ledger(path).steps) == 5
