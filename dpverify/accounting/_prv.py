@@ -25,7 +25,7 @@ from collections.abc import Sequence
 __all__ = ["MAX_GRID_POINTS", "prv_delta_bounds", "prv_epsilon_bounds", "prv_mechanism"]
 
 #: Refuse grids larger than this (memory: 16 bytes per long-double point, several copies).
-MAX_GRID_POINTS = 40_000_000
+MAX_GRID_POINTS = 20_000_000
 
 
 def prv_mechanism(sampling_rate: float, noise_multiplier: float):  # -> PrivacyRandomVariable

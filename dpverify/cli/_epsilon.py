@@ -143,9 +143,12 @@ def _print_report(report) -> None:  # EpsilonReport
         f"ε at δ = {report.delta:g} over {report.steps} executed steps "
         f"(sampler {report.sampler}, {report.neighbouring}):\n"
     )
-    for res in report.results():
-        if res.reason == "not requested":
-            continue
+    shown = [r for r in report.results() if r.reason != "not requested"]
+    reasons = {r.reason for r in shown}
+    if shown and all(r.epsilon is None for r in shown) and len(reasons) == 1:
+        out.write(f"  no accountant answered: {reasons.pop()}\n")
+        shown = []
+    for res in shown:
         if res.name == "prv" and res.epsilon is not None:
             d = res.details
             value = f"{_fmt(d['upper'])} (lower {_fmt(d['lower'])}, estimate {_fmt(d['estimate'])})"

@@ -181,3 +181,24 @@ def test_console_script_exit_code():
         check=False,
     )
     assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and proc.stdout == ""
+
+
+def test_shuffle_run_dir_shows_the_lower_bound(make_run, capsys):
+    from dpverify.ledger import RunHeader
+
+    header = RunHeader(
+        dataset_size=1000,
+        sampler="shuffle",
+        sampler_params={"batch_size": 10},
+        sampling_rate=0.01,
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        delta=1e-5,
+    )
+    run_dir = make_run(steps=100, header=header)
+    code, out, _ = run(["epsilon", str(run_dir)], capsys)
+    assert code == 0 and "no accountant answered" in out and "ε ≥ 4.06" in out
+    code, out, _ = run(["epsilon", str(run_dir), "--json"], capsys)
+    obj = json.loads(out)
+    assert obj["rdp"] is None and obj["pld"] is None and obj["prv"] is None
+    assert set(obj["reasons"]) == {"rdp", "pld", "prv"}
