@@ -73,3 +73,13 @@ def test_bad_input(args, match):
         shuffle_lower_bound(*args)
     with pytest.raises(InvalidArgument, match="steps_per_epoch"):
         shuffle_lower_bound(0.1, 1.0, 10, 1e-5, steps_per_epoch=11)
+
+
+@pytest.mark.parametrize("sigma", [0.8, 2.0])
+def test_full_batch_is_the_gaussian_mechanism_and_the_bound_is_tight(sigma):
+    # q = 1: one batch per epoch, the pair is N(2, σ²) vs N(1, σ²): exactly the Gaussian
+    # mechanism; E epochs compose to σ/√E.  The bound must be below and very close.
+    for epochs in (1, 4):
+        exact = gaussian_epsilon(sigma / math.sqrt(epochs), 1e-5)
+        lower = shuffle_lower_bound(1.0, sigma, epochs, 1e-5)
+        assert exact - 5e-3 <= lower <= exact + 1e-6
