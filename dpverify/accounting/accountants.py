@@ -430,7 +430,8 @@ def _no_upper_bound_report(
     elif sampler == "shuffle":
         notes.append("no shuffle lower bound for runs whose (q, σ) changed")
     try:
-        as_poisson = _pld(build_event(segs), delta, common["neighbouring"], pld_discretization)[0]
+        event = event_from_groups(pessimistic_groups(groups, DEFAULT_MAX_GROUPS)[0])
+        as_poisson = _pld(event, delta, common["neighbouring"], pld_discretization)[0]
         notes.append(
             f"the Poisson-subsampling ε (PLD) would be {as_poisson:.4g}; it does not apply "
             f"to sampler {sampler!r}"
