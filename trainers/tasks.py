@@ -6,8 +6,8 @@
 task                   model                       data
 =====================  ==========================  ======================
 ``digits-mlp``         MLP, one hidden layer       digits (embedded)
-``digits-cnn``         CNN (GroupNorm), 2 stages   digits (embedded)
-``digits-vit``         tiny ViT, patch 2           digits (embedded)
+``digits-cnn``         CNN (GroupNorm), 1 stage    digits (embedded)
+``digits-vit``         tiny ViT, patch 4, 1 block  digits (embedded)
 ``cifar10-cnn``        CNN (GroupNorm), 3 stages   CIFAR-10 arrays (local files)
 ``cifar10-vit``        small ViT, patch 4          CIFAR-10 arrays (local files)
 ``text-transformer``   transformer encoder         token-id arrays (local files)
@@ -107,13 +107,19 @@ def _mlp(num_classes: int):
 def _digits_cnn(num_classes: int):
     from trainers.models import CNN
 
-    return CNN(num_classes=num_classes, channels=(16, 32), groups=4)
+    # One stage and a flattened head: on 8×8 digits global pooling throws away
+    # where the strokes are (≈ 60% vs ≈ 92% held-out accuracy at the defaults).
+    return CNN(
+        num_classes=num_classes, channels=(32,), groups=4, global_pool=False, activation="relu"
+    )
 
 
 def _digits_vit(num_classes: int):
-    from trainers.models import VIT_TINY, ViT
+    from trainers.models import ViT
 
-    return ViT(num_classes=num_classes, **VIT_TINY)
+    # Four 4×4 patches, one block: ≈ 88% held-out accuracy at ε ≈ 2 (patch 2,
+    # 16 tokens, two blocks: ≈ 62%; small data and DP noise favour few tokens).
+    return ViT(num_classes=num_classes, patch_size=4, width=64, depth=1, num_heads=4, mlp_dim=128)
 
 
 def _cifar10_cnn(num_classes: int):
@@ -155,6 +161,8 @@ _DIGITS_DEFAULTS = {
     "physical_batch_size": 64,
 }
 
+_DIGITS_VIT_DEFAULTS = {**_DIGITS_DEFAULTS, "learning_rate": 1e-2}
+
 _CIFAR10_DEFAULTS = {
     "expected_batch_size": 256,
     "noise_multiplier": 1.0,
@@ -178,7 +186,7 @@ _TEXT_DEFAULTS = {
 TASKS: dict[str, Task] = {
     "digits-mlp": Task("digits-mlp", _mlp, _digits, _DIGITS_DEFAULTS),
     "digits-cnn": Task("digits-cnn", _digits_cnn, _digits, _DIGITS_DEFAULTS),
-    "digits-vit": Task("digits-vit", _digits_vit, _digits, _DIGITS_DEFAULTS),
+    "digits-vit": Task("digits-vit", _digits_vit, _digits, _DIGITS_VIT_DEFAULTS),
     "cifar10-cnn": Task(
         "cifar10-cnn",
         _cifar10_cnn,

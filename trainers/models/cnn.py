@@ -23,8 +23,9 @@ __all__ = ["CNN"]
 class CNN(nn.Module):
     """Stages of ``Conv 3×3 → GroupNorm → activation → 2×2 average pool``.
 
-    After the last stage, global average pooling over positions and a Dense
-    classifier head.  Each 2×2 pool halves the spatial size (rounding down,
+    After the last stage, global average pooling over positions (or, with
+    ``global_pool=False``, flattening, which keeps where features are: better
+    for tiny inputs such as 8×8 digits) and a Dense classifier head.  Each 2×2 pool halves the spatial size (rounding down,
     ``SAME`` padding keeps at least one position), so 8×8 digits take up to
     three stages and 32×32 images up to five.
 
@@ -33,6 +34,8 @@ class CNN(nn.Module):
         channels: output channels of each stage.
         groups: GroupNorm groups per stage (capped at the channel count; the
             count must divide the channels).
+        global_pool: average over positions before the head (default), or
+            flatten (the head's size then depends on the input size).
         activation: ``"tanh"`` (default, Papernot et al. 2021 "Tempered
             Sigmoid Activations"), ``"relu"``, ``"gelu"`` or ``"elu"``.
         dtype: computation dtype; ``None`` (default) follows the inputs and
@@ -46,6 +49,7 @@ class CNN(nn.Module):
     num_classes: int
     channels: Sequence[int] = (16, 32)
     groups: int = 4
+    global_pool: bool = True
     activation: str = "tanh"
     dtype: Any = None
 
@@ -61,5 +65,8 @@ class CNN(nn.Module):
             x = nn.GroupNorm(num_groups=min(self.groups, width), dtype=self.dtype)(x)
             x = act(x)
             x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
-        x = jnp.mean(x, axis=(1, 2))
+        if self.global_pool:
+            x = jnp.mean(x, axis=(1, 2))
+        else:
+            x = x.reshape((x.shape[0], -1))
         return nn.Dense(self.num_classes, dtype=self.dtype)(x).astype(jnp.float32)
