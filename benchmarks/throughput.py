@@ -458,7 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.models = models
     if args.seconds is None:
-        args.seconds = 15.0 if args.device == "gpu" else 5.0
+        args.seconds = 10.0 if args.device == "gpu" else 5.0
     for name in ("physical_batch_size", "expected_batch_size", "min_trainer_steps"):
         value = getattr(args, name)
         if value is not None and value < 1:
