@@ -152,6 +152,7 @@ def test_text_all_padding_is_finite_and_padding_ignored():
         (ViT(num_classes=2, width=10, num_heads=3), np.zeros((1, 8, 8, 1)), "width=10"),
         (ViT(num_classes=2, patch_size=3), np.zeros((1, 8, 8, 1)), "patch_size=3"),
         (CNN(num_classes=2, activation="swish"), np.zeros((1, 8, 8, 1)), "activation='swish'"),
+        (CNN(num_classes=2, channels=(6,), groups=4), np.zeros((1, 8, 8, 1)), "channels=6"),
     ],
 )
 def test_bad_configuration_is_invalid_argument(model, x, match):

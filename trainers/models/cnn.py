@@ -15,7 +15,7 @@ from typing import Any
 import flax.linen as nn
 import jax.numpy as jnp
 
-from trainers.models._common import activation
+from trainers.models._common import activation, check_divisible
 
 __all__ = ["CNN"]
 
@@ -25,15 +25,15 @@ class CNN(nn.Module):
 
     After the last stage, global average pooling over positions (or, with
     ``global_pool=False``, flattening, which keeps where features are: better
-    for tiny inputs such as 8×8 digits) and a Dense classifier head.  Each 2×2 pool halves the spatial size (rounding down,
-    ``SAME`` padding keeps at least one position), so 8×8 digits take up to
-    three stages and 32×32 images up to five.
+    for tiny inputs such as 8×8 digits) and a Dense classifier head.  Each
+    2×2 pool halves the spatial size (rounding up: ``SAME`` padding keeps at
+    least one position).
 
     Attributes:
         num_classes: number of logits.
         channels: output channels of each stage.
-        groups: GroupNorm groups per stage (capped at the channel count; the
-            count must divide the channels).
+        groups: GroupNorm groups per stage, capped at the stage's channel
+            count, which it must then divide.
         global_pool: average over positions before the head (default), or
             flatten (the head's size then depends on the input size).
         activation: ``"tanh"`` (default, Papernot et al. 2021 "Tempered
@@ -61,8 +61,10 @@ class CNN(nn.Module):
         if self.dtype is not None:
             x = x.astype(self.dtype)
         for width in self.channels:
+            groups = min(self.groups, width)
+            check_divisible("channels", width, "groups", groups)
             x = nn.Conv(width, (3, 3), padding="SAME", dtype=self.dtype)(x)
-            x = nn.GroupNorm(num_groups=min(self.groups, width), dtype=self.dtype)(x)
+            x = nn.GroupNorm(num_groups=groups, dtype=self.dtype)(x)
             x = act(x)
             x = nn.avg_pool(x, (2, 2), strides=(2, 2), padding="SAME")
         if self.global_pool:
