@@ -10,6 +10,9 @@ not depend on the values):
   examples: per-example gradients by ``vmap(grad)``, global-norm clipping,
   masked sum (``where``), Gaussian noise σC, fixed denominator, Optax update.
   This is the "JAX DP-SGD, vmap per-example, masked" row of ARCHITECTURE.md §9.
+  It pays the noise and the optimiser update for every p examples; the masked
+  trainer pays them once per logical step of ≈ E/p physical batches, so it can
+  be slightly faster per example despite its padding.
 * ``masked_trainer`` — the real thing: :class:`dpverify.samplers.PoissonSampler`
   draws each logical batch (expected size E = ``--expected-batch-size``), the
   host loop of :class:`trainers.dpsgd.MaskedDPSGD` runs ⌈L/p⌉ physical batches
@@ -72,55 +75,31 @@ class Setup:
     dataset_size: int
 
 
-def _setups(device: str, models: list[str], args: argparse.Namespace) -> list[Setup]:
-    from trainers.models import VIT_SMALL
+_TINY_VIT = {"patch_size": 4, "width": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128}
+_VIT_SMALL = {"patch_size": 4, "width": 384, "depth": 6, "num_heads": 6, "mlp_dim": 1536}
+# (device, model) → (model kwargs, image shape, p, E, N); the GPU ViT is ARCHITECTURE.md §9's.
+_TABLE: dict[tuple[str, str], tuple[dict[str, Any], tuple[int, int, int], int, int, int]] = {
+    ("gpu", "cnn"): ({"channels": (32, 64, 128), "groups": 8}, (32, 32, 3), 256, 1024, 50_000),
+    ("gpu", "vit"): (_VIT_SMALL, (32, 32, 3), 128, 512, 50_000),
+    ("cpu", "cnn"): ({"channels": (16, 32), "groups": 4}, (16, 16, 3), 32, 128, 4096),
+    ("cpu", "vit"): (_TINY_VIT, (16, 16, 3), 32, 128, 4096),
+}
 
-    if device == "gpu":
-        table = {
-            "cnn": Setup(
-                name="cnn",
-                kwargs={"channels": (32, 64, 128), "groups": 8},
-                image_shape=(32, 32, 3),
-                physical_batch_size=256,
-                expected_batch_size=1024,
-                dataset_size=50_000,
-            ),
-            "vit": Setup(
-                name="vit",
-                kwargs=dict(VIT_SMALL),
-                image_shape=(32, 32, 3),
-                physical_batch_size=128,
-                expected_batch_size=512,
-                dataset_size=50_000,
-            ),
-        }
-    else:
-        table = {
-            "cnn": Setup(
-                name="cnn",
-                kwargs={"channels": (16, 32), "groups": 4},
-                image_shape=(16, 16, 3),
-                physical_batch_size=32,
-                expected_batch_size=128,
-                dataset_size=4096,
-            ),
-            "vit": Setup(
-                name="vit",
-                kwargs={"patch_size": 4, "width": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128},
-                image_shape=(16, 16, 3),
-                physical_batch_size=32,
-                expected_batch_size=128,
-                dataset_size=4096,
-            ),
-        }
+
+def _setups(device: str, models: list[str], args: argparse.Namespace) -> list[Setup]:
     out = []
     for name in models:
-        s = table[name]
-        if args.physical_batch_size is not None:
-            s = dataclasses.replace(s, physical_batch_size=args.physical_batch_size)
-        if args.expected_batch_size is not None:
-            s = dataclasses.replace(s, expected_batch_size=args.expected_batch_size)
-        out.append(s)
+        kwargs, shape, p, e, n = _TABLE[(device, name)]
+        out.append(
+            Setup(
+                name=name,
+                kwargs=dict(kwargs),
+                image_shape=shape,
+                physical_batch_size=args.physical_batch_size or p,
+                expected_batch_size=args.expected_batch_size or e,
+                dataset_size=n,
+            )
+        )
     return out
 
 
@@ -150,17 +129,14 @@ def _timed(run_one, seconds: float, min_iters: int = 3) -> tuple[int, float]:
             return iters, elapsed
 
 
-def _bench_nonprivate(model, params, x_dev, y_dev, p: int, seconds: float, precision: str):
+def _nonprivate_step(model, opt, x_dev, y_dev, p: int):
+    """``step(params, opt_state, idx, key)``: mean loss over p examples, grad, update."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import optax
 
-    from trainers.precision import precision_context
-
-    opt = optax.adam(LEARNING_RATE)
-
-    def step(params, opt_state, idx):
+    def step(params, opt_state, idx, key):
+        del key  # no noise
         xb, yb = jnp.take(x_dev, idx, axis=0), jnp.take(y_dev, idx, axis=0)
 
         def loss(p_):
@@ -171,37 +147,19 @@ def _bench_nonprivate(model, params, x_dev, y_dev, p: int, seconds: float, preci
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    fn = jax.jit(step, donate_argnums=(0, 1))
-    rng = np.random.default_rng(0)
-    n = x_dev.shape[0]
-    state = {"params": jax.tree_util.tree_map(jnp.copy, params)}
-    state["opt"] = opt.init(state["params"])
-
-    def run_one():
-        idx = rng.integers(0, n, size=p).astype(np.int32)
-        state["params"], state["opt"] = fn(state["params"], state["opt"], idx)
-        jax.block_until_ready(state["params"])
-
-    with precision_context(precision):
-        t0 = time.perf_counter()
-        run_one()  # compile + first step
-        compile_s = time.perf_counter() - t0
-        run_one()
-        iters, elapsed = _timed(run_one, seconds)
-    return {"examples_per_second": iters * p / elapsed, "steps": iters, "compile_s": compile_s}
+    return step
 
 
-def _bench_dpsgd_vmap(model, params, x_dev, y_dev, p: int, seconds: float, precision: str):
+def _dpsgd_vmap_step(model, opt, x_dev, y_dev, p: int):
+    """``step(params, opt_state, idx, key)``: vmap per-example grads, clip, masked sum,
+    noise σC, divide by p, update — one full DP-SGD step per physical batch."""
     import jax
     import jax.numpy as jnp
-    import numpy as np
     import optax
 
-    from trainers.precision import precision_context
+    mask = jnp.ones((p,), bool)
 
-    opt = optax.adam(LEARNING_RATE)
-
-    def step(params, opt_state, idx, mask, key):
+    def step(params, opt_state, idx, key):
         xb, yb = jnp.take(x_dev, idx, axis=0), jnp.take(y_dev, idx, axis=0)
 
         def example_loss(p_, x, y):
@@ -212,22 +170,32 @@ def _bench_dpsgd_vmap(model, params, x_dev, y_dev, p: int, seconds: float, preci
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         sq = sum(jnp.sum(jnp.square(g.reshape(p, -1)), axis=1) for g in leaves)
         factor = CLIP_NORM / jnp.maximum(jnp.sqrt(sq), CLIP_NORM)
-        keys = jax.random.split(key, len(leaves))
         noisy = []
-        for g, k in zip(leaves, keys, strict=True):
+        for g, k in zip(leaves, jax.random.split(key, len(leaves)), strict=True):
             shape = (p,) + (1,) * (g.ndim - 1)
-            s = jnp.sum(jnp.where(mask.reshape(shape), g * factor.reshape(shape), 0.0), axis=0)
-            z = jax.random.normal(k, s.shape, s.dtype)
-            noisy.append((s + NOISE_MULTIPLIER * CLIP_NORM * z) / p)
+            total = jnp.sum(jnp.where(mask.reshape(shape), g * factor.reshape(shape), 0.0), axis=0)
+            z = jax.random.normal(k, total.shape, total.dtype)
+            noisy.append((total + NOISE_MULTIPLIER * CLIP_NORM * z) / p)
         grads = jax.tree_util.tree_unflatten(treedef, noisy)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state
 
-    fn = jax.jit(step, donate_argnums=(0, 1))
+    return step
+
+
+def _bench_jitted(make_step, model, params, x_dev, y_dev, p, seconds, precision):
+    """Compile, warm up and time the step ``make_step`` builds, on random batches of p."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    from trainers.precision import precision_context
+
+    opt = optax.adam(LEARNING_RATE)
+    fn = jax.jit(make_step(model, opt, x_dev, y_dev, p), donate_argnums=(0, 1))
     rng = np.random.default_rng(0)
-    n = x_dev.shape[0]
-    mask = np.ones(p, bool)
-    key = jax.random.PRNGKey(0)
+    n, key = x_dev.shape[0], jax.random.PRNGKey(0)
     state = {"params": jax.tree_util.tree_map(jnp.copy, params), "t": 0}
     state["opt"] = opt.init(state["params"])
 
@@ -235,12 +203,12 @@ def _bench_dpsgd_vmap(model, params, x_dev, y_dev, p: int, seconds: float, preci
         idx = rng.integers(0, n, size=p).astype(np.int32)
         state["t"] += 1
         k = jax.random.fold_in(key, state["t"])
-        state["params"], state["opt"] = fn(state["params"], state["opt"], idx, mask, k)
+        state["params"], state["opt"] = fn(state["params"], state["opt"], idx, k)
         jax.block_until_ready(state["params"])
 
     with precision_context(precision):
         t0 = time.perf_counter()
-        run_one()
+        run_one()  # compile + first step
         compile_s = time.perf_counter() - t0
         run_one()
         iters, elapsed = _timed(run_one, seconds)
@@ -381,12 +349,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
             x_dev, y_dev = jax.device_put(x), jax.device_put(y)
             p = setup.physical_batch_size
             results = {}
-            results["nonprivate"] = _bench_nonprivate(
-                model, params, x_dev, y_dev, p, args.seconds, precision
+            results["nonprivate"] = _bench_jitted(
+                _nonprivate_step, model, params, x_dev, y_dev, p, args.seconds, precision
             )
             emit({**base, "mode": "nonprivate", **results["nonprivate"]})
-            results["dpsgd_vmap"] = _bench_dpsgd_vmap(
-                model, params, x_dev, y_dev, p, args.seconds, precision
+            results["dpsgd_vmap"] = _bench_jitted(
+                _dpsgd_vmap_step, model, params, x_dev, y_dev, p, args.seconds, precision
             )
             emit({**base, "mode": "dpsgd_vmap", **results["dpsgd_vmap"]})
             with tempfile.TemporaryDirectory() as tmp:
