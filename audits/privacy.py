@@ -87,22 +87,27 @@ def check_privacy(ledger: Any) -> tuple[CheckResult, Any | None]:
     )
     eps_txt = f"RDP {_fmt(eps['rdp'])}, PLD {_fmt(eps['pld'])}, PRV upper {_fmt(eps['prv'])}"
     if header.sampler in NO_UPPER_BOUND_SAMPLERS:
-        q = segments[0].sampling_rate if segments else header.sampling_rate
-        sigma = segments[0].noise_multiplier if segments else header.noise_multiplier
-        lower = accounting.shuffle_lower_bound(q, sigma, executed, delta)
+        # The accounting layer computes the shuffle lower bound only where the
+        # construction is valid (plain shuffling, one (q, σ)), with the run's
+        # real epoch length; other shuffle-type samplers get no number.
+        lower = report.lower_bound
         as_poisson = accounting.compute_epsilon(
             segments, delta, neighbouring=header.neighbouring, sampler="poisson"
         )
         poisson = as_poisson.tight
         details.update(shuffle_lower_bound=lower, poisson_epsilon=poisson)
+        bound_txt = (
+            f"shuffled DP-SGD has ε ≥ {_fmt(lower)} at δ = {delta:g} (Chua et al. 2024)"
+            if lower is not None
+            else "no lower bound is computed for this sampler"
+        )
         return (
             CheckResult(
                 name=_NAME,
                 status="fail",
                 reason=(
                     f"sampler {header.sampler!r} (shuffling) has no valid ε upper bound: the "
-                    f"Poisson ε {_fmt(poisson)} does not apply; shuffled DP-SGD has "
-                    f"ε ≥ {_fmt(lower)} at δ = {delta:g} (Chua et al. 2024)"
+                    f"Poisson ε {_fmt(poisson)} does not apply; {bound_txt}"
                 ),
                 details=details,
             ),
