@@ -1,0 +1,48 @@
+"""benchmarks/throughput.py runs end to end on a tiny configuration (API drift guard)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "throughput.py"
+
+
+@pytest.fixture(scope="module")
+def throughput():
+    spec = importlib.util.spec_from_file_location("_throughput_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    yield module
+    del sys.modules[spec.name]
+
+
+def test_tiny_run_reports_every_mode_and_ratio(throughput, tmp_path, capsys):
+    out = tmp_path / "bench.jsonl"
+    argv = ["--models", "cnn", "--seconds", "0.05", "--min-trainer-steps", "3"]
+    argv += ["--physical-batch-size", "4", "--expected-batch-size", "8", "--out", str(out)]
+    assert throughput.main(argv) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["mode"] for r in records] == [
+        "nonprivate",
+        "dpsgd_vmap",
+        "masked_trainer",
+        "ratios",
+    ]
+    assert capsys.readouterr().out.count("\n") == 4
+    masked = records[2]
+    assert masked["compilations"] == 1 and masked["steps"] >= 3
+    assert masked["physical_batch_size"] == 4 and masked["ledger_bytes"] > 0
+    assert all(r["examples_per_second"] > 0 for r in records[:3])
+    assert 0 <= records[3]["ledger_share"] < 1
+
+
+def test_bad_arguments_exit_2(throughput, capsys):
+    assert throughput.main(["--models", "resnet"]) == 2
+    assert throughput.main(["--physical-batch-size", "0"]) == 2
+    assert capsys.readouterr().err.count("\n") == 2
