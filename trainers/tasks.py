@@ -68,7 +68,7 @@ def _digits(_path: str | None):
 def _require_path(task: str, path: str | None) -> str:
     if path is None:
         raise InvalidArgument(
-            f"data_path=None: task {task!r} reads local files; give --data-path "
+            f"data_path=None: task {task!r} reads local files; give --data PATH "
             "(layout: docs/data-formats.md)"
         )
     return path

@@ -77,7 +77,7 @@ def test_unknown_task_is_one_line_invalid_argument():
 
 @pytest.mark.parametrize("name", sorted(n for n in EXPECTED if TASKS[n].needs_data_path))
 def test_file_tasks_need_a_data_path(name, tmp_path):
-    with pytest.raises(InvalidArgument, match="--data-path"):
+    with pytest.raises(InvalidArgument, match="--data PATH"):
         get_task(name).load_data(None)
     with pytest.raises(UnusableInput, match=r"missing\.npz"):
         get_task(name).load_data(str(tmp_path / "missing.npz"))
