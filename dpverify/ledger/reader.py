@@ -1,7 +1,10 @@
 """Reading a ledger: stream its records, or load it whole, verifying as it goes.
 
 Every read verifies framing checksums, the hash chain, payloads, the record
-grammar (:mod:`dpverify.ledger._sequence`) and the manifest.  A torn tail —
+grammar (:mod:`dpverify.ledger._sequence`), the manifest, and the chain heads
+exported to ``ledger/heads`` (:mod:`dpverify.ledger._heads`) when that file
+exists: a head that differs, or records missing below an exported count, is
+corruption.  A torn tail —
 the writer died mid-record — is not an error: the complete prefix is returned
 and its size reported.
 
@@ -19,7 +22,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from dpverify.errors import LedgerCorrupt
+from dpverify.errors import LedgerCorrupt, UnusableInput
 from dpverify.ledger._files import (
     RECORDS_NAME,
     check_manifest,
@@ -27,6 +30,7 @@ from dpverify.ledger._files import (
     resolve_ledger_path,
 )
 from dpverify.ledger._framing import GENESIS, Frame, FrameScanner
+from dpverify.ledger._heads import HEADS_NAME, Commitment, read_heads
 from dpverify.ledger._payload import (
     TYPE_CODES,
     PayloadError,
@@ -48,16 +52,29 @@ class LedgerScan:
     ``head`` (hex chain head), ``torn_tail_bytes``, ``end_offset`` and
     ``state`` (the grammar state: header, steps, sealed) describe what was read.
 
+    Args:
+        path: ledger directory or run directory.
+        heads: a heads file to cross-check instead of ``ledger/heads`` (e.g. a
+            copy kept elsewhere); then it must exist.
+
     Raises:
-        UnusableInput: on construction, the path is missing or not a ledger.
+        UnusableInput: on construction, the path is missing or not a ledger
+            (or ``heads`` is given and missing).
         LedgerCorrupt: during iteration, naming the first bad record.
     """
 
-    def __init__(self, path: str | os.PathLike[str]) -> None:
+    def __init__(
+        self, path: str | os.PathLike[str], *, heads: str | os.PathLike[str] | None = None
+    ) -> None:
         self.path = resolve_ledger_path(path)
+        self._heads_path = Path(heads) if heads is not None else None
+        if self._heads_path is not None and not self._heads_path.is_file():
+            raise UnusableInput(f"{self._heads_path}: no such heads file")
         self._scanner = FrameScanner(self.path / RECORDS_NAME)
         self.state = SequenceState()
         self._head = GENESIS
+        self._commitments: dict[int, list[Commitment]] = {}
+        self.heads_checked = 0
 
     @property
     def head(self) -> str:
@@ -84,13 +101,14 @@ class LedgerScan:
         self._scanner = FrameScanner(self.path / RECORDS_NAME)  # each pass starts afresh
         self.state = SequenceState()
         self._head = GENESIS
+        self._load_heads()
         pending: list[Frame] = []
         try:
             for frame in self._scanner:
                 pending.append(frame)
                 if len(pending) >= _BATCH or frame.code != _STEP_CODE:
-                    yield from self._accept(pending)
-                    pending = []
+                    batch, pending = pending, []  # a bad record in it is reported once
+                    yield from self._accept(batch)
         except LedgerCorrupt:
             yield from self._accept(pending)  # an earlier bad record wins
             raise
@@ -99,6 +117,40 @@ class LedgerScan:
             bad = check_manifest(self.path, None)
             raise LedgerCorrupt(
                 bad or f"{self.path}: records file holds no run header", record_index=0
+            )
+        self._check_heads_complete()
+
+    def _load_heads(self) -> None:
+        path = self._heads_path or self.path / HEADS_NAME
+        lines = read_heads(path, required=self._heads_path is not None)
+        self._commitments = {}
+        for c in lines:
+            self._commitments.setdefault(c.count, []).append(c)
+        self.heads_checked = 0
+
+    def _check_head(self, frame: Frame) -> None:
+        """The chain value after ``frame`` against the heads lines for that count."""
+        count = frame.index + 1
+        for c in self._commitments.get(count, ()):
+            if c.head != frame.chain.hex():
+                raise LedgerCorrupt(
+                    f"record {frame.index}: heads file line {c.line} commits to head "
+                    f"{c.head[:16]}... after {count} records, but the ledger's head after "
+                    f"{count} records is {frame.chain.hex()[:16]}... (records rewritten)",
+                    record_index=frame.index,
+                )
+            self.heads_checked += 1
+
+    def _check_heads_complete(self) -> None:
+        """No exported count beyond the records present (a cut at a frame boundary)."""
+        have = self.state.records
+        beyond = [c for cs in self._commitments.values() for c in cs if c.count > have]
+        if beyond:
+            c = max(beyond, key=lambda c: c.count)
+            raise LedgerCorrupt(
+                f"record {have}: heads file line {c.line} commits to {c.count} records, but "
+                f"the ledger holds only {have} complete records (records removed from the end)",
+                record_index=have,
             )
 
     def _accept(self, frames: list[Frame]) -> Iterator[Record]:
@@ -109,6 +161,8 @@ class LedgerScan:
             problem = state.problem(record)
             if problem is not None:
                 raise LedgerCorrupt(f"record {frame.index}: {problem}", record_index=frame.index)
+            if self._commitments:
+                self._check_head(frame)
             if frame.index == 0:
                 bad = check_manifest(self.path, record)  # type: ignore[arg-type]
                 if bad is not None:

@@ -50,6 +50,7 @@ def test_iterators_match_read(small):
 def test_truncation_at_every_offset_recovers_the_prefix(small, tmp_path):
     path, data, frames, ledger = small
     work = _copy(path, tmp_path, "cut")
+    (work / "heads").unlink()  # the records file alone (heads: tests/ledger/test_heads.py)
     ends = [end for _, end in frames]
     for cut in range(len(data) + 1):
         (work / "records.log").write_bytes(data[:cut])
@@ -198,3 +199,26 @@ def test_sigkill_mid_run_always_leaves_a_recoverable_prefix(tmp_path):
         pass
     final = read_ledger(path)
     assert final.torn_tail_bytes == 0 and len(final.resumes) == 5
+
+
+def test_grammar_violation_inside_a_batch_names_its_record(tmp_path, helpers):
+    """A well-chained ledger (hand-forged) whose step 2 is missing before a seal."""
+    from dpverify.ledger._framing import GENESIS, MAGIC, chain_next, encode_frame
+    from dpverify.ledger._payload import encode_payload
+    from dpverify.ledger.records import Seal, Step
+
+    path = helpers.small_ledger(tmp_path / "l")
+    records = [read_ledger(path).header] + [
+        Step(step=t, indices=np.array([1, 2])) for t in (0, 1, 3)
+    ]
+    records.append(Seal(steps_executed=3, final_step=4))
+    data, chain = bytearray(MAGIC), GENESIS
+    for record in records:
+        code, payload = encode_payload(record)
+        chain = chain_next(chain, code, payload)
+        data += encode_frame(code, payload, chain)
+    (path / "records.log").write_bytes(bytes(data))
+    (path / "heads").unlink()
+    report = verify_ledger(path)
+    assert not report.ok and report.first_bad_record == 3, report.reason
+    assert "step=3 out of sequence (expected step 2)" in report.reason
