@@ -25,6 +25,12 @@ trainer calls it.
 The realised L never reaches the compiled code as a shape or a static value,
 so the run compiles exactly once whatever the batch sizes (``compilations``).
 
+Several devices (``devices=n``): each physical batch is sharded along its batch
+axis over a 1-D mesh, everything else is replicated, and the same compiled
+functions run data-parallel (:mod:`trainers.sharding`); the noise is still
+drawn once per logical step from the same key, so the result equals the
+single-device step up to float32 summation order.
+
 References: Abadi et al. 2016, "Deep Learning with Differential Privacy",
 arXiv:1607.00133; Chua et al. 2024, "How Private are DP-SGD Implementations?"
 (why Poisson sampling must not be truncated or replaced by shuffling).
@@ -44,6 +50,7 @@ from trainers.batching import split_physical_batches
 from trainers.losses import LossFn, softmax_cross_entropy
 from trainers.mutations import check_mutation, mutation_flags
 from trainers.precision import check_precision, compute_dtype, precision_context
+from trainers.sharding import data_parallel
 from trainers.sketch import DEFAULT_SKETCH_DIM, sketch_jax
 
 __all__ = [
@@ -219,11 +226,17 @@ class MaskedDPSGD:
         donate: donate ``params`` and ``opt_state`` buffers to the update
             (faster, less memory): the arrays passed to :meth:`step` must not
             be used afterwards — use the returned ones.
+        devices: ``None`` or 1 (one device, the default), a device count n, or
+            a sequence of devices: run data-parallel over them
+            (:mod:`trainers.sharding`); ``physical_batch_size`` must be
+            divisible by n.  Returned parameters are replicated on them.
 
     Attributes:
         compilations: how many times the step was traced (compiled): the
             maximum over its compiled functions; 1 for a healthy run.
         trace_counts: per compiled function trace counts.
+        placement: the :class:`trainers.sharding.DataParallel` placement, or
+            ``None`` on a single device.
     """
 
     def __init__(
@@ -235,6 +248,7 @@ class MaskedDPSGD:
         frozen: Any = None,
         loss_fn: LossFn = softmax_cross_entropy,
         donate: bool = True,
+        devices: Any = None,
     ) -> None:
         import jax
 
@@ -251,9 +265,27 @@ class MaskedDPSGD:
         self._trainable: tuple[bool, ...] | None = None
         self._data: tuple[Any, Any, Any, Any] | None = None
         self.trace_counts = {"init": 0, "accumulate": 0, "finalize": 0}
-        self._init = jax.jit(self._init_impl)
-        self._accumulate = jax.jit(self._accumulate_impl, donate_argnums=(0,))
-        self._finalize = jax.jit(self._finalize_impl, donate_argnums=(0, 1) if donate else ())
+        self.placement = data_parallel(devices, physical_batch_size=config.physical_batch_size)
+        shard: dict[str, dict[str, Any]] = {"init": {}, "accumulate": {}, "finalize": {}}
+        if self.placement is not None:
+            r, b = self.placement.replicated, self.placement.batch
+            shard = {
+                "init": {"in_shardings": (r,), "out_shardings": r},
+                "accumulate": {"in_shardings": (r, r, r, r, b, b, r, r, r), "out_shardings": r},
+                "finalize": {"in_shardings": (r,) * 5, "out_shardings": r},
+            }
+        self._init = jax.jit(self._init_impl, **shard["init"])
+        self._accumulate = jax.jit(
+            self._accumulate_impl, donate_argnums=(0,), **shard["accumulate"]
+        )
+        self._finalize = jax.jit(
+            self._finalize_impl, donate_argnums=(0, 1) if donate else (), **shard["finalize"]
+        )
+
+    @property
+    def device_count(self) -> int:
+        """n, the number of devices each physical batch is split across (1 if unsharded)."""
+        return 1 if self.placement is None else self.placement.count
 
     @property
     def compilations(self) -> int:
@@ -314,6 +346,8 @@ class MaskedDPSGD:
         cfg, flags, trainable = self.config, self._flags, self._trainable
         xb = jnp.take(x_all, idx, axis=0)
         yb = jnp.take(y_all, idx, axis=0)
+        if self.placement is not None:  # per-example work stays on the row's device
+            xb, yb = self.placement.constrain_batch(xb), self.placement.constrain_batch(yb)
         losses, grads = self._per_example_grads(params, xb, yb)
         leaves, treedef = jax.tree_util.tree_flatten(grads)
         p = idx.shape[0]
@@ -405,6 +439,8 @@ class MaskedDPSGD:
         if self._data is not None and self._data[0] is x and self._data[1] is y:
             return self._data[2], self._data[3]
         x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
+        if self.placement is not None:  # one copy per device, once per data set
+            x_dev, y_dev = self.placement.replicate((x_dev, y_dev))
         self._data = (x, y, x_dev, y_dev)
         return x_dev, y_dev
 
@@ -446,6 +482,8 @@ class MaskedDPSGD:
             self._trainable = trainable_leaves(params, self.frozen)
         batches = split_physical_batches(indices, cfg.physical_batch_size, pad_index=pad_index)
         x_dev, y_dev = self._device_data(x, y)
+        if self.placement is not None:  # no-op when already replicated (every step but the first)
+            params, opt_state, noise_key = self.placement.replicate((params, opt_state, noise_key))
         step_arr = np.uint32(t)
         with precision_context(cfg.precision):
             carry = self._init(params)
