@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from audits import run_audit
+from dpverify.cli import main
 from dpverify.errors import InvalidArgument, UnusableInput
 from dpverify.ledger import Checkpoint, Step, read_ledger
 from trainers.loop import TrainConfig, train
@@ -68,12 +71,14 @@ def resumed(tmp_path_factory):
     _kill_between_checkpoints(proc, out)
     before = read_ledger(out / "ledger")
     assert before.seal is None, "the run finished before it was killed; raise STEPS"
+    killed = out.parent / "killed"
+    shutil.copytree(out, killed)  # the killed run as it was, for the audit below
     summary = train(None, out, resume=True, progress=False)
-    return out, before, summary
+    return out, before, summary, killed
 
 
 def test_no_step_lost_none_double_counted(resumed):
-    out, before, summary = resumed
+    out, before, summary, _ = resumed
     ledger = read_ledger(out / "ledger")
     (resume,) = ledger.resumes
     i = ledger.records.index(resume)
@@ -96,7 +101,7 @@ def test_no_step_lost_none_double_counted(resumed):
 
 
 def test_repeats_are_identical_re_executions(resumed):
-    out, _, _ = resumed
+    out, _, _, _ = resumed
     ledger = read_ledger(out / "ledger")
     by_step: dict[int, list[Step]] = {}
     for s in ledger.steps:
@@ -109,7 +114,7 @@ def test_repeats_are_identical_re_executions(resumed):
 
 
 def test_final_claim_counts_the_repeats(resumed):
-    out, _, summary = resumed
+    out, _, summary, _ = resumed
     ledger = read_ledger(out / "ledger")
     repeats = len(ledger.steps) - STEPS
     assert ledger.seal.claimed_epsilon == pytest.approx(summary["claimed_epsilon"])
@@ -120,7 +125,7 @@ def test_final_claim_counts_the_repeats(resumed):
 
 
 def test_replay_covers_the_resume_point_and_passes(resumed):
-    out, _, _ = resumed
+    out, _, _, _ = resumed
     report = replay_steps(out, sample=1, seed=0)
     assert report.skipped_reason is None
     resume_step = read_ledger(out / "ledger").resumes[0].step
@@ -128,8 +133,30 @@ def test_replay_covers_the_resume_point_and_passes(resumed):
     assert report.ok, [o.reason for o in report.outcomes]
 
 
+def test_the_killed_run_can_be_audited(resumed):
+    _, before, _, killed = resumed
+    cert = run_audit(killed, replay_steps=None)
+    assert cert.sealed is False
+    assert cert.verdict == "certified", cert.summary_text()
+    assert cert.steps == len(before.steps)
+
+
+def test_the_resumed_run_is_certified_with_every_executed_step(resumed, capsys):
+    out, _, _, _ = resumed
+    ledger = read_ledger(out / "ledger")
+    cert = run_audit(out, replay_steps=1)
+    assert cert.verdict == "certified", cert.summary_text()
+    assert cert.sealed is True
+    assert cert.steps == len(ledger.steps) == ledger.seal.steps_executed
+    assert cert.logical_steps == STEPS
+    # The same through the CLI, as a user runs it: exit 0, the verdict first.
+    assert main(["audit", str(out), "--no-replay", "--quiet"]) == 0
+    assert main(["audit", str(out), "--no-replay"]) == 0
+    assert capsys.readouterr().out.startswith("verdict: CERTIFIED")
+
+
 def test_resuming_a_finished_run_changes_nothing(resumed):
-    out, _, summary = resumed
+    out, _, summary, _ = resumed
     head = read_ledger(out / "ledger").head
     again = train(None, out, resume=True, progress=False)
     assert again["steps_executed"] == summary["steps_executed"]
@@ -137,7 +164,7 @@ def test_resuming_a_finished_run_changes_nothing(resumed):
 
 
 def test_resume_refuses_a_different_configuration(resumed):
-    out, _, _ = resumed
+    out, _, _, _ = resumed
     with pytest.raises(InvalidArgument, match="differs from the run being resumed"):
         train(TrainConfig(steps=STEPS + 1), out, resume=True, progress=False)
 
