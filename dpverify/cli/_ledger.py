@@ -27,6 +27,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("verify", help="check a ledger's integrity (exit 0 intact, 1 corrupt)")
     p.add_argument("path", help="ledger directory or run directory")
+    p.add_argument(
+        "--heads",
+        metavar="FILE",
+        help="cross-check this copy of the heads file (exported chain heads) "
+        "instead of LEDGER/heads",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(handler=_verify)
@@ -83,7 +89,7 @@ def _verify(args: argparse.Namespace) -> int:
     from dpverify.ledger.reader import LedgerScan
     from dpverify.ledger.verify import verify_scan
 
-    scan = LedgerScan(args.path)
+    scan = LedgerScan(args.path, heads=args.heads)
     report = verify_scan(scan, _progress(scan, args.quiet))
     if args.json:
         print(json.dumps({"path": str(scan.path), **report.to_dict()}, indent=2))
@@ -91,6 +97,10 @@ def _verify(args: argparse.Namespace) -> int:
         sealed = "sealed" if report.sealed else "NOT sealed (run incomplete or still running)"
         print(f"intact: {report.records} records, {report.steps} steps, {sealed}")
         print(f"head: {report.head}")
+        if report.heads_checked:
+            print(f"exported heads: {report.heads_checked} matched")
+        else:
+            print("exported heads: none to check (no heads file)")
     else:
         print(f"CORRUPT at record {report.first_bad_record}: {report.reason}")
         print(f"intact prefix: {report.records} records, head {report.head}")

@@ -26,6 +26,7 @@ class VerifyReport:
         torn_tail_bytes: bytes of an incomplete final record (writer died).
         first_bad_record: zero-based index of the first bad record, or None.
         reason: one line saying what is wrong (empty when ok).
+        heads_checked: heads-file lines (exported chain heads) that matched.
     """
 
     ok: bool
@@ -36,21 +37,30 @@ class VerifyReport:
     torn_tail_bytes: int
     first_bad_record: int | None
     reason: str
+    heads_checked: int = 0
 
     def to_dict(self) -> dict:
         """JSON-ready dict of the report."""
         return dataclasses.asdict(self)
 
 
-def verify_ledger(path: str | os.PathLike[str]) -> VerifyReport:
-    """Check framing, checksums, hash chain, payloads, grammar and manifest.
+def verify_ledger(
+    path: str | os.PathLike[str], *, heads: str | os.PathLike[str] | None = None
+) -> VerifyReport:
+    """Check framing, checksums, hash chain, payloads, grammar, manifest and heads.
 
     Never raises for corruption: the report says which record is bad first.
 
+    Args:
+        path: ledger directory or run directory.
+        heads: a copy of the heads file kept elsewhere to cross-check instead
+            of ``ledger/heads`` (default: ``ledger/heads`` when present).
+
     Raises:
-        UnusableInput: ``path`` is missing or is not a ledger at all.
+        UnusableInput: ``path`` is missing or is not a ledger at all, or
+            ``heads`` is given and missing.
     """
-    return verify_scan(LedgerScan(path))
+    return verify_scan(LedgerScan(path, heads=heads))
 
 
 def verify_scan(scan: LedgerScan, records: Iterable[Record] | None = None) -> VerifyReport:
@@ -69,6 +79,7 @@ def verify_scan(scan: LedgerScan, records: Iterable[Record] | None = None) -> Ve
             torn_tail_bytes=0,
             first_bad_record=exc.record_index,
             reason=str(exc),
+            heads_checked=scan.heads_checked,
         )
     return VerifyReport(
         ok=True,
@@ -79,4 +90,5 @@ def verify_scan(scan: LedgerScan, records: Iterable[Record] | None = None) -> Ve
         torn_tail_bytes=scan.torn_tail_bytes,
         first_bad_record=None,
         reason="",
+        heads_checked=scan.heads_checked,
     )

@@ -8,6 +8,11 @@ trainer does not wait for the disk — and synchronously at
 what is on disk is always a valid prefix, possibly followed by a torn tail
 that readers ignore.
 
+Every synchronous commit also appends ``COUNT HEAD`` to ``ledger/heads`` (the
+number of durable records and the chain head after them, docs/ledger-format.md
+§3.2), so a rewritten or cut chain is detectable against it, or against a copy
+of it kept elsewhere.
+
 Write-ahead rule: call :meth:`~LedgerWriter.flush` (appending a ``Checkpoint``
 does it too) *before* saving model parameters, so every step the parameters
 reflect is durable in the ledger first.
@@ -43,6 +48,7 @@ from dpverify.ledger._files import (
     manifest_bytes,
 )
 from dpverify.ledger._framing import GENESIS, MAGIC, chain_next, encode_frame
+from dpverify.ledger._heads import HEADS_NAME, format_line, prepare_for_append
 from dpverify.ledger._payload import encode_payload, encode_payloads
 from dpverify.ledger._sequence import SequenceState
 from dpverify.ledger.records import Checkpoint, Record, Resume, RunHeader, Seal, Step
@@ -67,7 +73,7 @@ class LedgerWriter:
 
     def __init__(self, *, _token: object, path: Path, lock: WriterLock, fd: int,
                  header: RunHeader, chain: bytes, state: SequenceState,
-                 group_commit: int) -> None:  # fmt: skip
+                 group_commit: int, heads_fd: int, heads_count: int) -> None:  # fmt: skip
         if _token is not _TOKEN:
             raise TypeError("use LedgerWriter.create(...) or LedgerWriter.resume(...)")
         self.path = path
@@ -77,6 +83,8 @@ class LedgerWriter:
         self._chain = chain
         self._state = state
         self._group_commit = group_commit
+        self._heads_fd = heads_fd
+        self._heads_count = heads_count
         self._buffer = bytearray()
         self._pending: list[Record] = []
         self._syncer: Executor | None = None
@@ -113,14 +121,17 @@ class LedgerWriter:
             chain = chain_next(GENESIS, code, payload)
             atomic_write(path / MANIFEST_NAME, manifest_bytes(header))
             atomic_write(path / RECORDS_NAME, MAGIC + encode_frame(code, payload, chain))
+            atomic_write(path / HEADS_NAME, format_line(1, chain.hex()))
             fd = os.open(path / RECORDS_NAME, os.O_WRONLY | os.O_APPEND)
+            heads_fd = os.open(path / HEADS_NAME, os.O_WRONLY | os.O_APPEND)
         except BaseException:
             lock.release()
             raise
         state = SequenceState()
         state.accept(header)
         return cls(_token=_TOKEN, path=path, lock=lock, fd=fd, header=header, chain=chain,
-                   state=state, group_commit=group_commit)  # fmt: skip
+                   state=state, group_commit=group_commit, heads_fd=heads_fd,
+                   heads_count=1)  # fmt: skip
 
     @classmethod
     def resume(
@@ -161,13 +172,18 @@ class LedgerWriter:
             if scan.torn_tail_bytes:
                 os.ftruncate(fd, scan.end_offset)
                 os.fsync(fd)
+            had_heads = (scan.path / HEADS_NAME).exists()
+            heads_fd = prepare_for_append(scan.path / HEADS_NAME)
+            if not had_heads:
+                fsync_dir(scan.path)
         except BaseException:
             lock.release()
             raise
         assert state.header is not None
         writer = cls(_token=_TOKEN, path=scan.path, lock=lock, fd=fd, header=state.header,
                      chain=bytes.fromhex(scan.head), state=state,
-                     group_commit=group_commit)  # fmt: skip
+                     group_commit=group_commit, heads_fd=heads_fd,
+                     heads_count=state.records)  # fmt: skip
         try:
             writer._append(Resume(step=step, checkpoint_digest=checkpoint_digest))
             writer.flush()
@@ -257,6 +273,9 @@ class LedgerWriter:
             inflight.result()
         if wait:
             _write_and_sync(self._fd, data)
+            if self._state.records != self._heads_count:  # export the durable head
+                _write_and_sync(self._heads_fd, format_line(self._state.records, self._chain.hex()))
+                self._heads_count = self._state.records
         elif data:
             if self._syncer is None:
                 from concurrent.futures import ThreadPoolExecutor
@@ -268,7 +287,8 @@ class LedgerWriter:
         """Write and sync everything appended so far (durable on return).
 
         Uses ``fdatasync`` where available: it flushes the data and the file
-        size (all an append needs), skipping timestamps.
+        size (all an append needs), skipping timestamps.  Then appends the
+        record count and chain head to the heads file (if records were added).
         """
         if self._closed:
             raise LedgerError(f"{self.path}: the ledger writer is closed")
@@ -300,6 +320,9 @@ class LedgerWriter:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
+        if self._heads_fd >= 0:
+            os.close(self._heads_fd)
+            self._heads_fd = -1
         self._lock.release()
 
     def __enter__(self) -> LedgerWriter:

@@ -152,13 +152,14 @@ def test_missing_manifest_is_corruption(small, tmp_path):
 
 _CHILD = textwrap.dedent(
     """
-    import sys, numpy as np
+    import os, sys, numpy as np
     from dpverify.ledger import LedgerWriter, RunHeader, Step
     path, start = sys.argv[1], int(sys.argv[2])
     header = RunHeader(dataset_size=5000, sampler="poisson", sampling_rate=0.01,
                        noise_multiplier=1.0, clip_norm=1.0, delta=1e-5)
     rng = np.random.default_rng(start)
-    w = (LedgerWriter.create(path, header, group_commit=8) if start == 0
+    # (a writer killed before its first group commit left a ledger with no steps)
+    w = (LedgerWriter.create(path, header, group_commit=8) if not os.path.exists(path)
          else LedgerWriter.resume(path, step=start, group_commit=8))
     print("ready", flush=True)
     t = start
@@ -199,6 +200,7 @@ def test_sigkill_mid_run_always_leaves_a_recoverable_prefix(tmp_path):
         pass
     final = read_ledger(path)
     assert final.torn_tail_bytes == 0 and len(final.resumes) == 5
+    assert verify_ledger(path).heads_checked >= 6  # creation and each resume exported
 
 
 def test_grammar_violation_inside_a_batch_names_its_record(tmp_path, helpers):

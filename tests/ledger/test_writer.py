@@ -151,6 +151,6 @@ def test_group_commit_and_flush_durability(tmp_path, helpers):
 def test_files_are_private(tmp_path, helpers):
     path = helpers.small_ledger(tmp_path / "l")
     names = sorted(os.listdir(path))
-    assert names == ["lock", "manifest.json", "records.log"]
+    assert names == ["heads", "lock", "manifest.json", "records.log"]
     for name in names:
         assert stat.S_IMODE((path / name).stat().st_mode) == 0o600
