@@ -20,6 +20,7 @@ Non-finite floats are written as the strings ``"NaN"``, ``"Infinity"``,
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -192,7 +193,9 @@ def import_jsonl(
     tmp = Path(out_dir) / f".ledger.import-{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
+    made_out_dir = not Path(out_dir).exists()
     writer: LedgerWriter | None = None
+    done = False
     try:
         lines = _lines(src)
         first = next(lines, None)
@@ -226,11 +229,15 @@ def import_jsonl(
             writer.close(seal=final if seal else None)
         writer = None
         os.replace(tmp, target)
+        done = True
     finally:
         if writer is not None:
             writer.close()
         if tmp.exists():
             shutil.rmtree(tmp)
+        if made_out_dir and not done:
+            with contextlib.suppress(OSError):  # the run dir this import created, if empty
+                Path(out_dir).rmdir()
     return target
 
 

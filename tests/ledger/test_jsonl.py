@@ -97,8 +97,12 @@ def test_bad_lines_are_named(tmp_path, lines, match):
     src = _write(tmp_path / "bad.jsonl", lines)
     with pytest.raises(InvalidArgument, match=match):
         import_jsonl(src, tmp_path / "out")
-    assert not (tmp_path / "out" / "ledger").exists()
-    assert [p.name for p in (tmp_path / "out").glob(".*")] == []  # no leftovers
+    assert not (tmp_path / "out").exists()  # nothing left: not even the run dir it made
+    existing = tmp_path / "existing"
+    existing.mkdir()
+    with pytest.raises(InvalidArgument, match=match):
+        import_jsonl(src, existing)
+    assert existing.is_dir() and list(existing.iterdir()) == []  # a user's dir is kept
 
 
 def test_not_json_and_missing_file(tmp_path):
