@@ -167,6 +167,7 @@ def _run(session: Session, run_dir: Path, *, progress: bool, started: float) -> 
         "accuracy": _accuracy(session.model_apply, params, session.dataset),
         "loss": loss if math.isfinite(loss) else None,
         "compilations": int(getattr(trainer, "compilations", -1)),
+        "devices": int(getattr(trainer, "device_count", 1)),
         "examples_per_second": (examples / timed) if executed > 1 and timed > 0 else None,
         "first_step_seconds": first_step_seconds,
         "physical_batch_size": plan.physical_batch_size,

@@ -94,6 +94,8 @@ class TrainConfig:
         data_path: local data file/folder for tasks that need one (recorded
             as an absolute path so replay works from any directory).
         mutation: name of a deliberate bug (``trainers.mutations``; testing only).
+        devices: run each physical batch data-parallel over this many devices
+            (:mod:`trainers.sharding`; p must be divisible by it); ``None`` = 1.
     """
 
     task: str | None = None
@@ -116,6 +118,7 @@ class TrainConfig:
     checkpoint_every: int | None = None
     data_path: str | None = None
     mutation: str | None = None
+    devices: int | None = None
 
     def __post_init__(self) -> None:
         from trainers.tasks import get_task
@@ -154,6 +157,7 @@ class TrainConfig:
         _optional(check_int, "checkpoint_every", self.checkpoint_every, minimum=1)
         if self.mutation is not None:
             _check_mutation(self.mutation)
+        _optional(check_int, "devices", self.devices, minimum=1)
 
 
 def _check_mutation(name: str) -> None:
@@ -268,10 +272,12 @@ def plan_run(config: TrainConfig, dataset_size: int, num_params: int) -> RunPlan
         q = config.sampling_rate
     else:
         e = config.expected_batch_size
+        hint = ""
         if e is None:
             e = d.get("expected_batch_size", max(1.0, 0.01 * n))
+            hint = f" (task {task.name!r} default; pass --expected-batch-size or --sampling-rate)"
         if e > n:
-            raise InvalidArgument(f"expected_batch_size={e!r} must be <= dataset size {n}")
+            raise InvalidArgument(f"expected_batch_size={e!r} must be <= dataset size {n}{hint}")
         q = e / n
     q = check_probability("sampling_rate", float(q))
     if config.steps is not None:

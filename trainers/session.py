@@ -49,6 +49,7 @@ class Session:
     executed_before: int
     resumed: bool
     sealed_summary: dict | None = None
+    devices: int | None = None
 
     @property
     def sampler_label(self) -> str:
@@ -69,7 +70,7 @@ class Session:
             precision=plan.precision,
             mutation=self.private.get("mutation"),
         )
-        return MaskedDPSGD(self.model_apply, self.optimizer, cfg)
+        return MaskedDPSGD(self.model_apply, self.optimizer, cfg, devices=self.devices)
 
     def checkpoint(self, step: int, params: Any, opt_state: Any) -> None:
         """Write-ahead checkpoint: flush the ledger, save the file, record it."""
@@ -122,11 +123,19 @@ def load_dataset(task_name: str, data_path: str | None) -> Any:
     task = get_task(task_name)
     if task.needs_data_path and data_path is None:
         raise InvalidArgument(f"task={task_name!r} needs local data: pass --data PATH")
+    if not task.needs_data_path and data_path is not None:
+        raise InvalidArgument(
+            f"task={task_name!r} uses its embedded data set and reads no files: drop --data"
+        )
     return task.load_data(data_path)
 
 
 def make_sampler(name: str, dataset_size: int, sampling_rate: float, seed: int, params: dict):
     """The sampler called ``name`` (``dpverify.samplers.make_sampler`` when present)."""
+    if name == "truncated_poisson" and "cap" not in params:
+        raise InvalidArgument(
+            "sampler='truncated_poisson' needs its cap: pass --sampler-param cap=K"
+        )
     try:
         from dpverify.samplers import make_sampler as _make
     except ImportError:
@@ -156,6 +165,14 @@ def _init_seed(seed: int) -> int:
     return int(step_rng(seed, 0, stream=0x1417).integers(2**31 - 1))
 
 
+def _check_devices(devices: int | None, plan: RunPlan) -> None:
+    """Fail before anything is written if ``devices`` cannot split ``p``."""
+    if devices is not None and devices > 1:
+        from trainers.sharding import data_parallel
+
+        data_parallel(devices, physical_batch_size=plan.physical_batch_size)
+
+
 def open_new(
     run_dir: Path, config: TrainConfig, *, plan_fn: Callable[..., RunPlan], seed: int
 ) -> Session:
@@ -176,6 +193,7 @@ def open_new(
     init_seed = _init_seed(seed)
     _, _, params0 = init_model(task_name, dataset.num_classes, dataset.x_train[:1], init_seed)
     plan = plan_fn(config, dataset.size, count_params(params0))
+    _check_devices(config.devices, plan)
     sampler_name = config.sampler or "poisson"
     sampler = make_sampler(
         sampler_name, plan.dataset_size, plan.sampling_rate, seed, dict(config.sampler_params)
@@ -218,6 +236,7 @@ def open_new(
             "optimizer": plan.optimizer,
             "checkpoint_every": plan.checkpoint_every,
             "num_params": count_params(params0),
+            "devices": config.devices or 1,
         },
     )
     writer = LedgerWriter.create(run_dir / _LEDGER_DIR, header)
@@ -238,6 +257,7 @@ def open_new(
         start_step=0,
         executed_before=0,
         resumed=False,
+        devices=config.devices,
     )
     session.checkpoint(0, comps.params, comps.opt_state)
     return session
@@ -359,6 +379,7 @@ def open_resume(run_dir: Path, config: TrainConfig | None) -> Session:
         start_step=start,
         executed_before=len(ledger.steps),
         resumed=True,
+        devices=None if config is None else config.devices,
     )
 
 

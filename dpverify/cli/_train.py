@@ -106,6 +106,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--checkpoint-every", type=integer, metavar="K", help="checkpoint every K steps (25)"
     )
+    p.add_argument(
+        "--devices", type=integer, metavar="N", help="split each physical batch over N devices"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_train)
@@ -152,12 +155,28 @@ def _config(args: argparse.Namespace) -> Any:
         checkpoint_every=args.checkpoint_every,
         data_path=args.data,
         mutation=args.mutation,
+        devices=args.devices,
     )
+
+
+def _quiet_accounting_logs() -> None:
+    """Silence dp-accounting's per-order RDP warnings (absl) on the terminal.
+
+    At small σ or large q the RDP accountant logs one WARNING per Rényi order
+    it drops; they say nothing a user can act on and bury the progress bar,
+    the summary and one-line errors.  Errors are still shown.
+    """
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    absl_logging.set_verbosity(absl_logging.ERROR)
 
 
 def _train(args: argparse.Namespace) -> int:
     from trainers.loop import train
 
+    _quiet_accounting_logs()
     config = _config(args)
     summary = train(config, args.out, resume=args.resume, progress=not args.quiet)
     if args.json:
@@ -236,6 +255,7 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.replay_steps < 0:
         raise InvalidArgument(f"replay_steps={args.replay_steps!r} must be >= 0")
+    _quiet_accounting_logs()
     out = _demo_dir(args.out)
     err = sys.stderr
     err.write(f"dpverify demo: training digits-mlp with masked DP-SGD into {out}/ ...\n")

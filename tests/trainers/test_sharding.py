@@ -319,5 +319,66 @@ def test_one_device_mesh_equals_plain_step():
     assert mesh_trainer.compilations == 1
 
 
+# -- dpverify train --devices -------------------------------------------------------
+
+_SMALL = [
+    "--expected-batch-size", "24", "--noise-multiplier", "1.0", "--steps", "4",
+    "--physical-batch-size", "16", "--checkpoint-every", "2", "--seed", "3", "--quiet",
+]  # fmt: skip
+
+
+def _cli(argv):
+    from dpverify.cli import main
+
+    try:
+        return main(argv)
+    except SystemExit as exc:  # argparse errors
+        return exc.code
+
+
+@pytest.mark.parametrize(
+    ("devices", "message"),
+    [
+        ("3", "physical_batch_size=16 must be divisible by the device count 3"),
+        ("0", "devices=0"),
+        ("many", "'many' is not an integer"),
+        ("too_many", "exceeds the"),
+    ],
+)
+def test_train_devices_errors_are_one_line_exit_2(tmp_path, capsys, devices, message):
+    import jax
+
+    if devices == "too_many":
+        devices = str(16 * len(jax.devices()))  # divides p = 16 only when 1 device exists
+        if len(jax.devices()) != 1:
+            pytest.skip("needs a single-device process")
+    rc = _cli(["train", "--out", str(tmp_path / "r"), *_SMALL, "--devices", devices])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "r").exists()  # refused before anything was written
+
+
+def test_train_cli_on_8_devices_records_the_count(tmp_path):
+    from dpverify.ledger import read_ledger
+
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={_DEVICES}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    code = "import sys; from dpverify.cli import main; sys.exit(main(sys.argv[1:]))"
+    out = tmp_path / "run"
+    argv = ["train", "--out", str(out), *_SMALL, "--devices", "8", "--json"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *argv], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(proc.stdout)
+    assert summary["devices"] == _DEVICES
+    assert summary["compilations"] == 1
+    assert summary["steps_executed"] == 4
+    assert read_ledger(out / "ledger").header.extra["devices"] == _DEVICES
+
+
 if __name__ == "__main__":
     print(json.dumps(_worker()))
