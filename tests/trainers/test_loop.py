@@ -186,3 +186,28 @@ def test_data_path_is_recorded_absolute(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     plan = plan_run(TrainConfig(data_path="data.npz"), 1000, 10)
     assert plan.data_path == str(tmp_path / "data.npz")
+
+
+def test_write_ahead_steps_are_on_disk_before_each_checkpoint_file(tmp_path, monkeypatch):
+    """ARCHITECTURE §4: step t's record is durable before the parameters after t are saved.
+
+    A second reader opens the ledger from disk at the moment each checkpoint
+    file is about to be written: every step before it must already be there
+    (the writer buffers up to 64 records in memory, so without the flush they
+    would not be).
+    """
+    import trainers.checkpoint as ckpt
+
+    out = tmp_path / "wa"
+    seen: list[tuple[int, list[int]]] = []
+    real_save = ckpt.save_checkpoint
+
+    def spy(run_dir, step, *args, **kwargs):
+        seen.append((step, [s.step for s in read_ledger(out / "ledger").steps]))
+        return real_save(run_dir, step, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "save_checkpoint", spy)
+    train(TrainConfig(**dict(SMALL, steps=7, checkpoint_every=3)), out, progress=False)
+    assert [step for step, _ in seen] == [0, 3, 6, 7]
+    for step, on_disk in seen:
+        assert on_disk == list(range(step)), (step, on_disk)
