@@ -54,7 +54,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--cap", type=int, default=None, help="cap for the built-in truncated_poisson")
     p.add_argument("--json", action="store_true", help="print the full report as JSON")
-    p.add_argument("--quiet", action="store_true", help="print only the verdict line")
+    p.add_argument(
+        "--quiet", action="store_true", help="print only the verdict line (no progress bar)"
+    )
     p.set_defaults(handler=_check_sampler)
 
 
@@ -120,7 +122,8 @@ def _check_sampler(args: argparse.Namespace) -> int:
 
     factory = _load_factory(args.factory, args.cap)
     configs = [_parse_config(c) for c in args.config] if args.config else None
-    report = inspect_sampler(factory, configs=configs, alpha=args.alpha)
+    progress = not args.quiet and sys.stderr.isatty()
+    report = inspect_sampler(factory, configs=configs, alpha=args.alpha, progress=progress)
     if args.json:
         print_json(report.to_dict())
     elif args.quiet:

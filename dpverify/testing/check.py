@@ -16,8 +16,10 @@ A sampler is compliant when, for every configuration tried:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
+import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -149,7 +151,7 @@ def _batch_problem(batch: Any, step: int, n: int) -> str | None:
     return None
 
 
-def _check_config(factory: Callable[..., Any], cfg: SamplerConfig, alpha: float):
+def _check_config(factory: Callable[..., Any], cfg: SamplerConfig, alpha: float, bar: Any = None):
     """Problems and the battery result (or None) for one configuration."""
     try:
         sampler = cfg.build(factory)
@@ -177,6 +179,8 @@ def _check_config(factory: Callable[..., Any], cfg: SamplerConfig, alpha: float)
                 return
             if t in probe:
                 kept[t] = batch.copy()
+            if bar is not None:
+                bar.update(1)
             yield batch
 
     try:
@@ -210,8 +214,12 @@ def inspect_sampler(
     *,
     configs: Sequence[SamplerConfig] | None = None,
     alpha: float = 1e-3,
+    progress: bool = False,
 ) -> SamplerCheck:
-    """Check ``factory`` without raising; see :func:`check_sampler`."""
+    """Check ``factory`` without raising; see :func:`check_sampler`.
+
+    ``progress`` shows a tqdm bar of sampled steps on stderr.
+    """
     if not callable(factory):
         raise InvalidArgument(
             f"factory={factory!r} must be callable as factory(dataset_size, sampling_rate, seed)"
@@ -229,18 +237,20 @@ def inspect_sampler(
             raise InvalidArgument(
                 f"configs must hold SamplerConfig values, got {type(cfg).__name__}"
             )
-        found, result, sampler = _check_config(factory, cfg, per_config)
-        problems += [p for p in found if p not in problems]
-        if result is not None:
-            batteries.append((cfg, result))
-        if sampler is not None:
-            name = str(getattr(sampler, "name", name))
-            declared.add(
-                (
-                    bool(getattr(sampler, "is_poisson", False)),
-                    str(getattr(sampler, "accounting", "?")),
+    with _progress_bar(progress, sum(cfg.steps for cfg in configs)) as bar:
+        for cfg in configs:
+            found, result, sampler = _check_config(factory, cfg, per_config, bar)
+            problems += [p for p in found if p not in problems]
+            if result is not None:
+                batteries.append((cfg, result))
+            if sampler is not None:
+                name = str(getattr(sampler, "name", name))
+                declared.add(
+                    (
+                        bool(getattr(sampler, "is_poisson", False)),
+                        str(getattr(sampler, "accounting", "?")),
+                    )
                 )
-            )
     for is_poisson, accounting in sorted(declared):
         if not is_poisson:
             problems.append(
@@ -249,6 +259,17 @@ def inspect_sampler(
     return SamplerCheck(
         sampler=name, problems=tuple(problems), batteries=tuple(batteries), alpha=alpha
     )
+
+
+@contextlib.contextmanager
+def _progress_bar(show: bool, total: int) -> Iterator[Any]:
+    if not show:
+        yield None
+        return
+    from tqdm import tqdm
+
+    with tqdm(total=total, unit="step", desc="sampling", file=sys.stderr, leave=False) as bar:
+        yield bar
 
 
 def check_sampler(

@@ -110,3 +110,10 @@ def test_protocol_problems_are_explained(factory, words):
         check_sampler(factory, configs=SMALL)
     assert words in str(info.value)
     assert info.value.report.to_dict()["compliant"] is False
+
+
+def test_progress_bar_goes_to_stderr_only(capsys):
+    report = inspect_sampler(BernoulliSampler, configs=SMALL, progress=True)
+    assert report.compliant
+    out, err = capsys.readouterr()
+    assert out == "" and "/200" in err and "step" in err
