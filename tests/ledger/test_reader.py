@@ -224,3 +224,21 @@ def test_grammar_violation_inside_a_batch_names_its_record(tmp_path, helpers):
     report = verify_ledger(path)
     assert not report.ok and report.first_bad_record == 3, report.reason
     assert "step=3 out of sequence (expected step 2)" in report.reason
+
+
+def test_unknown_record_type_is_corruption_not_skipped(tmp_path, helpers):
+    """A well-framed, well-chained record of an unknown type (code 6) is an error."""
+    from dpverify.ledger._framing import chain_next, encode_frame
+
+    path = helpers.small_ledger(tmp_path / "l")
+    data = (path / "records.log").read_bytes()
+    frames = helpers.frames(data)
+    cut = frames[3][1]  # after header and steps 0..2
+    prev = data[cut - 36 : cut - 4]  # the chain value of record 3
+    payload = b'{"step":3}'
+    extra = encode_frame(6, payload, chain_next(prev, 6, payload))
+    (path / "records.log").write_bytes(data[:cut] + extra + data[cut:])
+    (path / "heads").unlink()
+    report = verify_ledger(path)
+    assert not report.ok and report.first_bad_record == 4
+    assert "unknown record type 6" in report.reason
