@@ -181,6 +181,8 @@ def open_new(
     from trainers.components import build_components, count_params, init_model
     from trainers.noise_key import create_noise_key, write_private, write_private_file
 
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UnusableInput(f"{run_dir} is a file, not a run directory; pass a new --out")
     if (run_dir / _LEDGER_DIR).exists():
         raise UnusableInput(f"{run_dir} already holds a run; pass --resume or a new --out")
     if (run_dir / "noise.key").exists():
@@ -198,7 +200,10 @@ def open_new(
     sampler = make_sampler(
         sampler_name, plan.dataset_size, plan.sampling_rate, seed, dict(config.sampler_params)
     )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UnusableInput(f"{run_dir}: cannot create the run directory: {exc.strerror}") from None
     key, digest = create_noise_key(run_dir)
     private = {
         "seed": seed,

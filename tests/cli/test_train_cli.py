@@ -59,6 +59,19 @@ def test_resume_without_run_is_one_line_exit_2(tmp_path, capsys):
     assert err.count("\n") == 1 and "no run to resume" in err
 
 
+def test_out_that_cannot_be_a_run_dir_is_one_line_exit_2(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("not a run")
+    for out, message in (
+        (afile, "is a file, not a run directory"),
+        (afile / "sub", "cannot create"),
+    ):
+        assert _run(["train", "--out", str(out), *SMALL]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, err
+    assert afile.read_text() == "not a run"
+
+
 def _run(argv):
     try:
         return main(argv)
