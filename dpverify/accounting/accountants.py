@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_MAX_GROUPS",
     "DEFAULT_PLD_DISCRETIZATION",
     "DEFAULT_PRV_EPS_ERROR",
+    "MIN_TIGHT_NOISE_MULTIPLIER",
     "TF_PRIVACY_ORDERS",
     "build_event",
     "compute_delta",
@@ -151,6 +152,18 @@ def event_from_groups(
 
 #: Above this many distinct (q, σ) pairs, PLD and PRV use pessimistically rounded groups.
 DEFAULT_MAX_GROUPS = 32
+
+#: PLD and PRV are not run when some step has σ below this: their grids grow like 1/σ²
+#: (PLD takes ~40 s at σ = 0.1 and does not finish in minutes at σ = 0.02), and ε is
+#: so large there (hundreds at typical q and T) that RDP's upper bound says enough.
+MIN_TIGHT_NOISE_MULTIPLIER = 0.1
+
+
+def _tight_too_costly(name: str, sigma: float) -> str:
+    return (
+        f"{name.upper()} not run: noise_multiplier {sigma:g} < {MIN_TIGHT_NOISE_MULTIPLIER:g} "
+        "makes its grid impractically large (ε is very large there; see RDP)"
+    )
 
 
 def pessimistic_groups(
@@ -328,7 +341,8 @@ def compute_epsilon(
 
     Returns:
         An :class:`EpsilonReport`.  With no executed steps every ε is 0.  A step
-        with σ = 0 makes every ε infinite.
+        with σ = 0 makes every ε infinite.  PLD and PRV are not run (``None``
+        with the reason) when some σ < :data:`MIN_TIGHT_NOISE_MULTIPLIER`.
 
     Raises:
         InvalidArgument: bad δ, accountant, relation, sampler sizes or segments.
@@ -371,12 +385,15 @@ def compute_epsilon(
             f"relative grid {ratio:g}) to {len(rounded)} groups"
         )
     rounded_event = None
+    min_sigma = min(sigma for (_, sigma), _ in rounded)
     results: dict[str, AccountantResult] = {}
     for name in ACCOUNTANTS:
         if name not in wanted:
             results[name] = _fixed(name, None, "not requested")
             continue
         why = unsupported_reason(name, sampler, neighbouring)
+        if why is None and name != "rdp" and min_sigma < MIN_TIGHT_NOISE_MULTIPLIER:
+            why = _tight_too_costly(name, min_sigma)
         if why is not None:
             results[name] = _fixed(name, None, why)
             continue
@@ -430,6 +447,8 @@ def _no_upper_bound_report(
     elif sampler == "shuffle":
         notes.append("no shuffle lower bound for runs whose (q, σ) changed")
     try:
+        if min(sigma for (_, sigma), _ in groups) < MIN_TIGHT_NOISE_MULTIPLIER:
+            raise ValueError("σ too small for a PLD note")
         event = event_from_groups(pessimistic_groups(groups, DEFAULT_MAX_GROUPS)[0])
         as_poisson = _pld(event, delta, common["neighbouring"], pld_discretization)[0]
         notes.append(
@@ -480,6 +499,9 @@ def compute_delta(
             if name not in wanted
             else unsupported_reason(name, sampler, neighbouring)
         )
+        min_sigma = min(s.noise_multiplier for s in segs)
+        if why is None and name != "rdp" and min_sigma < MIN_TIGHT_NOISE_MULTIPLIER:
+            why = _tight_too_costly(name, min_sigma)
         if why is not None:
             deltas[name], reasons[name] = None, why
             continue

@@ -19,7 +19,7 @@ import math
 import numpy as np
 
 from dpverify._validate import check_choice, check_int, check_positive, check_probability
-from dpverify.accounting.accountants import compute_epsilon
+from dpverify.accounting.accountants import MIN_TIGHT_NOISE_MULTIPLIER, compute_epsilon
 from dpverify.accounting.segments import Segment
 from dpverify.accounting.support import ACCOUNTANTS
 from dpverify.errors import InvalidArgument
@@ -118,8 +118,9 @@ def calibrate_noise_multiplier(
         σ with ``epsilon_poisson(q, σ, T, δ, accountant) <= target_epsilon``.
 
     Raises:
-        InvalidArgument: a value out of range, or the target is unreachable
-            (below what σ = 1e4 gives).
+        InvalidArgument: a value out of range, the target is unreachable
+            (below what σ = 1e4 gives), or (PLD/PRV) it needs σ below
+            :data:`~dpverify.accounting.accountants.MIN_TIGHT_NOISE_MULTIPLIER`.
     """
     q = check_probability("sampling_rate", sampling_rate)
     steps = check_int("steps", steps, minimum=1)
@@ -150,9 +151,16 @@ def calibrate_noise_multiplier(
     if accountant == "rdp":
         return _bisect(eps, lo, hi, target, rtol)[1]
     # The tight accountant needs at most about σ_RDP: bracket from below.
-    lo = hi * 0.85
-    while lo > 1e-3 and eps(lo) <= target:
-        hi, lo = lo, lo * 0.7
+    floor = MIN_TIGHT_NOISE_MULTIPLIER
+    lo = max(hi * 0.85, floor)
+    while lo > floor and eps(lo) <= target:
+        hi, lo = lo, max(lo * 0.7, floor)
+    if lo <= floor and (hi <= floor or eps(floor) <= target):
+        raise InvalidArgument(
+            f"target_epsilon={target_epsilon!r} needs noise_multiplier < {floor:g}, where "
+            f"{accountant.upper()} is impractically slow; use the RDP accountant "
+            f"(σ = {hi:.4g} meets the target by RDP)"
+        )
     while eps(hi) > target:  # PRV's upper bound can exceed RDP on tiny grids
         lo, hi = hi, hi * 1.1
     return _solve(eps, lo, hi, target, rtol)

@@ -306,3 +306,19 @@ def test_pessimistic_groups_round_the_safe_way():
     lo_q = min(q for (q, _), _ in merged)
     hi_sigma = max(s for (_, s), _ in merged)
     assert lo_q >= 0.01 and hi_sigma <= 1.0 + 49 / 50
+
+
+def test_tiny_noise_skips_the_tight_accountants():
+    """PLD/PRV grids grow like 1/σ²: below σ = 0.1 they are not run (RDP still answers)."""
+    import time
+
+    start = time.perf_counter()
+    r = compute_epsilon(Segment(sampling_rate=0.01, noise_multiplier=0.02, steps=1000), DELTA)
+    assert time.perf_counter() - start < 20
+    assert r.rdp.epsilon > 1e5
+    for res in (r.pld, r.prv):
+        assert res.epsilon is None and "noise_multiplier 0.02 < 0.1" in res.reason
+    from dpverify.accounting import compute_delta
+
+    d = compute_delta(Segment(sampling_rate=0.01, noise_multiplier=0.02, steps=10), 1.0)
+    assert d.deltas["pld"] is None and "not run" in d.reasons["pld"]

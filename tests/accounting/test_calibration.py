@@ -54,3 +54,13 @@ def test_calibration_unreachable_and_bad_input():
         calibrate_noise_multiplier(1.0, 10_000, 1e-9, 1e-4, "rdp")
     with pytest.raises(InvalidArgument, match="target_epsilon"):
         calibrate_noise_multiplier(0.01, 100, 1e-5, 0.0)
+
+
+def test_huge_target_is_refused_quickly_by_tight_accountants():
+    # Before the σ floor, PLD at σ ≈ 0.02 ran for minutes.
+    start = time.perf_counter()
+    with pytest.raises(InvalidArgument, match="use the RDP accountant"):
+        calibrate_noise_multiplier(1.0, 1, 0.5, 100.0, "pld")
+    assert time.perf_counter() - start < 20
+    sigma = calibrate_noise_multiplier(1.0, 1, 0.5, 100.0, "rdp")
+    assert 0.05 < sigma < 0.1

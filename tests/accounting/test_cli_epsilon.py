@@ -202,3 +202,25 @@ def test_shuffle_run_dir_shows_the_lower_bound(make_run, capsys):
     obj = json.loads(out)
     assert obj["rdp"] is None and obj["pld"] is None and obj["prv"] is None
     assert set(obj["reasons"]) == {"rdp", "pld", "prv"}
+
+
+def test_prv_failure_is_null_with_its_reason_on_the_cli(capsys):
+    # prv-accountant raises "Discrete mean differs from continuous mean" at this setting.
+    argv = ["--sampling-rate", "0.2", "--noise-multiplier", "0.3", "--steps", "100"]
+    code, out, err = run(
+        ["epsilon", *argv, "--delta", "1e-5", "--accountant", "prv", "--json"], capsys
+    )
+    obj = json.loads(out)
+    assert code == 0 and err == ""
+    assert obj["prv"] is None and "Discrete mean differs" in obj["reasons"]["prv"]
+
+
+def test_tiny_noise_does_not_hang_the_cli(capsys):
+    argv = ["--sampling-rate", "0.01", "--noise-multiplier", "0.02", "--steps", "1000"]
+    code, out, _ = run(["epsilon", *argv, "--delta", "1e-5", "--json"], capsys)
+    obj = json.loads(out)
+    assert code == 0 and obj["rdp"]["epsilon"] > 1e5
+    assert obj["pld"] is None and "not run" in obj["reasons"]["pld"]
+    noise = ["noise", "--sampling-rate", "0.01", "--steps", "1000", "--delta", "1e-5"]
+    code, _, err = run([*noise, "--target-epsilon", "1e6"], capsys)
+    assert code == 2 and err.count("\n") == 1 and "use the RDP accountant" in err
