@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from dpverify.cli._common import integer, positive_float, print_json
-from dpverify.errors import InvalidArgument
+from dpverify.errors import InvalidArgument, UnusableInput
 
 __all__ = ["register"]
 
@@ -257,6 +257,10 @@ def _demo(args: argparse.Namespace) -> int:
         raise InvalidArgument(f"replay_steps={args.replay_steps!r} must be >= 0")
     _quiet_accounting_logs()
     out = _demo_dir(args.out)
+    if (out / "ledger").exists():
+        raise UnusableInput(
+            f"{out} already holds a run; pass a new --out (or audit it: dpverify audit {out})"
+        )
     err = sys.stderr
     err.write(f"dpverify demo: training digits-mlp with masked DP-SGD into {out}/ ...\n")
     summary = train(TrainConfig(task="digits-mlp", seed=args.seed), out, progress=not args.quiet)

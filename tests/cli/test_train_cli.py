@@ -122,3 +122,7 @@ def test_demo_trains_audits_and_prints_the_verdict(tmp_path, capsys, monkeypatch
     cert = json.loads((out / "certificate.json").read_text())
     assert cert["verdict"] == "certified", text
     assert rc == 0
+    # Again into the same directory: refused before training, one line, no --resume hint.
+    assert main(["demo", "--out", str(out), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "already holds a run" in err and "--resume" not in err
