@@ -88,3 +88,65 @@ def test_report_and_json_never_contain_indices(monkeypatch, fakes, tmp_path):
 def test_bad_suffix_is_refused(cert, tmp_path):
     with pytest.raises(InvalidArgument):
         write_report(cert, tmp_path / "r.pdf")
+
+
+def _integers(text: str) -> set[str]:
+    """Whole decimal integers (integer parts of numbers), not digit runs inside hex hashes."""
+    return set(re.findall(r"(?<![0-9a-fA-F.])\d+(?![0-9a-fA-F])", text))
+
+
+@pytest.mark.parametrize("sampler", ["poisson", "fixed_size"])
+def test_real_audit_of_a_written_ledger_never_shows_indices(tmp_path, sampler):
+    """End to end with every real check (no stubs), passing and failing sampling alike.
+
+    Deterministic (fixed seed); the grep looks for every index >= 100 000 of the ledger
+    as a whole number in the JSON, the summary and the Markdown report.
+    """
+    import json
+
+    from audits import run_audit
+    from dpverify.ledger import LedgerWriter
+    from dpverify.ledger.records import RunHeader, Seal, Step
+    from dpverify.samplers import make_sampler
+
+    n, q, steps = 400_000, 5e-4, 30
+    header = RunHeader(
+        dataset_size=n,
+        sampler="poisson",
+        sampling_rate=q,
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        delta=1e-7,
+        claimed_epsilon=50.0,
+    )
+    draw = make_sampler(sampler, n, q, 3)
+    big: set[str] = set()
+    with LedgerWriter.create(tmp_path / "ledger", header) as writer:
+        for t in range(steps):
+            idx = draw.sample(t)
+            big |= {str(int(i)) for i in idx if i >= 100_000}
+            writer.append(
+                Step(
+                    step=t,
+                    indices=idx,
+                    noise_std=1.0,
+                    noise_draws=1,
+                    num_clipped=0,
+                    max_grad_norm=0.5,
+                    max_clipped_norm=0.5,
+                    denominator=q * n,
+                    physical_batches=2,
+                )
+            )
+        writer.close(seal=Seal(steps_executed=steps, final_step=steps))
+    assert len(big) > 4000
+    cert = run_audit(tmp_path / "ledger", replay_steps=None)
+    assert cert.check("sampling").status == ("pass" if sampler == "poisson" else "fail")
+    texts = [
+        json.dumps(cert.to_json()),
+        cert.summary_text(),
+        write_report(cert, tmp_path / "r.md", epsilon_points=1).read_text(),
+    ]
+    for text in texts:
+        assert not _integers(text) & big
+    assert str(steps) in _integers(texts[0])  # the matcher does find whole numbers
