@@ -147,3 +147,19 @@ def test_removed_step_is_unverifiable(tmp_path, fakes):
     cert = runner.run_audit(tmp_path / "ledger", replay_steps=None)
     assert cert.verdict == "unverifiable"
     assert "record 4" in cert.verdict_reason
+
+
+def test_crashed_run_on_disk_is_audited_up_to_its_last_complete_step(tmp_path, fakes):
+    """No seal and a half-written record at the end, as a run killed mid-write leaves it."""
+    path = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(8, sealed=False))
+    log = path / "records.log"
+    data = log.read_bytes()
+    start, end = fakes.frames(data)[-1]
+    log.write_bytes(data + data[start : (start + end) // 2])  # torn tail
+    cert = runner.run_audit(path, replay_steps=None)
+    integrity = cert.check("integrity")
+    assert integrity.status == "warn", integrity.reason
+    assert "not sealed" in integrity.reason and "torn tail" in integrity.reason
+    assert "last complete step (7)" in integrity.reason
+    assert cert.steps == 8 and cert.sealed is False
+    assert cert.verdict in ("certified", "refuted") and cert.check("privacy").status == "pass"
