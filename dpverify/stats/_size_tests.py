@@ -181,10 +181,17 @@ def total_inclusions(sizes: np.ndarray, law: SizeLaw) -> RawTest:
     q_null = law.mean / n
     rel = q_hat / q_null - 1.0 if q_null > 0 else float("inf")
     word = "more" if rel > 0 else "less"
-    failure = (
-        f"examples were included {abs(rel) * 100:.1f}% {word} often than sampling rate q={q:g} implies: "
-        f"the real sampling rate looks like {q_hat:.4g}"
-    )
+    if law.cap is None:
+        failure = (
+            f"examples were included {abs(rel) * 100:.1f}% {word} often than sampling rate "
+            f"q={q:g} implies: the real sampling rate looks like {q_hat:.4g}"
+        )
+    else:  # the null mean is E[min(Binomial(N, q), cap)], not Nq
+        failure = (
+            f"examples were included {abs(rel) * 100:.1f}% {word} often than sampling rate "
+            f"q={q:g} with the declared cap {law.cap} implies: {s / t:.4g} per step on "
+            f"average, expected {law.mean:.4g}"
+        )
     meaningful = mean >= 10.0
     return RawTest(
         name="total_inclusions",

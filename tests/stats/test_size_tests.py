@@ -44,3 +44,11 @@ def test_total_inclusions_reports_the_observed_rate():
     res = total_inclusions(np.full(200, 55), LAW)
     assert res.p_value < 1e-6
     assert "10.0% more often" in res.failure and "0.055" in res.failure
+
+
+def test_total_inclusions_under_a_cap_compares_with_the_capped_mean():
+    law = SizeLaw(dataset_size=1000, sampling_rate=0.05, cap=50)
+    res = total_inclusions(np.full(200, 52), law)  # above the cap's mean (< 50)
+    assert res.p_value < 1e-6
+    assert "more often than sampling rate q=0.05 with the declared cap 50" in res.failure
+    assert f"expected {law.mean:.4g}" in res.failure and "52 per step" in res.failure
