@@ -150,4 +150,29 @@ def check_privacy(ledger: Any) -> tuple[CheckResult, Any | None]:
         f"claimed ε = {claimed:g} is below the recomputed {claim.reference} "
         f"ε = {claim.reference_epsilon:.4g} at δ = {delta:g} over {steps_txt}: {claim.reason}"
     )
+    if repeated and _holds_without_repeats(ledger, claimed, delta, claim.reference):
+        details["holds_for_logical_steps_only"] = True
+        reason += (
+            f"; the claim would hold for the {logical} logical steps alone: the {repeated} "
+            "steps repeated after resumes were not counted in it"
+        )
     return CheckResult(name=_NAME, status="fail", reason=reason, details=details), report
+
+
+def _holds_without_repeats(ledger: Any, claimed: float, delta: float, reference: str) -> bool:
+    """Whether the claim holds when each logical step is counted once (a restart not counted)."""
+    import types
+
+    from audits.sampling import last_executions
+    from dpverify import accounting
+
+    if reference not in ("rdp", "pld", "prv"):
+        return False
+    once = types.SimpleNamespace(header=ledger.header, steps=last_executions(ledger.steps))
+    report = accounting.compute_epsilon(
+        accounting.segments_from_ledger(once),
+        delta,
+        accountants=(reference,),
+        **accounting.accounting_kwargs(ledger.header),
+    )
+    return accounting.check_claim(report, claimed).holds

@@ -307,6 +307,7 @@ def test_restart_not_counted_in_the_claim_is_refuted(tmp_path):
     privacy = cert.check("privacy")
     assert cert.verdict == "refuted" and privacy.status == "fail", cert.summary_text()
     assert "500 executed steps (200 repeated after resumes)" in privacy.reason
+    assert "200 steps repeated after resumes were not counted in it" in privacy.reason
     assert cert.check("integrity").status == "pass" and cert.check("sampling").status == "pass"
 
 

@@ -28,17 +28,28 @@ def test_claim_below_recomputed_epsilon_is_refuted(fakes):
     assert result.status == "fail" and "is below the recomputed" in result.reason
 
 
-def test_repeated_steps_count(fakes):
+def _restarted(fakes, claim):
     base = fakes.make_ledger(20, sealed=False)
-    claim = _eps(fakes, 20)  # honest for 20 steps, too low for 30 executed
     header = fakes.make_header(claimed_epsilon=claim)
     rng = np.random.default_rng(3)
     again = [fakes.honest_step(header, t, rng) for t in range(10, 20)]
     records = (header, *base.records[1:], Resume(step=10), *again)
-    ledger = fakes.FakeLedger(header=header, records=records)
-    result, _ = check_privacy(ledger)
+    return fakes.FakeLedger(header=header, records=records)
+
+
+def test_repeated_steps_count(fakes):
+    claim = _eps(fakes, 20)  # honest for 20 steps, too low for 30 executed
+    result, _ = check_privacy(_restarted(fakes, claim))
     assert result.status == "fail", result.reason
     assert "30 executed steps (10 repeated after resumes)" in result.reason
+    assert "repeated after resumes were not counted in it" in result.reason
+    assert result.details["holds_for_logical_steps_only"] is True
+
+
+def test_claim_too_low_even_without_repeats_is_not_blamed_on_the_restart(fakes):
+    result, _ = check_privacy(_restarted(fakes, 0.5 * _eps(fakes, 20)))
+    assert result.status == "fail" and "30 executed steps" in result.reason
+    assert "not counted" not in result.reason
 
 
 def test_seal_claim_is_used(fakes):
