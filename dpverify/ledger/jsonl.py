@@ -104,9 +104,9 @@ def _indices_in(value: Any) -> np.ndarray:
     arr = np.array(value, dtype=np.int64)
     arr.sort()
     if arr.size > 1 and np.any(arr[1:] == arr[:-1]):
-        repeated = int(arr[1:][arr[1:] == arr[:-1]][0])
+        repeats = int(np.count_nonzero(arr[1:] == arr[:-1]))  # which ones is private
         raise InvalidArgument(
-            f"indices repeat example {repeated} (sampling with replacement is not supported)"
+            f"indices repeat {repeats} example(s) (sampling with replacement is not supported)"
         )
     return arr
 

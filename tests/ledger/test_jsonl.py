@@ -83,7 +83,7 @@ def test_export_refuses_to_overwrite(tmp_path, helpers):
             ],
             ":3: step=2 out of sequence",
         ),
-        ([RUN, {"type": "step", "step": 0, "indices": [1, 1]}], ":2: indices repeat"),
+        ([RUN, {"type": "step", "step": 0, "indices": [7, 7]}], ":2: indices repeat 1 example"),
         ([RUN, {"type": "step", "step": 0, "indices": [10000]}], ":2: .*out of range"),
         ([RUN, {"type": "step", "step": 0, "indices": [-1]}], ":2: indices must be non-neg"),
         ([RUN, {"type": "step", "step": 0}], ":2: a step line needs 'indices'"),
