@@ -172,3 +172,37 @@ def test_resume_refuses_a_different_configuration(resumed):
 def test_resume_without_a_run_is_unusable(tmp_path):
     with pytest.raises(UnusableInput, match="no run to resume"):
         train(None, tmp_path / "empty", resume=True, progress=False)
+
+
+def test_crash_keeps_every_step_and_resume_skips_a_damaged_checkpoint(tmp_path, monkeypatch):
+    """An exception mid-run flushes every executed step (unsealed ledger); resume
+    falls back past a checkpoint file whose digest no longer matches its record."""
+    import trainers.dpsgd as dpsgd
+
+    real_step = dpsgd.MaskedDPSGD.step
+
+    def failing_step(self, params, opt_state, x, y, indices, noise_key, step):
+        if step == 9:
+            raise RuntimeError("simulated crash")
+        return real_step(self, params, opt_state, x, y, indices, noise_key, step)
+
+    out = tmp_path / "crash"
+    config = TrainConfig(
+        task="digits-mlp", expected_batch_size=40, noise_multiplier=1.0,
+        physical_batch_size=16, steps=12, checkpoint_every=5, seed=4,
+    )  # fmt: skip
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "step", failing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(config, out, progress=False)
+    crashed = read_ledger(out / "ledger")
+    assert crashed.seal is None and [s.step for s in crashed.steps] == list(range(9))
+    assert [c.step for c in crashed.checkpoints] == [0, 5]
+    with open(out / crashed.checkpoints[-1].path, "ab") as fh:
+        fh.write(b"damage")
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "step", real_step)
+    summary = train(None, out, resume=True, progress=False)
+    ledger = read_ledger(out / "ledger")
+    (resume,) = ledger.resumes
+    assert resume.step == 0 and resume.checkpoint_digest == crashed.checkpoints[0].digest
+    assert [s.step for s in ledger.steps] == list(range(9)) + list(range(12))
+    assert ledger.seal.steps_executed == summary["steps_executed"] == 21
