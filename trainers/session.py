@@ -274,6 +274,7 @@ _RESUME_CHECKED = (
     "sampling_rate",
     "expected_batch_size",
     "noise_multiplier",
+    "target_epsilon",
     "clip_norm",
     "steps",
     "delta",
@@ -301,6 +302,26 @@ def _check_resume_config(config: TrainConfig, plan: RunPlan, private: dict) -> N
             raise InvalidArgument(
                 f"{name}={given!r} differs from the run being resumed ({name}={stored!r})"
             )
+    if config.epochs is not None:
+        steps = math.ceil(config.epochs / plan.sampling_rate - 1e-9)
+        if steps != plan.steps:
+            raise InvalidArgument(
+                f"epochs={config.epochs!r} ({steps} steps) differs from the run being resumed "
+                f"(steps={plan.steps!r})"
+            )
+    if config.declare_sampler is not None and config.declare_sampler != plan.declared_sampler:
+        raise InvalidArgument(
+            f"declare_sampler={config.declare_sampler!r} differs from the run being resumed "
+            f"(declared_sampler={plan.declared_sampler!r})"
+        )
+    stored_params = dict(private.get("sampler_params") or {})
+    if config.sampler_params and dict(config.sampler_params) != stored_params:
+        raise InvalidArgument(
+            f"sampler_params={dict(config.sampler_params)!r} differs from the run being "
+            f"resumed (sampler_params={stored_params!r})"
+        )
+    if config.mutation is not None and config.mutation != private.get("mutation"):
+        raise InvalidArgument(f"mutation={config.mutation!r} differs from the run being resumed")
     if config.seed is not None and config.seed != private.get("seed"):
         raise InvalidArgument(f"seed={config.seed!r} differs from the run being resumed")
     if config.sampler is not None and config.sampler != private.get("sampler"):

@@ -92,7 +92,15 @@ def test_train_json_summary_and_existing_run(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already holds a run" in err
     # --resume with settings that differ from the run: refused, one line.
-    for flag in (["--task", "digits-cnn"], ["--seed", "4"], ["--steps", "6"]):
+    for flag in (
+        ["--task", "digits-cnn"],
+        ["--seed", "4"],
+        ["--steps", "6"],
+        ["--epochs", "20"],
+        ["--target-epsilon", "3"],
+        ["--declare-sampler", "shuffle"],
+        ["--sampler-param", "cap=5"],
+    ):
         assert main(["train", "--out", str(out), "--resume", *flag]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "differs from the run being resumed" in err, err
