@@ -82,9 +82,14 @@ def _verdict(checks: list[CheckResult], claimed: float | None) -> tuple[str, str
         return "unverifiable", f"{errors[0].name}: {errors[0].reason}"
     if claimed is None:
         return "unverifiable", "the run claims no ε: there is nothing to certify"
-    notes = [c.name for c in checks if c.status in ("warn", "skip")]
-    tail = f" (see {', '.join(notes)})" if notes else ""
-    return "certified", f"every check passed and the claimed ε holds{tail}"
+    skipped = [c.name for c in checks if c.status == "skip"]
+    warned = [c.name for c in checks if c.status == "warn"]
+    notes = [f"warning: {', '.join(warned)}"] if warned else []
+    if skipped:
+        notes.append(f"not run: {', '.join(skipped)}")
+    tail = f" ({'; '.join(notes)})" if notes else ""
+    ran = "every check that ran" if skipped else "every check"
+    return "certified", f"{ran} passed and the claimed ε holds{tail}"
 
 
 def audit_ledger(
