@@ -212,6 +212,8 @@ def summary_text(summary: dict[str, Any], run_dir: str | Path) -> str:
         if value is not None:
             parts.append(f"{name.upper()} {value:.3g}")
     eps_text = ", ".join(parts) if parts else "n/a"
+    if summary.get("noise_multiplier") == 0:
+        eps_text = "infinite (noise multiplier 0: no privacy)"
     sampler = summary.get("sampler")
     if summary.get("shortcut"):
         sampler = f"{sampler}  (SHORTCUT: the Poisson epsilon does not apply)"

@@ -134,3 +134,17 @@ def test_demo_trains_audits_and_prints_the_verdict(tmp_path, capsys, monkeypatch
     assert main(["demo", "--out", str(out), "--quiet"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "already holds a run" in err and "--resume" not in err
+
+
+def test_summary_text_says_when_there_is_no_privacy():
+    from dpverify.cli._train import summary_text
+
+    base = {"task": "digits-mlp", "sampler": "poisson", "steps": 3, "steps_executed": 3}
+    text = summary_text({**base, "noise_multiplier": 0.0, "epsilon": None}, "r")
+    assert "epsilon:     infinite (noise multiplier 0: no privacy)" in text
+    eps = {"pld": {"epsilon": 1.5}, "prv": {"upper": 1.6}, "rdp": {"epsilon": 1.7}}
+    text = summary_text({**base, "noise_multiplier": 1.0, "epsilon": eps}, "r")
+    assert "PLD 1.5, PRV 1.6, RDP 1.7" in text
+    assert "SHORTCUT" not in text
+    text = summary_text({**base, "sampler": "shuffle", "shortcut": True}, "r")
+    assert "SHORTCUT: the Poisson epsilon does not apply" in text
