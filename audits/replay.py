@@ -99,12 +99,16 @@ def check_replay(
             f"step {first.step} deviates by {first.max_rel_deviation:.3g} of its scale "
             f"(tolerance {first.tolerance:.3g})"
         )
+        diagnosis = _diagnose(run_dir, [o.step for o in bad], noise_key_path)
+        if diagnosis:
+            details["diagnosis"] = diagnosis
         return CheckResult(
             name=_NAME,
             status="fail",
             reason=(
                 f"the masked trainer does not match the reference at {len(bad)} of "
-                f"{len(outcomes)} replayed steps; {where}"
+                f"{len(outcomes)} replayed steps{': ' + diagnosis if diagnosis else ''}; "
+                f"{where}"
             ),
             details=details,
         )
@@ -118,3 +122,116 @@ def check_replay(
         ),
         details=details,
     )
+
+
+#: Failing steps the diagnosis recomputes (one reference pass each).
+_DIAGNOSE_STEPS = 3
+
+
+def _diagnose(run_dir: Path, steps: list[int], noise_key_path: Path | None) -> str | None:
+    """Name the known bug a mismatch looks like, in plain words; ``None`` if none fits.
+
+    The update sketch is linear in the update g = (S + σC·z)/D (S the clipped
+    sum, z the step's noise), so one reference pass per failing step gives the
+    sketch of every hypothesis: σ instead of σ·C is S/D + (g_ref − S/D)/C; the
+    realised batch size L instead of D is g_ref·D/L (each must match within the
+    replay tolerance at every diagnosed step).  Noise drawn once per physical
+    batch leaves the clean part S/D and k independent noise draws: the residual
+    ‖recorded − S/D‖² over ‖g_ref − S/D‖², summed over the steps, is then ≈ k
+    (the mean number of physical batches), 1 for a correct noise draw.  That
+    last test is a heuristic band, ratio/k in [0.5, 2] with k >= 1.5: with 3
+    steps × 8 sketch components (24 degrees of freedom) a correct draw's ratio
+    is 1 ± 0.3, so it rarely lands there for k >= 3; and it is only consulted
+    after replay has already failed.  Informative only: any failure returns
+    ``None``.  Uses ``trainers.replay``'s context loader (same data, model,
+    checkpoints and noise key as the replay itself).
+    """
+    try:
+        return _diagnose_unchecked(run_dir, steps[:_DIAGNOSE_STEPS], noise_key_path)
+    except Exception:  # the diagnosis must never turn a refutation into a crash
+        return None
+
+
+def _diagnose_unchecked(run_dir: Path, steps: list[int], noise_key_path: Path | None) -> str | None:
+    import numpy as np
+
+    from dpverify.ledger import read_ledger
+    from trainers import replay as _tr
+    from trainers.checkpoint import checkpoint_path, load_checkpoint
+    from trainers.reference import reference_noisy_gradient
+    from trainers.sketch import compare_sketches, update_sketch
+
+    ledger = read_ledger(run_dir / "ledger")
+    context, _why = _tr._load_context(run_dir, ledger, noise_key_path)
+    if context is None:
+        return None
+    _plan, dataset, comps, prng = context
+    header = ledger.header
+    precision = header.precision or "float32"
+    ck = _tr._checkpoint_map(run_dir, ledger)
+    sigma_ok, denom_ok, diagnosed = True, True, 0
+    residual, noise, batches = 0.0, 0.0, []
+    for s in steps:
+        rec = ck.get(s)
+        runs = [st for st in ledger.steps if st.step == s]
+        if rec is None or not runs or runs[-1].update_sketch is None:
+            continue
+        run = runs[-1]
+        state = load_checkpoint(
+            run_dir / (rec.path or checkpoint_path(s)),
+            params_template=comps.params,
+            opt_state_template=comps.opt_state,
+            expected_digest=rec.digest,
+        )
+        k = len(run.update_sketch)
+        ref = reference_noisy_gradient(
+            comps.model_apply,
+            state.params,
+            dataset.x_train,
+            dataset.y_train,
+            run.indices,
+            clip_norm=header.clip_norm,
+            noise_multiplier=header.noise_multiplier,
+            denominator=header.denominator,
+            noise_key=prng,
+            step=s,
+            sketch_dim=k,
+        )
+        recorded = np.asarray(run.update_sketch, dtype=np.float64)
+        full = np.asarray(ref.update_sketch, dtype=np.float64)
+        clean = np.asarray(update_sketch(ref.clipped_sum, k=k), dtype=np.float64)
+        clean /= header.denominator
+        size = max(int(run.indices.size), 1)
+
+        def fits(candidate, recorded=recorded) -> bool:
+            return compare_sketches(recorded, candidate, precision=precision).ok
+
+        sigma_ok &= header.clip_norm != 1.0 and fits(clean + (full - clean) / header.clip_norm)
+        denom_ok &= size != header.denominator and fits(full * header.denominator / size)
+        residual += float(np.sum((recorded - clean) ** 2))
+        noise += float(np.sum((full - clean) ** 2))
+        batches.append(run.physical_batches or 1)
+        diagnosed += 1
+    if not diagnosed:
+        return None
+    if sigma_ok:
+        return (
+            f"the recorded updates match the reference with noise std σ = "
+            f"{header.noise_multiplier:g} instead of σ·C = "
+            f"{header.noise_multiplier * header.clip_norm:g}: noise not scaled by the clip norm?"
+        )
+    if denom_ok:
+        return (
+            "the recorded updates match the reference divided by the realised batch size L "
+            f"instead of the declared denominator {header.denominator:g}: wrong denominator?"
+        )
+    mean_batches = float(np.mean(batches))
+    if noise > 0 and mean_batches >= 1.5:
+        ratio = residual / noise
+        if 0.5 <= ratio / mean_batches <= 2.0:
+            return (
+                f"the noise in the recorded updates has about {ratio:.2g} times the variance "
+                f"of one draw, and steps ran in {mean_batches:.2g} physical batches on "
+                "average: noise added per physical batch instead of once per step?"
+            )
+    return None

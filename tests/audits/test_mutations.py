@@ -78,11 +78,11 @@ def test_honest_masked_run_is_certified_with_replay(trained, honest_certificate)
 @pytest.mark.parametrize(
     ("mutation", "words"),
     [
-        ("unmasked_padding", "does not match the reference"),
-        ("noise_per_physical_batch", "does not match the reference"),
-        ("noise_std_sigma", "does not match the reference"),
+        ("unmasked_padding", "padding rows not masked out?"),
+        ("noise_per_physical_batch", "noise added per physical batch instead of once per step?"),
+        ("noise_std_sigma", "noise not scaled by the clip norm?"),
         ("clip_after_sum", "clipping after summation?"),
-        ("wrong_denominator", "does not match the reference"),
+        ("wrong_denominator", "wrong denominator?"),
     ],
 )
 def test_buggy_trainer_is_refuted(trained, mutation, words):
@@ -90,7 +90,11 @@ def test_buggy_trainer_is_refuted(trained, mutation, words):
     assert cert.verdict == "refuted", cert.summary_text()
     reasons = " ".join(c.reason for c in cert.failures)
     assert words in reasons, reasons
-    assert "step" in cert.check("replay").reason
+    replay = cert.check("replay")
+    assert replay.status == "fail" and "does not match the reference" in replay.reason
+    assert "step" in replay.reason
+    if mutation in ("unmasked_padding", "clip_after_sum"):  # named by mechanics instead
+        assert "diagnosis" not in replay.details, replay.details["diagnosis"]
 
 
 def test_imported_jsonl_run_gets_every_check_but_replay(trained, tmp_path, honest_certificate):
