@@ -88,6 +88,10 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
     from dpverify.errors import InvalidArgument, UnusableInput
 
+    if not args.no_replay and args.replay_steps < 1:
+        raise InvalidArgument(
+            f"--replay-steps={args.replay_steps} must be >= 1 (use --no-replay to skip replay)"
+        )
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm", ".md"):
         raise InvalidArgument(f"--report={args.report!r} must end in .html or .md")
     for out in (args.json if args.json != "-" else None, args.report):

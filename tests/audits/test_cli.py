@@ -20,7 +20,7 @@ def _one_line_error(capsys):
         ["audit", "{tmp}/empty"],  # a directory that is not a ledger
         ["audit", "{ledger}", "--alpha", "2"],
         ["audit", "{ledger}", "--alpha", "x"],
-        ["audit", "{ledger}", "--replay-steps", "0"],
+        ["audit", "{ledger}", "--replay-steps", "0"],  # says: use --no-replay
         ["audit", "{ledger}", "--replay-steps", "3", "--no-replay"],
         ["audit", "{ledger}", "--report", "{tmp}/r.pdf"],
         ["audit", "{ledger}", "--json", "{tmp}/missing/c.json"],
@@ -67,3 +67,9 @@ def test_json_to_stdout(tmp_path, fakes, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert doc["schema"] == "dpverify-certificate" and code == (doc["verdict"] != "certified")
     assert doc["checks"][0]["status"] == "warn" and not doc["sealed"]
+
+
+def test_replay_steps_zero_points_to_no_replay(tmp_path, fakes, capsys):
+    ledger = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(3))
+    assert main(["audit", str(ledger), "--replay-steps", "0"]) == 2
+    assert "--no-replay" in _one_line_error(capsys)
