@@ -92,3 +92,15 @@ def test_fixed_size_is_accounted_under_replace_one_only(fakes):
     result, report = check_privacy(fakes.make_ledger(30, header=header))
     assert report.rdp.epsilon is not None, report.to_json()
     assert result.status == "pass", result.reason
+
+
+def test_poisson_run_declaring_replace_one_is_accounted_under_it(fakes):
+    add_remove = fakes.make_ledger(30, header=fakes.make_header(claimed_epsilon=50.0))
+    replace = fakes.make_ledger(
+        30, header=fakes.make_header(neighbouring="replace_one", claimed_epsilon=50.0)
+    )
+    (r_add, rep_add), (r_rep, rep_rep) = check_privacy(add_remove), check_privacy(replace)
+    assert r_add.status == r_rep.status == "pass", r_rep.reason
+    assert rep_rep.neighbouring == "replace_one" and r_rep.details["neighbouring"] == "replace_one"
+    assert rep_rep.rdp.epsilon is None and rep_rep.prv.epsilon is None  # PLD only
+    assert rep_rep.pld.epsilon > rep_add.pld.epsilon
