@@ -134,6 +134,10 @@ def test_replay_covers_the_resume_point_and_passes(resumed):
 
 
 def test_the_killed_run_can_be_audited(resumed):
+    # The sampling battery runs at its family-wise alpha = 1e-3 on the batches of
+    # seed 11; the killed prefix's length depends on the kill time, so this can
+    # fail spuriously with probability <= 1e-3 per run.  The resumed run below
+    # always holds the same 260 logical batches: its outcome is deterministic.
     _, before, _, killed = resumed
     cert = run_audit(killed, replay_steps=None)
     assert cert.sealed is False
