@@ -235,6 +235,12 @@ def summary_text(summary: dict[str, Any], run_dir: str | Path) -> str:
         f"{summary.get('compilations')} compilation(s), physical batch "
         f"{summary.get('physical_batch_size')}, {summary.get('precision')}",
     ]
+    delta, q, e = (summary.get(k) for k in ("delta", "sampling_rate", "expected_batch_size"))
+    if delta is not None and q and e and delta >= q / e:  # q / E = 1 / N
+        lines.append(
+            f"warning:     delta={delta:g} is not below 1/N = {q / e:.3g}: "
+            "such a guarantee allows publishing an example outright"
+        )
     return "\n".join(lines)
 
 

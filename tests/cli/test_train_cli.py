@@ -145,6 +145,10 @@ def test_summary_text_says_when_there_is_no_privacy():
     eps = {"pld": {"epsilon": 1.5}, "prv": {"upper": 1.6}, "rdp": {"epsilon": 1.7}}
     text = summary_text({**base, "noise_multiplier": 1.0, "epsilon": eps}, "r")
     assert "PLD 1.5, PRV 1.6, RDP 1.7" in text
-    assert "SHORTCUT" not in text
+    assert "SHORTCUT" not in text and "warning" not in text
+    weak = {"delta": 0.01, "sampling_rate": 0.1, "expected_batch_size": 50.0}
+    assert "warning:     delta=0.01 is not below 1/N = 0.002" in summary_text({**base, **weak}, "r")
+    fine = {"delta": 1e-5, "sampling_rate": 0.1, "expected_batch_size": 50.0}
+    assert "warning" not in summary_text({**base, **fine}, "r")
     text = summary_text({**base, "sampler": "shuffle", "shortcut": True}, "r")
     assert "SHORTCUT: the Poisson epsilon does not apply" in text
