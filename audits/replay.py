@@ -125,7 +125,7 @@ def check_replay(
 
 
 #: Failing steps the diagnosis recomputes (one reference pass each).
-_DIAGNOSE_STEPS = 3
+_DIAGNOSE_STEPS = 6
 
 
 def _diagnose(run_dir: Path, steps: list[int], noise_key_path: Path | None) -> str | None:
@@ -136,15 +136,18 @@ def _diagnose(run_dir: Path, steps: list[int], noise_key_path: Path | None) -> s
     sketch of every hypothesis: σ instead of σ·C is S/D + (g_ref − S/D)/C; the
     realised batch size L instead of D is g_ref·D/L (each must match within the
     replay tolerance at every diagnosed step).  Noise drawn once per physical
-    batch leaves the clean part S/D and k independent noise draws: the residual
-    ‖recorded − S/D‖² over ‖g_ref − S/D‖², summed over the steps, is then ≈ k
-    (the mean number of physical batches), 1 for a correct noise draw.  That
-    last test is a heuristic band, ratio/k in [0.5, 2] with k >= 1.5: with 3
-    steps × 8 sketch components (24 degrees of freedom) a correct draw's ratio
-    is 1 ± 0.3, so it rarely lands there for k >= 3; and it is only consulted
-    after replay has already failed.  Informative only: any failure returns
-    ``None``.  Uses ``trainers.replay``'s context loader (same data, model,
-    checkpoints and noise key as the replay itself).
+    batch leaves the clean part S/D plus k independent N(0, σ²C²) draws.  Each
+    sketch component is a ±1 projection, so one draw's noise contributes
+    exactly m·P·(σC/D)² in expectation to ‖sketch‖² (m components, P
+    parameters): the ratio of ‖recorded − S/D‖², summed over the diagnosed
+    steps, to that expectation is ≈ χ²_ν/ν (ν = m × steps) for a correct draw
+    and ≈ k (the mean number of physical batches) for per-batch noise.  The
+    bug is named when √k < ratio < 2k (k >= 1.5): with 6 steps × 8 components
+    (ν = 48) and k = 3, a correct draw crosses √3 with probability ≈ 6·10⁻⁴
+    and per-batch noise stays below it with probability ≈ 6·10⁻³; and it is
+    only consulted after replay has already failed.  Informative only: any
+    failure returns ``None``.  Uses ``trainers.replay``'s context loader (same
+    data, model, checkpoints and noise key as the replay itself).
     """
     try:
         return _diagnose_unchecked(run_dir, steps[:_DIAGNOSE_STEPS], noise_key_path)
@@ -153,6 +156,9 @@ def _diagnose(run_dir: Path, steps: list[int], noise_key_path: Path | None) -> s
 
 
 def _diagnose_unchecked(run_dir: Path, steps: list[int], noise_key_path: Path | None) -> str | None:
+    import math
+
+    import jax
     import numpy as np
 
     from dpverify.ledger import read_ledger
@@ -170,7 +176,7 @@ def _diagnose_unchecked(run_dir: Path, steps: list[int], noise_key_path: Path | 
     precision = header.precision or "float32"
     ck = _tr._checkpoint_map(run_dir, ledger)
     sigma_ok, denom_ok, diagnosed = True, True, 0
-    residual, noise, batches = 0.0, 0.0, []
+    residual, expected, batches = 0.0, 0.0, []
     for s in steps:
         rec = ck.get(s)
         runs = [st for st in ledger.steps if st.step == s]
@@ -209,7 +215,9 @@ def _diagnose_unchecked(run_dir: Path, steps: list[int], noise_key_path: Path | 
         sigma_ok &= header.clip_norm != 1.0 and fits(clean + (full - clean) / header.clip_norm)
         denom_ok &= size != header.denominator and fits(full * header.denominator / size)
         residual += float(np.sum((recorded - clean) ** 2))
-        noise += float(np.sum((full - clean) ** 2))
+        n_params = sum(int(np.size(a)) for a in jax.tree_util.tree_leaves(state.params))
+        noise_std = header.noise_multiplier * header.clip_norm / header.denominator
+        expected += k * n_params * noise_std**2
         batches.append(run.physical_batches or 1)
         diagnosed += 1
     if not diagnosed:
@@ -226,9 +234,9 @@ def _diagnose_unchecked(run_dir: Path, steps: list[int], noise_key_path: Path | 
             f"instead of the declared denominator {header.denominator:g}: wrong denominator?"
         )
     mean_batches = float(np.mean(batches))
-    if noise > 0 and mean_batches >= 1.5:
-        ratio = residual / noise
-        if 0.5 <= ratio / mean_batches <= 2.0:
+    if expected > 0 and mean_batches >= 1.5:
+        ratio = residual / expected
+        if math.sqrt(mean_batches) < ratio < 2.0 * mean_batches:
             return (
                 f"the noise in the recorded updates has about {ratio:.2g} times the variance "
                 f"of one draw, and steps ran in {mean_batches:.2g} physical batches on "

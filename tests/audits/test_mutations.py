@@ -51,7 +51,16 @@ def trained(tmp_path_factory):
                 checkpoint_every=1,  # every step replayable
                 mutation=mutation,
             )
-            train(config, out, progress=False)
+            # A fixed noise key (normally drawn from the OS) keeps each run, and so the
+            # replay diagnosis's variance estimate, deterministic.
+            import types
+
+            import trainers.noise_key
+
+            fixed = types.SimpleNamespace(token_bytes=lambda n: bytes(range(7, 7 + n)))
+            with pytest.MonkeyPatch.context() as mp:
+                mp.setattr(trainers.noise_key, "secrets", fixed)
+                train(config, out, progress=False)
             cache[mutation] = out
         return cache[mutation]
 
