@@ -66,7 +66,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         sys.stderr.write(f"dpverify: error: {_one_line(exc)}\n")
         return exc.exit_code
     except KeyboardInterrupt:
-        sys.stderr.write("dpverify: interrupted\n")
+        hint = ""
+        if getattr(args, "command", None) == "train":
+            hint = (
+                "; every completed step is in the ledger — rerun the same command with"
+                " --resume to continue"
+            )
+        sys.stderr.write(f"dpverify: interrupted{hint}\n")
         return 130
     except BrokenPipeError:
         return 0
