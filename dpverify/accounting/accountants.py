@@ -252,7 +252,14 @@ def _pld(event, delta: float, neighbouring: str, discretization: float):
         value_discretization_interval=discretization,
     )
     acc.compose(event)
-    return float(acc.get_epsilon(delta)), None, {"value_discretization_interval": discretization}
+    eps = float(acc.get_epsilon(delta))
+    reason = None
+    if math.isinf(eps):
+        reason = (
+            f"PLD gives ε = inf at δ = {delta:g}: δ is below the probability mass its "
+            "discretisation resolves (every step has noise); use a larger δ"
+        )
+    return eps, reason, {"value_discretization_interval": discretization}
 
 
 def _prv(groups, delta: float, eps_error: float, delta_error: float):

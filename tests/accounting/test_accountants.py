@@ -322,3 +322,13 @@ def test_tiny_noise_skips_the_tight_accountants():
 
     d = compute_delta(Segment(sampling_rate=0.01, noise_multiplier=0.02, steps=10), 1.0)
     assert d.deltas["pld"] is None and "not run" in d.reasons["pld"]
+
+
+def test_infinite_pld_at_tiny_delta_says_why():
+    r = compute_epsilon(
+        Segment(sampling_rate=0.01, noise_multiplier=1.0, steps=10), 1e-300, accountants="pld"
+    )
+    assert math.isinf(r.pld.epsilon) and "δ is below" in r.pld.reason
+    assert (
+        r.to_json()["pld"] is None and "noise_multiplier = 0" not in r.to_json()["reasons"]["pld"]
+    )
