@@ -49,6 +49,7 @@ __all__ = [
     "DEFAULT_MAX_GROUPS",
     "DEFAULT_PLD_DISCRETIZATION",
     "DEFAULT_PRV_EPS_ERROR",
+    "MAX_TIGHT_EPSILON",
     "MIN_TIGHT_NOISE_MULTIPLIER",
     "TF_PRIVACY_ORDERS",
     "build_event",
@@ -157,6 +158,12 @@ DEFAULT_MAX_GROUPS = 32
 #: (PLD takes ~40 s at σ = 0.1 and does not finish in minutes at σ = 0.02), and ε is
 #: so large there (hundreds at typical q and T) that RDP's upper bound says enough.
 MIN_TIGHT_NOISE_MULTIPLIER = 0.1
+
+
+#: PLD and PRV are not run when RDP (requested alongside, as by default) bounds ε above
+#: this (Poisson): their grids grow with the composed privacy loss (PLD: ~8 s at ε ≈ 10³
+#: over 10⁷ steps; minutes at 10⁹ steps).
+MAX_TIGHT_EPSILON = 1e3
 
 
 def _tight_too_costly(name: str, sigma: float) -> str:
@@ -392,6 +399,7 @@ def compute_epsilon(
             f"relative grid {ratio:g}) to {len(rounded)} groups"
         )
     rounded_event = None
+    rdp_bound: float | None = None
     min_sigma = min(sigma for (_, sigma), _ in rounded)
     results: dict[str, AccountantResult] = {}
     for name in ACCOUNTANTS:
@@ -401,6 +409,15 @@ def compute_epsilon(
         why = unsupported_reason(name, sampler, neighbouring)
         if why is None and name != "rdp" and min_sigma < MIN_TIGHT_NOISE_MULTIPLIER:
             why = _tight_too_costly(name, min_sigma)
+        if why is None and name != "rdp" and accounting_kind(sampler) == "poisson":
+            if rdp_bound is None:
+                rdp_bound = _rdp_bound(results.get("rdp"))
+            if rdp_bound > MAX_TIGHT_EPSILON:
+                why = (
+                    f"{name.upper()} not run: RDP bounds ε by {rdp_bound:.4g} > "
+                    f"{MAX_TIGHT_EPSILON:g}, where its grid gets impractically large "
+                    "(no meaningful privacy either way)"
+                )
         if why is not None:
             results[name] = _fixed(name, None, why)
             continue
@@ -422,6 +439,13 @@ def compute_epsilon(
             res = dataclasses.replace(res, details={**res.details, "grouping": grouping})
         results[name] = res
     return EpsilonReport(**results, **common)
+
+
+def _rdp_bound(rdp_result: AccountantResult | None) -> float:
+    """RDP's ε when it was requested and answered (free: computed first), else 0.0."""
+    if rdp_result is not None and rdp_result.epsilon is not None:
+        return rdp_result.epsilon
+    return 0.0
 
 
 def _no_upper_bound_report(

@@ -332,3 +332,15 @@ def test_infinite_pld_at_tiny_delta_says_why():
     assert (
         r.to_json()["pld"] is None and "noise_multiplier = 0" not in r.to_json()["reasons"]["pld"]
     )
+
+
+def test_astronomical_epsilon_skips_the_tight_accountants():
+    """10⁹ steps: PLD ran for minutes; with RDP alongside (the default) it is not run."""
+    import time
+
+    start = time.perf_counter()
+    r = compute_epsilon(Segment(sampling_rate=0.01, noise_multiplier=1.0, steps=10**9), DELTA)
+    assert time.perf_counter() - start < 20
+    assert r.rdp.epsilon > 1e4
+    for res in (r.pld, r.prv):
+        assert res.epsilon is None and "RDP bounds ε by" in res.reason
