@@ -95,5 +95,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm", ".md"):
         raise InvalidArgument(f"--report={args.report!r} must end in .html or .md")
     for out in (args.json if args.json != "-" else None, args.report):
+        if out and Path(out).is_dir():
+            raise UnusableInput(f"cannot write {out}: it is a directory")
         if out and not Path(out).parent.is_dir():
             raise UnusableInput(f"cannot write {out}: directory {Path(out).parent} does not exist")
+    if args.noise_key is not None and Path(args.noise_key).is_dir():
+        raise UnusableInput(f"noise key file {args.noise_key} is a directory")

@@ -158,7 +158,7 @@ def _print_report(report) -> None:  # EpsilonReport
         out.write(f"  no accountant answered: {reasons.pop()}\n")
         shown = []
     for res in shown:
-        if res.name == "prv" and res.epsilon is not None:
+        if res.name == "prv" and res.epsilon is not None and "upper" in res.details:
             d = res.details
             value = f"{_fmt(d['upper'])} (lower {_fmt(d['lower'])}, estimate {_fmt(d['estimate'])})"
         else:

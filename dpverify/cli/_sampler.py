@@ -80,6 +80,11 @@ def _load_factory(spec: str, cap: int | None) -> Callable[..., Any]:
     if ":" not in spec:
         if spec in SAMPLER_NAMES:
             params = {"cap": cap} if cap is not None else {}
+            if spec == "truncated_poisson" and cap is None:
+                raise InvalidArgument("sampler 'truncated_poisson' needs its cap: pass --cap K")
+            # A built-in that cannot be built (truncated_poisson without --cap,
+            # --cap on a sampler without one) is a usage error, not a finding.
+            make_sampler(spec, 1000, 0.1, 0, **params)
             return functools.partial(make_sampler, spec, **params)
         raise UnusableInput(
             f"{spec!r} must be MODULE:FACTORY or one of the built-in samplers {', '.join(SAMPLER_NAMES)}"

@@ -269,6 +269,12 @@ def _demo(args: argparse.Namespace) -> int:
         raise UnusableInput(
             f"{out} already holds a run; pass a new --out (or audit it: dpverify audit {out})"
         )
+    if out.exists() and not out.is_dir():
+        raise UnusableInput(f"{out} is a file, not a run directory; pass a new --out")
+    try:  # before the status line, so that a bad --out is one line on stderr
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UnusableInput(f"{out}: cannot create the run directory: {exc.strerror}") from None
     err = sys.stderr
     err.write(f"dpverify demo: training digits-mlp with masked DP-SGD into {out}/ ...\n")
     summary = train(TrainConfig(task="digits-mlp", seed=args.seed), out, progress=not args.quiet)

@@ -182,12 +182,14 @@ def import_jsonl(
     sealed at the end of the file (``seal=False`` leaves it unsealed).
 
     Raises:
-        UnusableInput: ``src`` missing or unreadable.
+        UnusableInput: ``src`` missing or unreadable, or ``out_dir`` is a file.
         InvalidArgument: a line is malformed, out of order or out of range,
             named as ``FILE:LINE: reason``; or ``out_dir/ledger`` exists.
     """
     src = Path(src)
     target = Path(out_dir) / "ledger"
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise UnusableInput(f"{out_dir}: is a file, not a run directory")
     if target.exists():
         raise InvalidArgument(f"{target}: already exists (will not overwrite a ledger)")
     tmp = Path(out_dir) / f".ledger.import-{os.getpid()}"

@@ -76,3 +76,17 @@ def test_console_entry_point_exit_code():
     )
     assert proc.returncode == 1
     assert proc.stdout.strip() == "sampler 'fixed_size' is NOT Poisson-compliant (alpha=0.001)"
+
+
+@pytest.mark.parametrize(
+    ("argv", "match"),
+    [
+        (["truncated_poisson"], "needs its cap: pass --cap"),
+        (["poisson", "--cap", "80"], "has no parameter 'cap'"),
+    ],
+)
+def test_builtin_that_cannot_be_built_is_a_usage_error(argv, match, capsys):
+    """Was exit 1 'NOT Poisson-compliant' under a functools.partial repr."""
+    assert main(["check-sampler", *argv, *CONFIG]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]

@@ -111,3 +111,13 @@ def test_not_json_and_missing_file(tmp_path):
         import_jsonl(tmp_path / "x.jsonl", tmp_path / "out")
     with pytest.raises(UnusableInput):
         import_jsonl(tmp_path / "missing.jsonl", tmp_path / "out")
+
+
+def test_import_into_a_file_is_unusable_input(tmp_path):
+    """``--out`` naming an existing file was an internal error (FileExistsError)."""
+    src = _write(tmp_path / "run.jsonl", [RUN])
+    a_file = tmp_path / "not-a-dir"
+    a_file.write_text("keep me")
+    with pytest.raises(UnusableInput, match="is a file, not a run directory"):
+        import_jsonl(src, a_file)
+    assert a_file.read_text() == "keep me"
