@@ -55,12 +55,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the noise multiplier σ that reaches a target ε",
         description="Calibrate σ for a target ε at given q, steps and δ (Poisson, add/remove).",
     )
-    n.add_argument("--sampling-rate", type=positive_float, required=True, metavar="Q")
-    n.add_argument("--steps", type=integer, metavar="T")
-    n.add_argument("--epochs", type=positive_float, metavar="E", help="instead of --steps")
-    n.add_argument("--delta", type=positive_float, required=True, metavar="D")
-    n.add_argument("--target-epsilon", type=positive_float, required=True, metavar="E")
-    n.add_argument("--accountant", choices=("pld", "rdp", "prv"), default="pld")
+    n.add_argument(
+        "--sampling-rate", type=positive_float, required=True, metavar="Q", help="q in (0, 1]"
+    )
+    n.add_argument("--steps", type=integer, metavar="T", help="number of steps >= 1")
+    n.add_argument(
+        "--epochs", type=positive_float, metavar="E", help="instead of --steps: ceil(E / q) steps"
+    )
+    n.add_argument("--delta", type=positive_float, required=True, metavar="D", help="δ in (0, 1)")
+    n.add_argument(
+        "--target-epsilon", type=positive_float, required=True, metavar="EPS", help="target ε > 0"
+    )
+    n.add_argument(
+        "--accountant", choices=("pld", "rdp", "prv"), default="pld", help="default: pld"
+    )
     n.add_argument("--json", action="store_true", help="one JSON object on stdout")
     n.set_defaults(handler=_noise)
 

@@ -20,7 +20,9 @@ __all__ = ["register"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     """Add the ``ledger`` command family to the dpverify parser."""
     ledger = subparsers.add_parser(
-        "ledger", help="verify, show, import and export run ledgers", description=__doc__
+        "ledger",
+        help="verify, show, import and export run ledgers",
+        description=__doc__.replace("``", ""),  # plain text in --help
     )
     sub = ledger.add_subparsers(dest="ledger_command", metavar="SUBCOMMAND")
     ledger.set_defaults(handler=lambda args: _usage(ledger))
@@ -198,8 +200,13 @@ def _import(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from dpverify.errors import InvalidArgument
     from dpverify.ledger.jsonl import export_jsonl
 
+    if args.out == "-":  # would silently create a file named '-'
+        raise InvalidArgument(
+            "--out - is not supported: the export holds sampled indices; name a file (mode 0600)"
+        )
     lines = export_jsonl(args.path, args.out, overwrite=args.force)
     print(f"wrote {lines} lines to {args.out} (contains sampled indices: keep it private)")
     return 0

@@ -101,7 +101,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--mutation", help=argparse.SUPPRESS)
     p.add_argument("--resume", action="store_true", help="continue a killed run in RUN_DIR")
     p.add_argument("--data", metavar="PATH", help="local data for tasks that need files")
-    p.add_argument("--learning-rate", type=positive_float, metavar="LR")
+    p.add_argument(
+        "--learning-rate",
+        type=positive_float,
+        metavar="LR",
+        help="optimizer step size (task default)",
+    )
     p.add_argument("--optimizer", help="adam, sgd or momentum")
     p.add_argument(
         "--checkpoint-every", type=integer, metavar="K", help="checkpoint every K steps (25)"
@@ -124,6 +129,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     d.add_argument(
         "--replay-steps",
         type=integer,
+        metavar="K",
         default=DEMO_REPLAY_STEPS,
         help=f"steps the auditor replays (default {DEMO_REPLAY_STEPS}; 0 disables)",
     )

@@ -68,3 +68,15 @@ def test_epsilon_of_a_ledger_without_steps(tmp_path, capsys):
     captured = capsys.readouterr()
     assert captured.err == ""
     assert "PRV upper  0" in captured.out
+
+
+def test_ledger_export_to_dash_is_refused(tmp_path, capsys, monkeypatch):
+    """``--out -`` used to write a private file literally named '-'."""
+    src = tmp_path / "run.jsonl"
+    src.write_text(json.dumps(RUN) + "\n")
+    assert main(["ledger", "import", str(src), "--out", str(tmp_path / "run")]) == 0
+    capsys.readouterr()
+    monkeypatch.chdir(tmp_path)
+    assert main(["ledger", "export", str(tmp_path / "run"), "--out", "-"]) == 2
+    assert "not supported" in _one_error_line(capsys)
+    assert not (tmp_path / "-").exists()
