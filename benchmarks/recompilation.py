@@ -20,9 +20,11 @@ float32 at matmul precision "highest"):
   (static length k) accumulating the clipped masked sum, adds the noise and
   applies the update.  One dispatch per logical step, one compilation per
   distinct k.
-* ``masked`` — :class:`trainers.dpsgd.MaskedDPSGD`: a host loop calls one
-  compiled function of shape ``(p, …)`` k times, then one noise-and-update
-  function; one compilation per run.  (It also computes the update sketch and
+* ``masked`` — :class:`trainers.dpsgd.MaskedDPSGD`: one dispatch per step of
+  one compiled function looping (dynamic trip count k) over a fixed ``(K, p)``
+  index buffer, then noise and update (for a convolutional model on XLA:CPU,
+  by default a host loop of k ``(p, …)`` calls plus two: see its
+  ``fused_batches``); one compilation per run.  (It also computes the update sketch and
   the clip statistics the ledger records; the paper-style step does not.)
 
 Both get the same initial parameters, the same index sets

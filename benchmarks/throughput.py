@@ -15,8 +15,8 @@ not depend on the values):
   be slightly faster per example despite its padding.
 * ``masked_trainer`` — the real thing: :class:`dpverify.samplers.PoissonSampler`
   draws each logical batch (expected size E = ``--expected-batch-size``), the
-  host loop of :class:`trainers.dpsgd.MaskedDPSGD` runs ⌈L/p⌉ physical batches
-  and one noise-and-update call, and every step is appended to a real ledger
+  :class:`trainers.dpsgd.MaskedDPSGD` runs ⌈L/p⌉ physical batches and the
+  noise and update (one dispatch, or k + 2 for a CNN on CPU), and every step is appended to a real ledger
   (:class:`dpverify.ledger.LedgerWriter`, fsync every 64 steps and at close;
   at least ``--min-trainer-steps`` (128: two group commits) steps are timed,
   and the final close is included).

@@ -5,15 +5,30 @@ noise multiplier σ, fixed denominator D = q·N (the expected batch size):
 
 1. cut B_t into k = ⌈L/p⌉ physical batches of exactly p rows plus a 0/1 mask
    (:mod:`trainers.batching`); L = 0 gives k = 0;
-2. for each physical batch (a host loop calling ONE compiled function of
-   shape ``(p, …)``): per-example gradients g_i = ∇ℓ(x_i) by
+2. for each physical batch (a loop over rows of shape ``(p, …)``):
+   per-example gradients g_i = ∇ℓ(x_i) by
    ``vmap(grad)``, global L2 norm over the trainable leaves, clipping
    ĝ_i = g_i · min(1, C/‖g_i‖), and the masked sum Σ_i where(m_i, ĝ_i, 0)
    (``where``, not multiplication, so a NaN/inf padding row adds exactly 0);
-3. a second compiled function adds z ~ N(0, σ²C²·I) once, divides by D, masks
-   frozen leaves and applies the Optax update; it also returns the statistics
-   and the update sketch (:mod:`trainers.sketch`), fetched to the host in one
-   transfer per logical step.
+3. add z ~ N(0, σ²C²·I) once, divide by D, mask frozen leaves and apply the
+   Optax update; the statistics and the update sketch (:mod:`trainers.sketch`)
+   are fetched to the host in one transfer per logical step.
+
+Dispatch: normally the whole logical step is ONE call of one compiled function
+(``fused``): the host writes the k physical batches into a fixed ``(K, p)``
+index buffer and ``(K, p)`` mask and passes k as a runtime value;
+``lax.fori_loop(0, k, …)`` (a ``while_loop``: rows k … K−1 are never computed
+on) runs step 2 on the first k rows, then step 3 follows in the same function.
+K is fixed per trainer, from the expected batch size D:
+K = max(1, ⌈(D + 6·√D + 6)/p⌉) (L has std ≤ √D under Poisson sampling, so
+P(L > K·p) is negligible).  When L > K·p (rare; never truncated) the step
+falls back to three separately compiled functions, each compiled once: ``init``,
+``accumulate`` called once per physical batch, ``finalize`` (k + 2 dispatches).
+Both paths run the same traced code (same clip, masked sum, noise key,
+statistics and sketch), so they agree up to float32 rounding.  By default a
+convolutional model on XLA:CPU always takes the k + 2 path (K = 0): XLA:CPU
+runs convolutions inside a loop body several times slower (see
+``MaskedDPSGD``'s ``fused_batches``).
 
 Noise: the key of step t is ``jax.random.fold_in(noise_key, t)``; one float32
 standard normal vector of length P (all parameters) is drawn from it and cut
@@ -23,7 +38,8 @@ so the assignment does not depend on what is frozen); it is multiplied by σC
 trainer calls it.
 
 The realised L never reaches the compiled code as a shape or a static value,
-so the run compiles exactly once whatever the batch sizes (``compilations``).
+so each of the step's functions compiles at most once per run whatever the
+batch sizes: ``compilations`` (the max over them) is 1.
 
 Several devices (``devices=n``): each physical batch is sharded along its batch
 axis over a 1-D mesh, everything else is replicated, and the same compiled
@@ -57,6 +73,7 @@ __all__ = [
     "DPSGDConfig",
     "MaskedDPSGD",
     "StepStats",
+    "default_fused_batches",
     "gaussian_noise",
     "trainable_leaves",
 ]
@@ -184,6 +201,20 @@ def trainable_leaves(params: Any, frozen: Any = None) -> tuple[bool, ...]:
     return tuple(not bool(f) for f in leaves)
 
 
+def default_fused_batches(expected_batch_size: float, physical_batch_size: int) -> int:
+    """K = max(1, ⌈(E + 6·√E + 6)/p⌉): physical batches the one-dispatch step holds.
+
+    Under Poisson sampling L ~ Binomial(N, q) with mean E = q·N and standard
+    deviation √(E(1−q)) ≤ √E, so L > E + 6·√E + 6 is a tail event of
+    probability below ~1e-9 (normal approximation; the +6 covers small E,
+    where the Poisson tail is heavier: E = 1 gives P(L > 13) < 1e-10).  A
+    larger L is still processed whole, through the k + 2 dispatch path.
+    """
+    e = check_positive("expected_batch_size", expected_batch_size)
+    p = check_int("physical_batch_size", physical_batch_size, minimum=1)
+    return max(1, math.ceil((e + 6.0 * math.sqrt(e) + 6.0) / p))
+
+
 def gaussian_noise(noise_key: Any, step: Any, like: Any, *, batch: Any = None) -> Any:
     """Standard normal float32 noise shaped like the pytree ``like``, for step ``step``.
 
@@ -230,11 +261,23 @@ class MaskedDPSGD:
             a sequence of devices: run data-parallel over them
             (:mod:`trainers.sharding`); ``physical_batch_size`` must be
             divisible by n.  Returned parameters are replicated on them.
+        fused_batches: K, the physical batches the one-dispatch path holds;
+            0 disables it (every step makes k + 2 dispatches).  ``None``
+            (default) chooses at the first step: K from the expected batch
+            size D (:func:`default_fused_batches`), except on XLA:CPU when
+            the model contains a convolution, where K = 0 (XLA:CPU runs a
+            loop body containing convolutions 3–11× slower than the same
+            body compiled as its own function; measured in
+            ``docs/masked-dpsgd.md``).  A larger K costs only a larger index
+            buffer per step, never computation.
 
     Attributes:
         compilations: how many times the step was traced (compiled): the
             maximum over its compiled functions; 1 for a healthy run.
-        trace_counts: per compiled function trace counts.
+        trace_counts: per compiled function trace counts (``fused``, and
+            ``init``/``accumulate``/``finalize`` of the fallback path, which
+            stay 0 until some L > K·p).
+        fused_batches: K (``None`` until the first step when chosen automatically).
         placement: the :class:`trainers.sharding.DataParallel` placement, or
             ``None`` on a single device.
     """
@@ -249,6 +292,7 @@ class MaskedDPSGD:
         loss_fn: LossFn = softmax_cross_entropy,
         donate: bool = True,
         devices: Any = None,
+        fused_batches: int | None = None,
     ) -> None:
         import jax
 
@@ -264,16 +308,33 @@ class MaskedDPSGD:
         self._flags = mutation_flags(config.mutation)
         self._trainable: tuple[bool, ...] | None = None
         self._data: tuple[Any, Any, Any, Any] | None = None
-        self.trace_counts = {"init": 0, "accumulate": 0, "finalize": 0}
+        self.fused_batches: int | None = (
+            None if fused_batches is None else check_int("fused_batches", fused_batches, minimum=0)
+        )
+        self.trace_counts = {"fused": 0, "init": 0, "accumulate": 0, "finalize": 0}
         self.placement = data_parallel(devices, physical_batch_size=config.physical_batch_size)
-        shard: dict[str, dict[str, Any]] = {"init": {}, "accumulate": {}, "finalize": {}}
+        shard: dict[str, dict[str, Any]] = {
+            "fused": {},
+            "init": {},
+            "accumulate": {},
+            "finalize": {},
+        }
         if self.placement is not None:
+            from jax.sharding import NamedSharding, PartitionSpec
+
+            from trainers.sharding import AXIS
+
             r, b = self.placement.replicated, self.placement.batch
+            rows = NamedSharding(self.placement.mesh, PartitionSpec(None, AXIS))
             shard = {
+                "fused": {"in_shardings": (r, r, r, r, rows, rows, r, r, r), "out_shardings": r},
                 "init": {"in_shardings": (r,), "out_shardings": r},
                 "accumulate": {"in_shardings": (r, r, r, r, b, b, r, r, r), "out_shardings": r},
                 "finalize": {"in_shardings": (r,) * 5, "out_shardings": r},
             }
+        self._fused = jax.jit(
+            self._fused_impl, donate_argnums=(0, 1) if donate else (), **shard["fused"]
+        )
         self._init = jax.jit(self._init_impl, **shard["init"])
         self._accumulate = jax.jit(
             self._accumulate_impl, donate_argnums=(0,), **shard["accumulate"]
@@ -293,10 +354,11 @@ class MaskedDPSGD:
         return max(self.trace_counts.values())
 
     def cache_sizes(self) -> dict[str, int]:
-        """Entries in each compiled function's jit cache (1 each when healthy)."""
+        """Entries in each compiled function's jit cache (at most 1 each when healthy)."""
         return {
             name: int(fn._cache_size())
             for name, fn in (
+                ("fused", self._fused),
                 ("init", self._init),
                 ("accumulate", self._accumulate),
                 ("finalize", self._finalize),
@@ -305,11 +367,38 @@ class MaskedDPSGD:
 
     # -- compiled pieces ---------------------------------------------------------
 
+    def _fused_impl(
+        self, params, opt_state, x_all, y_all, idx_buf, mask_buf, count, noise_key, step
+    ):
+        """The whole logical step: the first ``count`` rows of the buffers, then finalize."""
+        import jax
+
+        self.trace_counts["fused"] += 1
+
+        def body(j, carry):
+            return self._accumulate_body(
+                carry, params, x_all, y_all, idx_buf[j], mask_buf[j], noise_key, step, j
+            )
+
+        carry = jax.lax.fori_loop(0, count, body, self._init_body(params))
+        return self._finalize_body(params, opt_state, carry, noise_key, step)
+
     def _init_impl(self, params):
+        self.trace_counts["init"] += 1
+        return self._init_body(params)
+
+    def _accumulate_impl(self, carry, params, x_all, y_all, idx, mask, noise_key, step, batch):
+        self.trace_counts["accumulate"] += 1
+        return self._accumulate_body(carry, params, x_all, y_all, idx, mask, noise_key, step, batch)
+
+    def _finalize_impl(self, params, opt_state, carry, noise_key, step):
+        self.trace_counts["finalize"] += 1
+        return self._finalize_body(params, opt_state, carry, noise_key, step)
+
+    def _init_body(self, params):
         import jax
         import jax.numpy as jnp
 
-        self.trace_counts["init"] += 1
         return {
             "sum": jax.tree_util.tree_map(lambda a: jnp.zeros(jnp.shape(a), jnp.float32), params),
             "num_clipped": jnp.zeros((), jnp.int32),
@@ -338,11 +427,10 @@ class MaskedDPSGD:
         grads = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grads)
         return losses.astype(jnp.float32), grads
 
-    def _accumulate_impl(self, carry, params, x_all, y_all, idx, mask, noise_key, step, batch):
+    def _accumulate_body(self, carry, params, x_all, y_all, idx, mask, noise_key, step, batch):
         import jax
         import jax.numpy as jnp
 
-        self.trace_counts["accumulate"] += 1
         cfg, flags, trainable = self.config, self._flags, self._trainable
         xb = jnp.take(x_all, idx, axis=0)
         yb = jnp.take(y_all, idx, axis=0)
@@ -389,12 +477,11 @@ class MaskedDPSGD:
             "count": carry["count"] + jnp.sum(real).astype(jnp.int32),
         }
 
-    def _finalize_impl(self, params, opt_state, carry, noise_key, step):
+    def _finalize_body(self, params, opt_state, carry, noise_key, step):
         import jax
         import jax.numpy as jnp
         import optax
 
-        self.trace_counts["finalize"] += 1
         cfg, flags, trainable = self.config, self._flags, self._trainable
         leaves, treedef = jax.tree_util.tree_flatten(carry["sum"])
         if flags.clip_after_sum:
@@ -432,6 +519,21 @@ class MaskedDPSGD:
         return params, opt_state, out
 
     # -- host side ---------------------------------------------------------------
+
+    def _auto_fused_batches(self, params: Any, x: Any, y: Any) -> int:
+        """K for ``fused_batches=None``: 0 on XLA:CPU for convolutional models."""
+        import jax
+
+        cfg = self.config
+        platform = (
+            jax.default_backend() if self.placement is None else self.placement.devices[0].platform
+        )
+        if platform == "cpu":
+            # A trace only (no compilation, not counted): does the model convolve?
+            jaxpr = jax.make_jaxpr(self._per_example_grads)(params, x[:1], y[:1])
+            if "conv_general_dilated" in str(jaxpr):
+                return 0
+        return default_fused_batches(cfg.denominator, cfg.physical_batch_size)
 
     def _device_data(self, x: Any, y: Any) -> tuple[Any, Any]:
         import jax.numpy as jnp
@@ -480,18 +582,39 @@ class MaskedDPSGD:
         cfg = self.config
         if self._trainable is None:
             self._trainable = trainable_leaves(params, self.frozen)
+        if self.fused_batches is None:
+            self.fused_batches = self._auto_fused_batches(params, x, y)
         batches = split_physical_batches(indices, cfg.physical_batch_size, pad_index=pad_index)
         x_dev, y_dev = self._device_data(x, y)
         if self.placement is not None:  # no-op when already replicated (every step but the first)
             params, opt_state, noise_key = self.placement.replicate((params, opt_state, noise_key))
         step_arr = np.uint32(t)
+        k, K = batches.count, self.fused_batches
         with precision_context(cfg.precision):
-            carry = self._init(params)
-            for j, (idx, m) in enumerate(batches):
-                carry = self._accumulate(
-                    carry, params, x_dev, y_dev, idx, m, noise_key, step_arr, np.int32(j)
+            if 0 < K and k <= K:  # the common case: one dispatch
+                idx_buf = np.zeros((K, cfg.physical_batch_size), np.int32)
+                mask_buf = np.zeros((K, cfg.physical_batch_size), bool)
+                idx_buf[:k], mask_buf[:k] = batches.indices, batches.mask
+                params, opt_state, out = self._fused(
+                    params,
+                    opt_state,
+                    x_dev,
+                    y_dev,
+                    idx_buf,
+                    mask_buf,
+                    np.int32(k),
+                    noise_key,
+                    step_arr,
                 )
-            params, opt_state, out = self._finalize(params, opt_state, carry, noise_key, step_arr)
+            else:  # L > K·p (or K = 0): k + 2 dispatches, nothing truncated
+                carry = self._init(params)
+                for j, (idx, m) in enumerate(batches):
+                    carry = self._accumulate(
+                        carry, params, x_dev, y_dev, idx, m, noise_key, step_arr, np.int32(j)
+                    )
+                params, opt_state, out = self._finalize(
+                    params, opt_state, carry, noise_key, step_arr
+                )
         out = jax.device_get(out)  # the one device → host transfer of the step
         count = int(out["count"])
         stats = StepStats(

@@ -60,7 +60,7 @@ def _leaves(tree):
     return [np.asarray(a, np.float64) for a in jax.tree_util.tree_leaves(tree)]
 
 
-def _run(devices, *, donate=True):
+def _run(devices, *, donate=True, fused_batches=None):
     import jax
     import jax.numpy as jnp
 
@@ -68,7 +68,9 @@ def _run(devices, *, donate=True):
 
     x, y, params, apply, opt = _problem()
     cfg = DPSGDConfig(clip_norm=0.3, noise_multiplier=1.1, denominator=10.0, physical_batch_size=_P)
-    trainer = MaskedDPSGD(apply, opt, cfg, devices=devices, donate=donate)
+    trainer = MaskedDPSGD(
+        apply, opt, cfg, devices=devices, donate=donate, fused_batches=fused_batches
+    )
     params = jax.tree_util.tree_map(jnp.array, params)
     state = opt.init(params)
     key = jax.random.key(7)
@@ -92,7 +94,8 @@ def _worker() -> dict:
 
     assert len(jax.devices()) == _DEVICES, jax.devices()
     _, _, single = _run(None)
-    sharded_trainer, sharded_params, sharded = _run(_DEVICES)
+    # K = 2: L > 2p = 16 overflows to the k + 2 dispatch path, the rest is fused.
+    sharded_trainer, sharded_params, sharded = _run(_DEVICES, fused_batches=2)
     _, _, four = _run(4, donate=False)  # 2 rows per device
     steps = []
     for t, (a, b, c) in enumerate(zip(single, sharded, four, strict=True)):
@@ -164,6 +167,21 @@ def _worker() -> dict:
         .compile()
         .as_text()
     )
+    fused_hlo = (
+        tr._fused.lower(
+            sharded_params,
+            tr.optimizer.init(sharded_params),
+            tr._data[2],
+            tr._data[3],
+            np.zeros((2, _P), np.int32),
+            np.zeros((2, _P), bool),
+            np.int32(1),
+            key,
+            np.uint32(0),
+        )
+        .compile()
+        .as_text()
+    )
     try:
         MaskedDPSGD(apply, opt, DPSGDConfig(**{**_cfg_kw(), "physical_batch_size": 12}), devices=8)
         divisible_error = None
@@ -179,6 +197,9 @@ def _worker() -> dict:
         and len(leaf.sharding.device_set) == _DEVICES,
         "all_reduce": "all-reduce(" in hlo,
         "all_gather": "all-gather(" in hlo,
+        "fused_all_reduce": "all-reduce(" in fused_hlo,
+        "fused_all_gather": "all-gather(" in fused_hlo,
+        "fused_per_device_input_rows": sorted(set(re.findall(r"f32\[(\d+),4\]", fused_hlo))),
         "per_device_input_rows": sorted(set(re.findall(r"f32\[(\d+),4\]", hlo))),
         "divisible_error": divisible_error,
     }
@@ -246,17 +267,21 @@ def test_sharded_step_matches_float64_reference(multi):
 
 def test_compiles_once_across_varied_batch_sizes(multi):
     assert len(_SEQ) >= 10
-    assert multi["trace_counts"] == {"init": 1, "accumulate": 1, "finalize": 1}
-    assert multi["cache_sizes"] == {"init": 1, "accumulate": 1, "finalize": 1}
+    # Both the one-dispatch path and the overflow path (L > K·p) ran, each compiled once.
+    assert multi["trace_counts"] == {"fused": 1, "init": 1, "accumulate": 1, "finalize": 1}
+    assert multi["cache_sizes"] == {"fused": 1, "init": 1, "accumulate": 1, "finalize": 1}
 
 
 def test_work_is_split_across_devices(multi):
     assert multi["device_count"] == _DEVICES
     assert multi["params_replicated"]
     assert multi["all_reduce"] and not multi["all_gather"]
+    assert multi["fused_all_reduce"] and not multi["fused_all_gather"]
     # Each device gathers p/n = 1 input row (the replicated data set is (64, 4)).
     assert "1" in multi["per_device_input_rows"]
     assert str(_P) not in multi["per_device_input_rows"]
+    assert "1" in multi["fused_per_device_input_rows"]
+    assert str(_P) not in multi["fused_per_device_input_rows"]
 
 
 def test_indivisible_physical_batch_is_one_line_error(multi):

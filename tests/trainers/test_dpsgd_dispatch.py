@@ -1,0 +1,212 @@
+"""Tests for trainers.dpsgd's dispatch paths: the one-dispatch fused step (fixed
+(K, p) buffer, dynamic trip count) against the k + 2 dispatch fallback and the
+float64 reference, the overflow L > K·p, and compile counts over varied L."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from scipy import stats
+
+from trainers.dpsgd import DPSGDConfig, MaskedDPSGD, default_fused_batches
+from trainers.models import MLP
+from trainers.mutations import MUTATIONS
+from trainers.reference import reference_step
+from trainers.sketch import compare_sketches
+
+N, P, C, SIGMA, D = 48, 4, 0.4, 1.1, 6.0
+_BAD = N - 1  # poisoned with NaN, used as the padding index, never sampled
+_MODEL = MLP(num_classes=3, hidden=(5,))
+
+
+def _apply(p, x):
+    return _MODEL.apply({"params": p}, x)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(N, 4)).astype(np.float32)
+    x[_BAD] = np.nan
+    y = rng.integers(0, 3, N).astype(np.int32)
+    params = _MODEL.init(jax.random.key(0), x[:1])["params"]
+    return x, y, params
+
+
+def _trainer(fused_batches, mutation=None):
+    cfg = DPSGDConfig(
+        clip_norm=C, noise_multiplier=SIGMA, denominator=D, physical_batch_size=P, mutation=mutation
+    )
+    return MaskedDPSGD(_apply, optax.adam(0.05), cfg, donate=False, fused_batches=fused_batches)
+
+
+def _indices(L, seed):
+    return np.sort(np.random.default_rng(seed).choice(_BAD, L, replace=False))
+
+
+def _leaves(tree):
+    return [np.asarray(a, np.float64) for a in jax.tree_util.tree_leaves(tree)]
+
+
+def _max_dev(a, b):
+    return max(float(np.max(np.abs(u - v))) for u, v in zip(_leaves(a), _leaves(b), strict=True))
+
+
+# L = 0; L < p; L in the fused range of K = 2 (k = 2); L > K·p = 8 (k = 6, overflow).
+@pytest.mark.parametrize("L", [0, 3, 7, 23])
+def test_fused_equals_fallback_equals_reference_with_nan_padding(problem, L):
+    x, y, params = problem
+    idx = _indices(L, L)
+    key = jax.random.key(5)
+    opt = optax.adam(0.05)
+    runs = {}
+    for name, K in (("fused", 2), ("fallback", 0), ("default", None)):
+        tr = _trainer(K)
+        new, _, s = tr.step(params, opt.init(params), x, y, idx, key, 11, pad_index=_BAD)
+        runs[name] = (new, s, dict(tr.trace_counts))
+    overflow = L > 2 * P
+    assert runs["fused"][2]["fused"] == (0 if overflow else 1)
+    assert runs["fused"][2]["accumulate"] == (1 if overflow else 0)
+    assert runs["fallback"][2]["fused"] == 0 and runs["fallback"][2]["finalize"] == 1
+    assert runs["default"][2] == {"fused": 1, "init": 0, "accumulate": 0, "finalize": 0}
+    ref_p, _, ref = reference_step(
+        _apply,
+        opt,
+        params,
+        opt.init(params),
+        x,
+        y,
+        idx,
+        clip_norm=C,
+        noise_multiplier=SIGMA,
+        denominator=D,
+        noise_key=key,
+        step=11,
+    )
+    base_p, base, _ = runs["fallback"]
+    for new, s, _ in runs.values():
+        assert all(np.isfinite(v).all() for v in _leaves(new))  # NaN padding added nothing
+        assert _max_dev(new, base_p) < 1e-6
+        assert _max_dev(new, ref_p) < 1e-5
+        assert compare_sketches(s.update_sketch, ref.update_sketch).ok
+        assert (s.batch_size, s.physical_batches, s.num_clipped) == (
+            base.batch_size,
+            base.physical_batches,
+            base.num_clipped,
+        )
+        assert s.num_clipped == ref.num_clipped and s.physical_batches == -(-L // P)
+        assert s.max_grad_norm == pytest.approx(base.max_grad_norm, rel=1e-6, abs=1e-7)
+        assert s.max_clipped_norm == pytest.approx(base.max_clipped_norm, rel=1e-6, abs=1e-7)
+        assert np.allclose(s.update_sketch, base.update_sketch, rtol=1e-5, atol=1e-6)
+        assert (np.isnan(s.loss) and np.isnan(base.loss)) or s.loss == pytest.approx(
+            base.loss, rel=1e-6
+        )
+    if L:
+        assert ref.num_clipped > 0  # clipping exercised
+
+
+@pytest.mark.parametrize("mutation", sorted(MUTATIONS))
+def test_mutations_behave_the_same_on_both_paths(problem, mutation):
+    # E.g. noise_per_physical_batch draws once per EXECUTED physical batch only:
+    # the fused loop never touches the K - k unused buffer rows.
+    x, y, _ = problem
+    x = np.nan_to_num(x)  # unmasked_padding would otherwise turn NaN
+    params = _MODEL.init(jax.random.key(1), x[:1])["params"]
+    idx = _indices(9, 1)  # k = 3, padding present
+    key = jax.random.key(3)
+    opt = optax.adam(0.05)
+    out = []
+    for K in (8, 0):
+        new, _, s = _trainer(K, mutation).step(params, opt.init(params), x, y, idx, key, 2)
+        out.append((new, s))
+    (a, sa), (b, sb) = out
+    assert _max_dev(a, b) < 1e-6
+    assert np.allclose(sa.update_sketch, sb.update_sketch, rtol=1e-5, atol=1e-6)
+    assert sa == sb or (sa.num_clipped, sa.physical_batches) == (
+        sb.num_clipped,
+        sb.physical_batches,
+    )
+
+
+def test_compilations_do_not_grow_with_distinct_k_including_overflow(problem):
+    x, y, params = problem
+    tr = MaskedDPSGD(
+        _apply,
+        optax.adam(0.05),
+        DPSGDConfig(clip_norm=C, noise_multiplier=SIGMA, denominator=D, physical_batch_size=P),
+        fused_batches=2,
+    )
+    state = tr.optimizer.init(params)
+    params = jax.tree_util.tree_map(jnp.array, params)
+    key = jax.random.key(0)
+    lengths = [0, 1, 4, 5, 8, 9, 13, 17, 21, 25, 29, 33, 37, 41, 46, 2, 7, 3, 0, 12, 30, 6]
+    seen = set()
+    for t, L in enumerate(lengths):
+        params, state, s = tr.step(params, state, x, y, _indices(L, t), key, t, pad_index=_BAD)
+        seen.add(s.physical_batches)
+        assert tr.compilations == 1, (t, tr.trace_counts)
+    assert len(lengths) >= 20 and len(seen) >= 12 and max(seen) > 2  # overflow exercised
+    assert tr.trace_counts == {"fused": 1, "init": 1, "accumulate": 1, "finalize": 1}
+    assert tr.cache_sizes() == {"fused": 1, "init": 1, "accumulate": 1, "finalize": 1}
+    assert all(np.isfinite(v).all() for v in _leaves(params))
+
+
+def test_fused_loop_has_a_dynamic_trip_count(problem):
+    # Unused buffer rows are not computed on: the loop is a while over count.
+    x, y, params = problem
+    tr = _trainer(50)
+    opt = optax.adam(0.05)
+    tr.step(params, opt.init(params), x, y, _indices(5, 0), jax.random.key(0), 0)
+    jaxpr = str(
+        jax.make_jaxpr(tr._fused_impl)(
+            params,
+            opt.init(params),
+            x,
+            y,
+            np.zeros((50, P), np.int32),
+            np.zeros((50, P), bool),
+            np.int32(1),
+            jax.random.key(0),
+            np.uint32(0),
+        )
+    )
+    assert "while[" in jaxpr and "scan[" not in jaxpr
+
+
+@pytest.mark.parametrize(
+    ("n", "q", "p"), [(60000, 256 / 60000, 32), (1000, 0.001, 1), (50000, 0.02, 64)]
+)
+def test_default_buffer_overflows_with_negligible_probability(n, q, p):
+    K = default_fused_batches(n * q, p)
+    assert K >= 1
+    assert stats.binom.sf(K * p, n, q) < 1e-8  # P(L > K·p)
+    assert K * p < n * q + 7 * np.sqrt(n * q) + 6 + p  # and not much larger
+
+
+def test_fused_batches_is_validated():
+    from dpverify.errors import InvalidArgument
+
+    with pytest.raises(InvalidArgument, match="fused_batches"):
+        _trainer(-1)
+
+
+def test_automatic_k_is_fused_for_mlp_and_off_for_conv_on_cpu(problem):
+    from trainers.models import CNN
+
+    x, y, params = problem
+    tr = _trainer(None)
+    assert tr.fused_batches is None
+    tr.step(params, tr.optimizer.init(params), x, y, _indices(5, 0), jax.random.key(0), 0)
+    assert tr.fused_batches == default_fused_batches(D, P) and tr.trace_counts["fused"] == 1
+    if jax.default_backend() != "cpu":
+        return
+    model = CNN(num_classes=3, channels=(2,), groups=2)
+    xi = np.random.default_rng(0).random((12, 6, 6, 1)).astype(np.float32)
+    yi = np.zeros(12, np.int32)
+    cp = model.init(jax.random.key(0), xi[:1])["params"]
+    cfg = DPSGDConfig(clip_norm=C, noise_multiplier=SIGMA, denominator=D, physical_batch_size=P)
+    conv = MaskedDPSGD(lambda p_, xb: model.apply({"params": p_}, xb), optax.sgd(0.1), cfg)
+    conv.step(cp, conv.optimizer.init(cp), xi, yi, np.arange(5), jax.random.key(0), 0)
+    assert conv.fused_batches == 0
+    assert conv.trace_counts == {"fused": 0, "init": 1, "accumulate": 1, "finalize": 1}
