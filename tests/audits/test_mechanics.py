@@ -52,11 +52,22 @@ def test_per_step_values_are_checked_against_the_steps_own_sigma(fakes):
     assert r.details["steps_with_other_noise_multiplier"] == 3
 
 
-def test_unrecorded_fields_pass_but_are_reported(fakes):
+def test_unrecorded_fields_warn_and_claim_nothing_unchecked(fakes):
     unknown = dict(noise_std=None, noise_draws=None, max_clipped_norm=None, denominator=None)
     ledger = fakes.make_ledger(3, step_overrides=unknown)
     r = check_mechanics(ledger.header, ledger.steps)
-    assert r.status == "pass" and "not recorded (unchecked)" in r.reason
+    assert r.status == "warn" and "not recorded (unchecked)" in r.reason
+    assert "taken as declared" in r.reason
+    # nothing that was not recorded is claimed as verified
+    for claim in ("one noise draw per step", "clipped norms ≤ C", "noise std σ·C"):
+        assert f"verified {claim}" not in r.reason and f", {claim}" not in r.reason
+
+
+def test_partly_recorded_fields_say_which_were_verified(fakes):
+    ledger = fakes.make_ledger(3, step_overrides=dict(noise_draws=None))
+    r = check_mechanics(ledger.header, ledger.steps)
+    assert r.status == "warn" and "noise_draws at 3 steps" in r.reason
+    assert "verified noise std σ·C" in r.reason and "one noise draw" not in r.reason
 
 
 def test_no_steps_is_skipped(fakes):
