@@ -132,10 +132,14 @@ def audit_ledger(
             checks.append(_skipped(name, why))
         bar.close()
         verdict, reason = _verdict(checks, None)
+        # The claim itself is still stated when the header could be read.
+        claimed_eps, claimed_delta = claimed_privacy(ledger) if ledger is not None else (None, None)
         return Certificate(
             verdict=verdict,
             verdict_reason=reason,
             checks=tuple(checks),
+            claimed_epsilon=claimed_eps,
+            delta=claimed_delta,
             ledger_head=head,
             sealed=bool(getattr(verify_report, "sealed", False)),
             steps=getattr(verify_report, "steps", None),

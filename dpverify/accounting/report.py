@@ -60,11 +60,12 @@ class AccountantResult:
             return None
         if self.name == "prv":
             return {
-                "lower": float(self.details["lower"]),
-                "estimate": float(self.details["estimate"]),
+                # (a run of zero steps has ε = 0 and no PRV grid to report)
+                "lower": float(self.details.get("lower", eps)),
+                "estimate": float(self.details.get("estimate", eps)),
                 "upper": eps,
             }
-        if self.name == "rdp":
+        if self.name == "rdp" and "order" in self.details:
             return {"epsilon": eps, "order": float(self.details["order"])}
         return {"epsilon": eps}
 

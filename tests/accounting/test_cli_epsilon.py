@@ -224,3 +224,22 @@ def test_tiny_noise_does_not_hang_the_cli(capsys):
     noise = ["noise", "--sampling-rate", "0.01", "--steps", "1000", "--delta", "1e-5"]
     code, _, err = run([*noise, "--target-epsilon", "1e6"], capsys)
     assert code == 2 and err.count("\n") == 1 and "use the RDP accountant" in err
+
+
+def test_a_ledger_of_zero_steps_costs_nothing_in_text_and_json(tmp_path, capsys):
+    """Regression: `epsilon RUN --json` on a 0-step ledger raised KeyError."""
+    import json
+
+    from dpverify.ledger import import_jsonl
+
+    src = tmp_path / "run.jsonl"
+    src.write_text(
+        '{"type": "run", "dataset_size": 100, "sampler": "poisson", "sampling_rate": 0.01,'
+        ' "noise_multiplier": 1.1, "clip_norm": 1.0, "delta": 1e-5, "claimed_epsilon": 2.0}\n'
+    )
+    import_jsonl(src, tmp_path / "run")
+    assert main(["epsilon", str(tmp_path / "run"), "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["prv"] == {"lower": 0.0, "estimate": 0.0, "upper": 0.0}
+    assert out["rdp"]["epsilon"] == 0.0 and out["pld"]["epsilon"] == 0.0
+    assert main(["epsilon", str(tmp_path / "run")]) == 0

@@ -68,6 +68,16 @@ def test_corrupt_ledger_is_unverifiable_and_skips_the_rest(monkeypatch, fakes):
     assert cert.to_json()["checks"][0]["status"] == "fail"
 
 
+def test_an_inconsistent_but_readable_ledger_still_states_its_claim(monkeypatch, fakes):
+    """Regression: the certificate said 'claimed ε = none' though the header was intact."""
+    _stub(monkeypatch)
+    ledger = fakes.make_ledger(5, header=fakes.make_header(claimed_epsilon=3.0))
+    verify = fakes.verify_for(ledger, ok=False, first_bad_record=2, reason="gap")
+    cert = runner.audit_ledger(ledger, verify_report=verify)
+    assert cert.verdict == "unverifiable"
+    assert cert.claimed_epsilon == 3.0 and cert.delta == ledger.header.delta
+
+
 def test_no_claim_is_unverifiable(monkeypatch, fakes):
     _stub(monkeypatch)
     ledger = fakes.make_ledger(5, header=fakes.make_header(claimed_epsilon=None))
