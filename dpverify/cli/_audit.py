@@ -99,5 +99,34 @@ def _check_outputs(args: argparse.Namespace) -> None:
             raise UnusableInput(f"cannot write {out}: it is a directory")
         if out and not Path(out).parent.is_dir():
             raise UnusableInput(f"cannot write {out}: directory {Path(out).parent} does not exist")
-    if args.noise_key is not None and Path(args.noise_key).is_dir():
-        raise UnusableInput(f"noise key file {args.noise_key} is a directory")
+    if args.noise_key is not None:
+        _check_noise_key(Path(args.noise_key), args.path)
+
+
+def _check_noise_key(key_path, run_path) -> None:
+    """A key file the user names explicitly must exist and match the run's digest.
+
+    (Without ``--noise-key`` a missing or mismatched ``RUN_DIR/noise.key`` only
+    skips replay, with the reason; a key the user asked for is an input error.)
+    """
+    import hashlib
+
+    from dpverify.errors import UnusableInput
+    from dpverify.ledger import iter_records, resolve_ledger_path
+
+    if key_path.is_dir():
+        raise UnusableInput(f"noise key file {key_path} is a directory")
+    if not key_path.is_file():
+        raise UnusableInput(f"noise key file {key_path}: no such file")
+    try:
+        expected = next(iter_records(resolve_ledger_path(run_path))).noise_key_digest  # header only
+    except Exception:  # an unreadable ledger is the audit's to report
+        return
+    if expected is None:
+        return
+    actual = hashlib.sha256(key_path.read_bytes()).hexdigest()
+    if actual != expected:
+        raise UnusableInput(
+            f"noise key file {key_path} does not match the run (its SHA-256 differs from the "
+            "ledger header's noise_key_digest)"
+        )

@@ -73,3 +73,21 @@ def test_replay_steps_zero_points_to_no_replay(tmp_path, fakes, capsys):
     ledger = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(3))
     assert main(["audit", str(ledger), "--replay-steps", "0"]) == 2
     assert "--no-replay" in _one_line_error(capsys)
+
+
+def test_a_named_noise_key_that_does_not_match_the_run_is_exit_2(tmp_path, fakes, capsys):
+    """Regression: a wrong key file named with --noise-key used to end CERTIFIED
+    with replay silently skipped."""
+    import hashlib
+
+    key = b"k" * 32
+    header = fakes.make_header(noise_key_digest=hashlib.sha256(key).hexdigest())
+    ledger = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(3, header=header))
+    wrong = tmp_path / "wrong.key"
+    wrong.write_bytes(b"x" * 32)
+    assert main(["audit", str(ledger), "--noise-key", str(wrong), "--quiet"]) == 2
+    assert "does not match the run" in _one_line_error(capsys)
+    right = tmp_path / "right.key"
+    right.write_bytes(key)
+    # the right key passes the input check (replay of a bare ledger is then skipped)
+    assert main(["audit", str(ledger), "--noise-key", str(right), "--quiet"]) != 2
