@@ -51,7 +51,7 @@ def check_replay(
         else ``pass``.
     """
     if sample is None:
-        return CheckResult(name=_NAME, status="skip", reason="replay disabled (--no-replay)")
+        return CheckResult(name=_NAME, status="skip", reason="replay was not requested")
     if run_dir is None:
         return CheckResult(
             name=_NAME,

@@ -35,7 +35,7 @@ def stub(monkeypatch):
 
 
 def test_disabled_and_bare_ledger_are_skipped(tmp_path):
-    assert check_replay(tmp_path, sample=None).reason == "replay disabled (--no-replay)"
+    assert check_replay(tmp_path, sample=None).reason == "replay was not requested"
     r = check_replay(None, sample=5)
     assert r.status == "skip" and "without its run directory" in r.reason
 
