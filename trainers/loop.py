@@ -99,6 +99,7 @@ def _run(session: Session, run_dir: Path, *, progress: bool, started: float) -> 
     import jax.numpy as jnp
 
     from dpverify.ledger import Seal
+    from trainers.interrupt import deferred_interrupt
     from trainers.noise_key import noise_prng_key
     from trainers.progress import TrainingProgress
 
@@ -125,19 +126,23 @@ def _run(session: Session, run_dir: Path, *, progress: bool, started: float) -> 
     loop_start = time.perf_counter()
     after_first = loop_start
     try:
-        for t in range(session.start_step, plan.steps):
-            indices = session.sampler.sample(t)
-            params, opt_state, stats = trainer.step(params, opt_state, x, y, indices, noise_key, t)
-            writer.append(_step_record(t, indices, plan, stats))
-            executed += 1
-            examples += int(indices.size) if executed > 1 else 0
-            loss = _float(getattr(stats, "loss", None))
-            if executed == 1:
-                after_first = time.perf_counter()
-                first_step_seconds = after_first - loop_start
-            if (t + 1) % plan.checkpoint_every == 0 or t + 1 == plan.steps:
-                session.checkpoint(t + 1, params, opt_state)
-            bar.update(t, executed, loss)
+        with deferred_interrupt() as interrupt:
+            for t in range(session.start_step, plan.steps):
+                indices = session.sampler.sample(t)
+                params, opt_state, stats = trainer.step(
+                    params, opt_state, x, y, indices, noise_key, t
+                )
+                writer.append(_step_record(t, indices, plan, stats))
+                executed += 1
+                examples += int(indices.size) if executed > 1 else 0
+                loss = _float(getattr(stats, "loss", None))
+                if executed == 1:
+                    after_first = time.perf_counter()
+                    first_step_seconds = after_first - loop_start
+                if (t + 1) % plan.checkpoint_every == 0 or t + 1 == plan.steps:
+                    session.checkpoint(t + 1, params, opt_state)
+                bar.update(t, executed, loss)
+                interrupt.check()  # Ctrl-C stops here, after the step is recorded
     except BaseException:
         bar.close()
         _close_quietly(writer)
