@@ -36,14 +36,10 @@ def inclusion_count_dispersion(summary: StreamSummary) -> RawTest:
     big_v = float(v.sum())
     sensitive = "epoch-based shuffling (counts too even), examples sampled at different rates"
     if n < 2 or big_v <= 0.0:
-        return RawTest(
-            name="inclusion_count_dispersion",
-            statistic=float("nan"),
-            p_value=1.0,
-            sensitive_to=sensitive,
-            meaningful=False,
-            failure="",
-            note="not enough data: needs at least 2 examples and non-trivial batches",
+        return RawTest.insufficient(
+            "inclusion_count_dispersion",
+            sensitive,
+            "not enough data: needs at least 2 examples and non-trivial batches",
         )
     counts = summary.counts
     centre = summary.total / n
@@ -159,14 +155,8 @@ def return_gaps(summary: StreamSummary, law: SizeLaw) -> RawTest:
     sensitive = "epoch structure (returns too regular), periodic reuse, rates changing over time"
     edges = _gap_edges(t, q, n) if (t >= 3 and 0.0 < q < 1.0) else np.zeros(0, dtype=np.int64)
     if edges.size < 3:
-        return RawTest(
-            name="return_gaps",
-            statistic=float("nan"),
-            p_value=1.0,
-            sensitive_to=sensitive,
-            meaningful=False,
-            failure="",
-            note="not enough data: too few returns of examples to bin",
+        return RawTest.insufficient(
+            "return_gaps", sensitive, "not enough data: too few returns of examples to bin"
         )
     mean, cov = gap_moments(t, q, edges)
     hist = np.zeros(t, dtype=np.int64)
@@ -178,14 +168,8 @@ def return_gaps(summary: StreamSummary, law: SizeLaw) -> RawTest:
     try:
         chol = np.linalg.cholesky(sigma)
     except np.linalg.LinAlgError:
-        return RawTest(
-            name="return_gaps",
-            statistic=float("nan"),
-            p_value=1.0,
-            sensitive_to=sensitive,
-            meaningful=False,
-            failure="",
-            note="not enough data: degenerate gap covariance",
+        return RawTest.insufficient(
+            "return_gaps", sensitive, "not enough data: degenerate gap covariance"
         )
     z = np.linalg.solve(chol, diff)
     chi2 = float(z @ z)

@@ -44,14 +44,8 @@ def consecutive_overlap(summary: StreamSummary) -> RawTest:
         "shuffling (disjoint consecutive batches), repeated or correlated consecutive batches"
     )
     if sizes.size < 2 or summary.max_lag < 1:
-        return RawTest(
-            name="consecutive_overlap",
-            statistic=float("nan"),
-            p_value=1.0,
-            sensitive_to=sensitive,
-            meaningful=False,
-            failure="",
-            note="not enough data: needs at least 2 steps",
+        return RawTest.insufficient(
+            "consecutive_overlap", sensitive, "not enough data: needs at least 2 steps"
         )
     x = int(summary.lag_overlap[1])
     mean, var = _overlap_moments(sizes, n, 1)
@@ -89,14 +83,8 @@ def lagged_overlap_scan(summary: StreamSummary) -> RawTest:
     top = min(summary.max_lag, sizes.size - 1)
     sensitive = "a random seed or key reused (batches repeating or correlated a few steps apart)"
     if top < 2:
-        return RawTest(
-            name="lagged_overlap_scan",
-            statistic=float("nan"),
-            p_value=1.0,
-            sensitive_to=sensitive,
-            meaningful=False,
-            failure="",
-            note="not enough data: needs at least 3 steps",
+        return RawTest.insufficient(
+            "lagged_overlap_scan", sensitive, "not enough data: needs at least 3 steps"
         )
     best_p, best_lag, best_x, best_mean, smallest_mean = 1.0, 2, 0, 0.0, math.inf
     for k in range(2, top + 1):

@@ -28,3 +28,17 @@ class RawTest:
     note: str = ""
     weight: float = 1.0
     details: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def insufficient(cls, name: str, sensitive_to: str, note: str, **extra: Any) -> RawTest:
+        """A test that had too little data to mean anything (never rejects)."""
+        return cls(
+            name=name,
+            statistic=float("nan"),
+            p_value=1.0,
+            sensitive_to=sensitive_to,
+            meaningful=False,
+            failure="",
+            note=note,
+            **extra,
+        )

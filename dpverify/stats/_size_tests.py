@@ -34,14 +34,10 @@ def batch_size_dispersion(sizes: np.ndarray, law: SizeLaw) -> RawTest:
         "fixed batch sizes (shuffling, sampling without replacement), within-step dependence"
     )
     if t < 2 or var <= 0.0:
-        return RawTest(
-            name="batch_size_dispersion",
-            statistic=float("nan"),
-            p_value=1.0,
-            sensitive_to=sensitive,
-            meaningful=False,
-            failure="",
-            note="not enough data: needs at least 2 steps and random batch sizes",
+        return RawTest.insufficient(
+            "batch_size_dispersion",
+            sensitive,
+            "not enough data: needs at least 2 steps and random batch sizes",
         )
     d = float(np.sum((sizes - law.mean) ** 2) / var)
     kurt = law.central_moment(4) / var**2
@@ -107,14 +103,10 @@ def batch_size_fit(sizes: np.ndarray, law: SizeLaw) -> RawTest:
     sensitive = "a wrong sampling rate, truncated or otherwise reshaped batch-size distribution"
     edges = _bins(law, t) if t else np.zeros(0)
     if edges.size < 2:
-        return RawTest(
-            name="batch_size_fit",
-            statistic=float("nan"),
-            p_value=1.0,
-            sensitive_to=sensitive,
-            meaningful=False,
-            failure="",
-            note=f"not enough data: T={t} steps give fewer than 2 usable bins",
+        return RawTest.insufficient(
+            "batch_size_fit",
+            sensitive,
+            f"not enough data: T={t} steps give fewer than 2 usable bins",
         )
     cum = np.array([law.cdf(e) for e in edges[:-1]] + [1.0])
     expected = t * np.diff(np.concatenate(([0.0], cum)))
@@ -223,15 +215,7 @@ def truncation_scan(sizes: np.ndarray, law: SizeLaw) -> RawTest:
     t = sizes.size
     sensitive = "batch sizes capped (or floored) without saying so; batches above a declared cap"
     if t == 0:
-        return RawTest(
-            name="truncation_scan",
-            statistic=float("nan"),
-            p_value=1.0,
-            sensitive_to=sensitive,
-            meaningful=False,
-            failure="",
-            note="not enough data: no steps",
-        )
+        return RawTest.insufficient("truncation_scan", sensitive, "not enough data: no steps")
     largest, smallest = int(sizes.max()), int(sizes.min())
     if law.cap is not None and largest > law.cap:
         step = int(np.argmax(sizes))
