@@ -78,28 +78,34 @@ def train(
         UnusableInput: ``out_dir`` already holds a run (without ``resume``), or
             holds none / a damaged one (with ``resume``); data missing.
     """
+    from trainers.interrupt import deferred_interrupt
+
     run_dir = Path(out_dir)
     started = time.perf_counter()
-    if resume:
-        session = open_resume(run_dir, config)
-        if session.sealed_summary is not None:
-            return session.sealed_summary
-    else:
-        if config is None:
-            raise InvalidArgument("config=None: a new run needs a TrainConfig")
-        session = open_new(run_dir, config, plan_fn=plan_run, seed=_fresh_seed(config))
-    return _run(session, run_dir, progress=progress, started=started)
+    # Ctrl-C from here on (setup included: a KeyboardInterrupt raised inside a
+    # JAX callback is swallowed) is acted on at the next step boundary.
+    with deferred_interrupt() as interrupt:
+        if resume:
+            session = open_resume(run_dir, config)
+            if session.sealed_summary is not None:
+                return session.sealed_summary
+        else:
+            if config is None:
+                raise InvalidArgument("config=None: a new run needs a TrainConfig")
+            session = open_new(run_dir, config, plan_fn=plan_run, seed=_fresh_seed(config))
+        return _run(session, run_dir, progress=progress, started=started, interrupt=interrupt)
 
 
 def _fresh_seed(config: TrainConfig) -> int:
     return config.seed if config.seed is not None else secrets.randbelow(2**62)
 
 
-def _run(session: Session, run_dir: Path, *, progress: bool, started: float) -> dict[str, Any]:
+def _run(
+    session: Session, run_dir: Path, *, progress: bool, started: float, interrupt: Any
+) -> dict[str, Any]:
     import jax.numpy as jnp
 
     from dpverify.ledger import Seal
-    from trainers.interrupt import deferred_interrupt
     from trainers.noise_key import noise_prng_key
     from trainers.progress import TrainingProgress
 
@@ -126,23 +132,21 @@ def _run(session: Session, run_dir: Path, *, progress: bool, started: float) -> 
     loop_start = time.perf_counter()
     after_first = loop_start
     try:
-        with deferred_interrupt() as interrupt:
-            for t in range(session.start_step, plan.steps):
-                indices = session.sampler.sample(t)
-                params, opt_state, stats = trainer.step(
-                    params, opt_state, x, y, indices, noise_key, t
-                )
-                writer.append(_step_record(t, indices, plan, stats))
-                executed += 1
-                examples += int(indices.size) if executed > 1 else 0
-                loss = _float(getattr(stats, "loss", None))
-                if executed == 1:
-                    after_first = time.perf_counter()
-                    first_step_seconds = after_first - loop_start
-                if (t + 1) % plan.checkpoint_every == 0 or t + 1 == plan.steps:
-                    session.checkpoint(t + 1, params, opt_state)
-                bar.update(t, executed, loss)
-                interrupt.check()  # Ctrl-C stops here, after the step is recorded
+        interrupt.check()  # Ctrl-C during setup: stop before the first step
+        for t in range(session.start_step, plan.steps):
+            indices = session.sampler.sample(t)
+            params, opt_state, stats = trainer.step(params, opt_state, x, y, indices, noise_key, t)
+            writer.append(_step_record(t, indices, plan, stats))
+            executed += 1
+            examples += int(indices.size) if executed > 1 else 0
+            loss = _float(getattr(stats, "loss", None))
+            if executed == 1:
+                after_first = time.perf_counter()
+                first_step_seconds = after_first - loop_start
+            if (t + 1) % plan.checkpoint_every == 0 or t + 1 == plan.steps:
+                session.checkpoint(t + 1, params, opt_state)
+            bar.update(t, executed, loss)
+            interrupt.check()  # Ctrl-C stops here, after the step is recorded
     except BaseException:
         bar.close()
         _close_quietly(writer)
