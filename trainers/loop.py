@@ -84,15 +84,19 @@ def train(
     started = time.perf_counter()
     # Ctrl-C from here on (setup included: a KeyboardInterrupt raised inside a
     # JAX callback is swallowed) is acted on at the next step boundary.
+    # Opening the run directory is one unit: a hard stop (second Ctrl-C in the
+    # CLI) waits for it, so the directory is never left half-created.
     with deferred_interrupt() as interrupt:
-        if resume:
-            session = open_resume(run_dir, config)
-            if session.sealed_summary is not None:
-                return session.sealed_summary
-        else:
-            if config is None:
-                raise InvalidArgument("config=None: a new run needs a TrainConfig")
-            session = open_new(run_dir, config, plan_fn=plan_run, seed=_fresh_seed(config))
+        with interrupt.critical():
+            if resume:
+                session = open_resume(run_dir, config)
+                if session.sealed_summary is not None:
+                    return session.sealed_summary
+            else:
+                if config is None:
+                    raise InvalidArgument("config=None: a new run needs a TrainConfig")
+                session = open_new(run_dir, config, plan_fn=plan_run, seed=_fresh_seed(config))
+            interrupt.watch(session.writer)
         return _run(session, run_dir, progress=progress, started=started, interrupt=interrupt)
 
 
@@ -136,7 +140,9 @@ def _run(
         for t in range(session.start_step, plan.steps):
             indices = session.sampler.sample(t)
             params, opt_state, stats = trainer.step(params, opt_state, x, y, indices, noise_key, t)
-            writer.append(_step_record(t, indices, plan, stats))
+            record = _step_record(t, indices, plan, stats)
+            with interrupt.critical():
+                writer.append(record)
             executed += 1
             examples += int(indices.size) if executed > 1 else 0
             loss = _float(getattr(stats, "loss", None))
@@ -144,25 +150,30 @@ def _run(
                 after_first = time.perf_counter()
                 first_step_seconds = after_first - loop_start
             if (t + 1) % plan.checkpoint_every == 0 or t + 1 == plan.steps:
-                session.checkpoint(t + 1, params, opt_state)
+                with interrupt.critical():
+                    session.checkpoint(t + 1, params, opt_state)
             bar.update(t, executed, loss)
             interrupt.check()  # Ctrl-C stops here, after the step is recorded
     except BaseException:
         bar.close()
-        _close_quietly(writer)
+        with interrupt.critical():
+            _close_quietly(writer)
+            interrupt.watch(None)
         raise
     bar.close()
     loop_end = time.perf_counter()
     executed_total = session.executed_before + executed
     claimed = session.claim(executed_total)
-    writer.close(
-        Seal(
-            steps_executed=executed_total,
-            final_step=plan.steps,
-            claimed_epsilon=claimed,
-            delta=plan.delta,
+    with interrupt.critical():
+        writer.close(
+            Seal(
+                steps_executed=executed_total,
+                final_step=plan.steps,
+                claimed_epsilon=claimed,
+                delta=plan.delta,
+            )
         )
-    )
+        interrupt.watch(None)
     timed = loop_end - after_first
     summary = {
         "task": plan.task,

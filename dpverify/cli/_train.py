@@ -7,9 +7,11 @@ demo, :func:`audits.run_audit`).  JAX is imported only when a command runs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -184,12 +186,30 @@ def _train(args: argparse.Namespace) -> int:
 
     _quiet_accounting_logs()
     config = _config(args)
-    summary = train(config, args.out, resume=args.resume, progress=not args.quiet)
+    with _second_ctrl_c_exits():
+        summary = train(config, args.out, resume=args.resume, progress=not args.quiet)
     if args.json:
         print_json(_finite(summary))
     else:
         sys.stdout.write(summary_text(summary, args.out) + "\n")
     return 0
+
+
+@contextlib.contextmanager
+def _second_ctrl_c_exits() -> Iterator[None]:
+    """While training from the command line, a second Ctrl-C ends the process (exit 130).
+
+    See :mod:`trainers.interrupt`: no exception is raised inside XLA, the
+    ledger is flushed first, and interpreter teardown is not left to a
+    further Ctrl-C.
+    """
+    from trainers.interrupt import exit_process_on_second_interrupt
+
+    exit_process_on_second_interrupt(True)
+    try:
+        yield
+    finally:
+        exit_process_on_second_interrupt(False)
 
 
 def _finite(obj: Any) -> Any:
@@ -283,7 +303,10 @@ def _demo(args: argparse.Namespace) -> int:
         raise UnusableInput(f"{out}: cannot create the run directory: {exc.strerror}") from None
     err = sys.stderr
     err.write(f"dpverify demo: training digits-mlp with masked DP-SGD into {out}/ ...\n")
-    summary = train(TrainConfig(task="digits-mlp", seed=args.seed), out, progress=not args.quiet)
+    with _second_ctrl_c_exits():
+        summary = train(
+            TrainConfig(task="digits-mlp", seed=args.seed), out, progress=not args.quiet
+        )
     sys.stdout.write(summary_text(summary, out) + "\n")
     try:
         from audits import run_audit
