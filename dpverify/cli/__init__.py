@@ -79,11 +79,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # last resort: one line, no traceback
         if os.environ.get("DPVERIFY_DEBUG"):
             raise
+        extra = _missing_extra(exc)
+        if extra is not None:
+            sys.stderr.write(
+                f"dpverify: error: this command needs the [{extra}] extra (no module named "
+                f"{exc.name!r}): pip install 'dpverify[{extra}]'\n"  # type: ignore[attr-defined]
+            )
+            return 2
         sys.stderr.write(
             f"dpverify: internal error: {type(exc).__name__}: {_one_line(exc)} "
             "(set DPVERIFY_DEBUG=1 for a traceback)\n"
         )
         return 3
+
+
+#: Optional dependency (top-level module) → the extra that installs it.
+_EXTRAS = {"jax": "jax", "jaxlib": "jax", "flax": "jax", "optax": "jax", "sklearn": "jax",
+           "torch": "opacus", "opacus": "opacus", "jax_privacy": "jax-privacy",
+           "hypothesis": "testing"}  # fmt: skip
+
+
+def _missing_extra(exc: BaseException) -> str | None:
+    if not isinstance(exc, ModuleNotFoundError):
+        return None
+    return _EXTRAS.get((exc.name or "").split(".")[0])
 
 
 def _one_line(exc: BaseException) -> str:
