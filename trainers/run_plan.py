@@ -30,6 +30,8 @@ __all__ = [
     "RunPlan",
     "TrainConfig",
     "auto_physical_batch_size",
+    "check_physical_batch_memory",
+    "physical_batch_bytes",
     "plan_run",
 ]
 
@@ -249,19 +251,82 @@ def _device_memory_budget() -> int:
     return limit // 4 if limit > 0 else _DEFAULT_MEMORY_BUDGET
 
 
+def _device_memory_total() -> tuple[int, str]:
+    """Total memory of the first device (bytes) and its name; host RAM on CPU."""
+    try:
+        import jax
+
+        device = jax.devices()[0]
+        stats = device.memory_stats() or {}
+        limit = int(stats.get("bytes_limit", 0))
+        if limit > 0:
+            return limit, f"{device.platform.upper()} device"
+    except Exception:  # CPU backends may not implement memory_stats
+        pass
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "host"
+    except (ValueError, OSError, AttributeError):
+        return 0, "host"
+
+
+def physical_batch_bytes(physical_batch_size: int, num_params: int, example_bytes: int = 0) -> int:
+    """Estimated memory of one physical batch: ``p · (12 · num_params + example_bytes)``.
+
+    The same model as :func:`auto_physical_batch_size` (three float32 copies of
+    the parameters per example), plus the gathered input rows.
+    """
+    return int(physical_batch_size) * (12 * int(num_params) + int(example_bytes))
+
+
+def check_physical_batch_memory(
+    physical_batch_size: int,
+    num_params: int,
+    example_bytes: int = 0,
+    *,
+    memory_bytes: int | None = None,
+) -> None:
+    """Refuse, before anything is written, a physical batch that cannot fit memory.
+
+    The estimate (:func:`physical_batch_bytes`) is compared with the whole
+    device memory (host RAM on CPU), so only a batch that certainly cannot
+    run is refused (XLA would fail with RESOURCE_EXHAUSTED at the first step).
+
+    Raises:
+        InvalidArgument: the estimate exceeds the memory.
+    """
+    need = physical_batch_bytes(physical_batch_size, num_params, example_bytes)
+    have, where = (memory_bytes, "device") if memory_bytes is not None else _device_memory_total()
+    if have > 0 and need > have:
+        raise InvalidArgument(
+            f"physical_batch_size={physical_batch_size} needs about {_gib(need)} for per-example "
+            f"gradients ({physical_batch_size} x {num_params:,} parameters x 12 bytes), more than "
+            f"the {_gib(have)} of the {where}; pass a smaller --physical-batch-size or auto"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:,.1f} GiB"
+
+
 def _default_delta(dataset_size: int) -> float:
     return min(1e-5, 0.1 / dataset_size)
 
 
-def plan_run(config: TrainConfig, dataset_size: int, num_params: int) -> RunPlan:
+def plan_run(
+    config: TrainConfig, dataset_size: int, num_params: int, *, example_bytes: int = 0
+) -> RunPlan:
     """Resolve ``config`` against the task defaults and the data set size.
 
     σ from ``target_epsilon`` uses
     ``dpverify.accounting.calibrate_noise_multiplier`` (PLD, Poisson).
+    ``example_bytes`` (one input row) enters the physical batch's memory
+    estimate (:func:`check_physical_batch_memory`).
 
     Raises:
         InvalidArgument: resolved values out of range (e.g. expected batch
-            size larger than N).
+            size larger than N, a physical batch that cannot fit memory).
     """
     from trainers.tasks import get_task
 
@@ -292,8 +357,17 @@ def plan_run(config: TrainConfig, dataset_size: int, num_params: int) -> RunPlan
         sigma = config.noise_multiplier
     elif config.target_epsilon is not None:
         from dpverify.accounting import calibrate_noise_multiplier
+        from dpverify.accounting.calibration import NoiseBelowTightFloor
 
-        sigma = calibrate_noise_multiplier(q, steps, delta, config.target_epsilon)
+        try:
+            sigma = calibrate_noise_multiplier(q, steps, delta, config.target_epsilon)
+        except NoiseBelowTightFloor as exc:  # train claims with PLD: no accountant to switch
+            raise InvalidArgument(
+                f"target_epsilon={config.target_epsilon!r} needs noise_multiplier < "
+                f"{exc.floor:g}, where the PLD accountant that train claims epsilon with is "
+                f"impractically slow; ask for a smaller --target-epsilon, or pass "
+                f"--noise-multiplier {exc.floor:g} or more"
+            ) from None
     else:
         sigma = float(d.get("noise_multiplier", 1.0))
     clip = config.clip_norm if config.clip_norm is not None else float(d.get("clip_norm", 1.0))
@@ -302,6 +376,9 @@ def plan_run(config: TrainConfig, dataset_size: int, num_params: int) -> RunPlan
         p = d.get("physical_batch_size", "auto")
     if p == "auto":
         p = auto_physical_batch_size(q * n, num_params)
+    else:
+        check_physical_batch_memory(check_int("physical_batch_size", p, minimum=1), num_params,
+                                    example_bytes)  # fmt: skip
     data_path = None if config.data_path is None else str(Path(config.data_path).resolve())
     return RunPlan(
         task=task.name,

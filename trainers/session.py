@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dpverify.errors import InvalidArgument, UnusableInput
 from trainers.run_plan import DEFAULT_TASK, RunPlan, TrainConfig
 
@@ -177,9 +179,7 @@ def open_new(
     run_dir: Path, config: TrainConfig, *, plan_fn: Callable[..., RunPlan], seed: int
 ) -> Session:
     """Create a run directory: secrets, config.json, ledger header, checkpoint 0."""
-    from dpverify.ledger import LedgerWriter, RunHeader
-    from trainers.components import build_components, count_params, init_model
-    from trainers.noise_key import create_noise_key, write_private, write_private_file
+    from trainers.components import count_params, init_model
 
     if run_dir.exists() and not run_dir.is_dir():
         raise UnusableInput(f"{run_dir} is a file, not a run directory; pass a new --out")
@@ -190,20 +190,90 @@ def open_new(
             f"{run_dir} holds a run that never started (noise.key but no ledger/); "
             "remove it or pass a new --out"
         )
+    # Everything that can refuse the request is decided before the first file
+    # is written, so a refused run leaves nothing behind that blocks a rerun.
     task_name = config.task or DEFAULT_TASK
     dataset = load_dataset(task_name, config.data_path)
     init_seed = _init_seed(seed)
     _, _, params0 = init_model(task_name, dataset.num_classes, dataset.x_train[:1], init_seed)
-    plan = plan_fn(config, dataset.size, count_params(params0))
+    num_params = count_params(params0)
+    example_bytes = int(np.asarray(dataset.x_train[:1]).nbytes)
+    plan = plan_fn(config, dataset.size, num_params, example_bytes=example_bytes)
     _check_devices(config.devices, plan)
     sampler_name = config.sampler or "poisson"
     sampler = make_sampler(
         sampler_name, plan.dataset_size, plan.sampling_rate, seed, dict(config.sampler_params)
     )
+    claimed = _claim_or_refuse(plan)
+    created_dir = not run_dir.exists()
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UnusableInput(f"{run_dir}: cannot create the run directory: {exc.strerror}") from None
+    try:
+        return _create_run(
+            run_dir, config, plan, dataset, sampler, seed, init_seed, num_params, claimed
+        )
+    except BaseException:
+        _remove_partial_run(run_dir, created_dir)
+        raise
+
+
+def _claim_or_refuse(plan: RunPlan) -> float | None:
+    """The header's claimed ε, or a one-line refusal naming the step count."""
+    try:
+        return _claim(plan, plan.steps)
+    except (InvalidArgument, MemoryError, OverflowError, ValueError) as exc:
+        raise InvalidArgument(
+            f"steps={plan.steps}: the claimed epsilon cannot be computed for this many steps "
+            f"({_one_line(exc)}); use fewer --steps/--epochs"
+        ) from None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+# What open_new creates in a run directory (removed again if creation fails).
+_CREATED = ("ledger", "checkpoints", "noise.key", "private.json", _CONFIG_FILE)
+
+
+def _remove_partial_run(run_dir: Path, created_dir: bool) -> None:
+    """Undo a failed :func:`open_new` (its own files only; the directory if it made it)."""
+    import shutil
+
+    for name in _CREATED:
+        path = run_dir / name
+        try:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        except OSError:
+            pass
+    if created_dir:
+        try:
+            run_dir.rmdir()
+        except OSError:
+            pass
+
+
+def _create_run(
+    run_dir: Path,
+    config: TrainConfig,
+    plan: RunPlan,
+    dataset: Any,
+    sampler: Any,
+    seed: int,
+    init_seed: int,
+    num_params: int,
+    claimed: float | None,
+) -> Session:
+    from dpverify.ledger import LedgerWriter, RunHeader
+    from trainers.components import build_components
+    from trainers.noise_key import create_noise_key, write_private, write_private_file
+
+    sampler_name = config.sampler or "poisson"
     key, digest = create_noise_key(run_dir)
     private = {
         "seed": seed,
@@ -224,7 +294,7 @@ def open_new(
         noise_multiplier=plan.noise_multiplier,
         clip_norm=plan.clip_norm,
         delta=plan.delta,
-        claimed_epsilon=_claim(plan, plan.steps),
+        claimed_epsilon=claimed,
         accountant="pld",
         expected_batch_size=plan.expected_batch_size,
         physical_batch_size=plan.physical_batch_size,
@@ -240,7 +310,7 @@ def open_new(
             "learning_rate": plan.learning_rate,
             "optimizer": plan.optimizer,
             "checkpoint_every": plan.checkpoint_every,
-            "num_params": count_params(params0),
+            "num_params": num_params,
             "devices": config.devices or 1,
         },
     )

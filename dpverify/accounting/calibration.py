@@ -24,7 +24,21 @@ from dpverify.accounting.segments import Segment
 from dpverify.accounting.support import ACCOUNTANTS
 from dpverify.errors import InvalidArgument
 
-__all__ = ["calibrate_noise_multiplier", "epsilon_poisson"]
+__all__ = ["NoiseBelowTightFloor", "calibrate_noise_multiplier", "epsilon_poisson"]
+
+
+class NoiseBelowTightFloor(InvalidArgument):
+    """The target needs σ below the floor where PLD/PRV are practical.
+
+    Attributes:
+        floor: the smallest σ the tight accountant evaluates.
+        rdp_sigma: a σ that meets the target by RDP (an upper bound on ε).
+    """
+
+    def __init__(self, message: str, *, floor: float, rdp_sigma: float) -> None:
+        super().__init__(message)
+        self.floor = floor
+        self.rdp_sigma = rdp_sigma
 
 
 @functools.lru_cache(maxsize=128)
@@ -156,10 +170,12 @@ def calibrate_noise_multiplier(
     while lo > floor and eps(lo) <= target:
         hi, lo = lo, max(lo * 0.7, floor)
     if lo <= floor and (hi <= floor or eps(floor) <= target):
-        raise InvalidArgument(
+        raise NoiseBelowTightFloor(
             f"target_epsilon={target_epsilon!r} needs noise_multiplier < {floor:g}, where "
             f"{accountant.upper()} is impractically slow; use the RDP accountant "
-            f"(σ = {hi:.4g} meets the target by RDP)"
+            f"(σ = {hi:.4g} meets the target by RDP)",
+            floor=floor,
+            rdp_sigma=hi,
         )
     while eps(hi) > target:  # PRV's upper bound can exceed RDP on tiny grids
         lo, hi = hi, hi * 1.1

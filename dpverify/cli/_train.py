@@ -188,6 +188,11 @@ def _train(args: argparse.Namespace) -> int:
     config = _config(args)
     with _second_ctrl_c_exits():
         summary = train(config, args.out, resume=args.resume, progress=not args.quiet)
+    if args.resume and summary.get("note_resume"):  # nothing was trained now: say so
+        sys.stderr.write(
+            f"dpverify train: {args.out} is already finished ({summary.get('steps')} steps, "
+            "sealed); nothing to resume — its summary:\n"
+        )
     if args.json:
         print_json(_finite(summary))
     else:

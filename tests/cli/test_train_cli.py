@@ -40,6 +40,12 @@ SMALL = [
         (["--sampler-param", "cap=80"], "has no parameter 'cap'"),
         (["--expected-batch-size", "2000"], "must be <= dataset size 1437"),
         (["--target-epsilon", "1e-9"], "target_epsilon=1e-09 is unreachable"),
+        # train claims with PLD and has no --accountant: the hint must be one it can follow
+        (["--target-epsilon", "1e9"], "or pass --noise-multiplier"),
+        # refused before anything is written (these used to leave a run that blocked a rerun)
+        (["--epochs", "1e9"], "the claimed epsilon cannot be computed for this many steps"),
+        (["--steps", "1000000000000"], "steps=1000000000000: the claimed epsilon cannot be"),
+        (["--physical-batch-size", "100000000"], "physical_batch_size=100000000 needs about"),
     ],
 )
 def test_invalid_input_is_one_line_exit_2(tmp_path, capsys, caplog, extra, message):
@@ -50,7 +56,8 @@ def test_invalid_input_is_one_line_exit_2(tmp_path, capsys, caplog, extra, messa
     assert "Traceback" not in err
     # dp-accounting's per-order RDP warnings (calibration at small σ) stay off the terminal.
     assert not [r for r in caplog.records if r.name == "absl" and r.levelno < 40]
-    assert not (tmp_path / "r" / "ledger").exists()
+    assert "RDP accountant" not in err  # train has no --accountant
+    assert not (tmp_path / "r").exists()  # nothing written: a rerun is not blocked
 
 
 def test_resume_without_run_is_one_line_exit_2(tmp_path, capsys):
@@ -104,9 +111,11 @@ def test_train_json_summary_and_existing_run(tmp_path, capsys):
         assert main(["train", "--out", str(out), "--resume", *flag]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "differs from the run being resumed" in err, err
-    # --resume of the finished run: nothing to do, the text summary is printed.
+    # --resume of the finished run: nothing to do; it says so, then prints the summary.
     assert main(["train", "--out", str(out), *SMALL, "--resume"]) == 0
-    text = capsys.readouterr().out
+    captured = capsys.readouterr()
+    assert "is already finished (5 steps, sealed); nothing to resume" in captured.err
+    text = captured.out
     assert "accuracy:" in text and "epsilon:" in text and "1 compilation" in text
 
 

@@ -175,7 +175,8 @@ def test_missing_npy_file_names_it(tmp_path):
 @pytest.mark.parametrize(
     ("content", "match"),
     [
-        (b"not a zip file at all", "not a readable .npz"),
+        (b"not a zip file at all", r"not a \.npz/\.npy array file"),
+        (b"PK\x03\x04 a torn zip", "not a readable .npz"),
         (None, "single .npy array"),
     ],
 )
@@ -200,12 +201,28 @@ def test_npy_content_under_another_name_is_refused(tmp_path):
     _one_line(info.value)
 
 
+def test_a_text_file_for_an_image_task_is_not_an_array_file(tmp_path):
+    """Not numpy's "pickled (object) data ... allow_pickle" text: the file is no array file."""
+    notes = tmp_path / "notes.txt"
+    notes.write_text("some notes\nabout the data\n")
+    with pytest.raises(UnusableInput, match=r"notes\.txt is not a \.npz/\.npy array file") as info:
+        load_image_arrays(notes)
+    assert "pickle" not in str(info.value)
+    _one_line(info.value)
+    folder = tmp_path / "dir"
+    folder.mkdir()
+    (folder / "x_train.npy").write_text("text, not an array")
+    np.save(folder / "y_train.npy", np.array([0]))
+    with pytest.raises(UnusableInput, match=r"x_train\.npy is not a \.npy array file"):
+        load_image_arrays(folder)
+
+
 def test_object_arrays_are_refused(tmp_path):
     folder = tmp_path / "objs"
     folder.mkdir()
     np.save(folder / "x_train.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
     np.save(folder / "y_train.npy", np.array([0]))
-    with pytest.raises(UnusableInput, match=r"x_train\.npy") as info:
+    with pytest.raises(UnusableInput, match=r"x_train\.npy holds Python objects") as info:
         load_image_arrays(folder)
     _one_line(info.value)
 

@@ -211,3 +211,36 @@ def test_write_ahead_steps_are_on_disk_before_each_checkpoint_file(tmp_path, mon
     assert [step for step, _ in seen] == [0, 3, 6, 7]
     for step, on_disk in seen:
         assert on_disk == list(range(step)), (step, on_disk)
+
+
+def test_physical_batch_memory_estimate_refuses_only_what_cannot_fit():
+    from trainers.run_plan import check_physical_batch_memory, physical_batch_bytes
+
+    assert physical_batch_bytes(100, 1000, example_bytes=256) == 100 * (12_000 + 256)
+    check_physical_batch_memory(100, 1000, 256, memory_bytes=100 * 12_256)  # exactly fits
+    with pytest.raises(InvalidArgument, match=r"physical_batch_size=101 needs about .* GiB"):
+        check_physical_batch_memory(101, 1000, 256, memory_bytes=100 * 12_256)
+    # plan_run applies it to an explicit p (auto already fits by construction)
+    with pytest.raises(InvalidArgument, match="physical_batch_size=100000000 needs about"):
+        plan_run(TrainConfig(physical_batch_size=10**8), 1437, 10**6)
+
+
+def test_a_run_that_fails_while_being_created_leaves_nothing_behind(tmp_path, monkeypatch):
+    """A failure after the first file was written (here: building the model)
+    removes what open_new wrote, so the same command can simply be rerun."""
+    import trainers.components as components
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated failure after the ledger header")
+
+    monkeypatch.setattr(components, "build_components", broken)
+    out = tmp_path / "r"
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(TrainConfig(**SMALL), out, progress=False)
+    assert not out.exists()
+    existing = tmp_path / "mine"
+    existing.mkdir()
+    (existing / "notes.txt").write_text("the user's own file")
+    with pytest.raises(RuntimeError, match="simulated"):
+        train(TrainConfig(**SMALL), existing, progress=False)
+    assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]

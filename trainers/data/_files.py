@@ -26,6 +26,17 @@ __all__ = [
 ]
 
 _LAYOUT_HINT = "see docs/data-formats.md"
+_ZIP_MAGIC = b"PK"  # an .npz archive is a zip file
+_NPY_MAGIC = b"\x93NUMPY"
+
+
+def _magic(path: Path) -> bytes | None:
+    """The first bytes of ``path`` (``None`` if it cannot be read: np.load says why)."""
+    try:
+        with path.open("rb") as f:
+            return f.read(len(_NPY_MAGIC))
+    except OSError:
+        return None
 
 
 class ArrayFile:
@@ -51,6 +62,9 @@ class ArrayFile:
                 f"{self.path} is a single .npy array; give its directory or an .npz archive "
                 f"({_LAYOUT_HINT})"
             )
+        magic = _magic(self.path)
+        if magic is not None and not magic.startswith((_ZIP_MAGIC, _NPY_MAGIC)):
+            raise UnusableInput(f"{self.path} is not a .npz/.npy array file ({_LAYOUT_HINT})")
         try:
             loaded = np.load(self.path, allow_pickle=False)
         except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
@@ -93,9 +107,19 @@ class ArrayFile:
         file = self.path / f"{key}.npy"
         if not file.is_file():
             raise UnusableInput(f"{file} is missing ({_LAYOUT_HINT})")
+        magic = _magic(file)
+        if magic is not None and not magic.startswith(_NPY_MAGIC):
+            raise UnusableInput(f"{file} is not a .npy array file ({_LAYOUT_HINT})")
         try:
             return np.load(file, allow_pickle=False)
-        except (OSError, ValueError, EOFError) as exc:
+        except ValueError as exc:
+            if "pickle" in str(exc):  # an object array: never unpickled (it could run code)
+                raise UnusableInput(
+                    f"{file} holds Python objects (pickled data), which are never loaded; "
+                    f"save numeric arrays ({_LAYOUT_HINT})"
+                ) from None
+            raise UnusableInput(f"{file} is not a readable .npy array: {exc}") from None
+        except (OSError, EOFError) as exc:
             raise UnusableInput(f"{file} is not a readable .npy array: {exc}") from None
 
     def get_pair(self, x_key: str, y_key: str) -> tuple[np.ndarray, np.ndarray] | None:
