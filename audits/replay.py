@@ -107,7 +107,7 @@ def check_replay(
             status="fail",
             reason=(
                 f"the masked trainer does not match the reference at {len(bad)} of "
-                f"{len(outcomes)} replayed steps{': ' + diagnosis if diagnosis else ''}; "
+                f"{_replayed(len(outcomes))}{': ' + diagnosis if diagnosis else ''}; "
                 f"{where}"
             ),
             details=details,
@@ -116,7 +116,7 @@ def check_replay(
         name=_NAME,
         status="pass",
         reason=(
-            f"{len(outcomes)} replayed steps match the reference trainer "
+            f"{_replayed(len(outcomes))} match the reference trainer "
             f"(largest relative deviation {worst.max_rel_deviation:.3g}, "
             f"within tolerance {worst.tolerance:.3g})"
         ),
@@ -243,3 +243,7 @@ def _diagnose_unchecked(run_dir: Path, steps: list[int], noise_key_path: Path | 
                 "average: noise added per physical batch instead of once per step?"
             )
     return None
+
+
+def _replayed(n: int) -> str:
+    return f"{n} replayed step" if n == 1 else f"{n} replayed steps"

@@ -34,7 +34,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="K",
         type=integer,
         default=5,
-        help="randomly chosen steps to replay (plus steps next to resumes; default 5)",
+        help="randomly chosen steps to replay (plus steps next to resumes; default 5; "
+        "0 = no replay, like --no-replay)",
     )
     replay.add_argument("--no-replay", action="store_true", help="skip the replay check")
     p.add_argument(
@@ -66,19 +67,25 @@ def _audit(args: argparse.Namespace) -> int:
     cert = audits.run_audit(
         args.path,
         alpha=args.alpha,
-        replay_steps=None if args.no_replay else args.replay_steps,
+        replay_steps=None if args.no_replay or args.replay_steps == 0 else args.replay_steps,
         noise_key_path=args.noise_key,
         progress=not args.quiet and sys.stderr.isatty(),
         seed=args.seed,
     )
+    written = []
     if args.json == "-":
         print_json(cert.to_json())
     elif args.json:
         audits.write_json(cert, args.json)
+        written.append(f"certificate: {args.json}")
     if args.report:
         audits.write_report(cert, args.report)
+        written.append(f"report:      {args.report}")
     if not args.quiet and args.json != "-":
         sys.stdout.write(cert.summary_text() + "\n")
+    if not args.quiet and written:  # where the files went (stderr when stdout is the JSON)
+        out = sys.stderr if args.json == "-" else sys.stdout
+        out.write("".join(line + "\n" for line in written))
     return cert.exit_code
 
 
@@ -88,9 +95,9 @@ def _check_outputs(args: argparse.Namespace) -> None:
 
     from dpverify.errors import InvalidArgument, UnusableInput
 
-    if not args.no_replay and args.replay_steps < 1:
+    if not args.no_replay and args.replay_steps < 0:
         raise InvalidArgument(
-            f"--replay-steps={args.replay_steps} must be >= 1 (use --no-replay to skip replay)"
+            f"--replay-steps={args.replay_steps} must be >= 0 (0 skips replay, like --no-replay)"
         )
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm", ".md"):
         raise InvalidArgument(f"--report={args.report!r} must end in .html or .md")

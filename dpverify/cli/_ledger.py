@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -207,6 +208,8 @@ def _export(args: argparse.Namespace) -> int:
         raise InvalidArgument(
             "--out - is not supported: the export holds sampled indices; name a file (mode 0600)"
         )
+    if not args.force and os.path.lexists(args.out):  # name the flag this command has
+        raise InvalidArgument(f"{args.out}: already exists; pass --force to replace it")
     lines = export_jsonl(args.path, args.out, overwrite=args.force)
     print(f"wrote {lines} lines to {args.out} (contains sampled indices: keep it private)")
     return 0

@@ -49,12 +49,16 @@ def read_heads(path: Path, *, required: bool = False) -> list[Commitment]:
 
     Args:
         path: the heads file.
-        required: a missing file is :class:`UnusableInput` (else: no lines).
+        required: the file was named by the user (a copy kept elsewhere): a
+            missing, empty or malformed file is bad input
+            (:class:`UnusableInput`), not a damaged ledger.
 
     Raises:
-        UnusableInput: the file cannot be read (or is missing and required).
-        LedgerCorrupt: a complete line is malformed (record_index 0: nothing
-            the ledger holds can be vouched for by a damaged heads file).
+        UnusableInput: the file cannot be read (or, when required, is
+            missing, has no complete line, or a malformed line).
+        LedgerCorrupt: a complete line of the ledger's own heads file is
+            malformed (record_index 0: nothing the ledger holds can be vouched
+            for by a damaged heads file).
     """
     try:
         data = path.read_bytes()
@@ -66,8 +70,14 @@ def read_heads(path: Path, *, required: bool = False) -> list[Commitment]:
         raise UnusableInput(f"{path}: cannot read ({exc.strerror})") from None
     out: list[Commitment] = []
     complete = data[: data.rfind(b"\n") + 1]
+    if required and not complete:  # a copy the user named must hold at least one line
+        raise UnusableInput(f"{path} is not a heads file (no complete 'COUNT HEAD' line)")
     for number, raw in enumerate(complete.split(b"\n")[:-1], start=1):
         match = _LINE.fullmatch(raw)
+        if match is None and required:  # the user's file is the bad input, not the ledger
+            raise UnusableInput(
+                f"{path} is not a heads file (line {number} is not 'COUNT HEAD')"
+            )
         if match is None:
             raise LedgerCorrupt(
                 f"{path.name} line {number} is malformed (expected 'COUNT HEAD')",

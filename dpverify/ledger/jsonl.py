@@ -285,7 +285,7 @@ def export_jsonl(
     if dst.is_dir():
         raise UnusableInput(f"{dst}: is a directory")
     if dst.exists() and not overwrite:
-        raise InvalidArgument(f"{dst}: already exists (pass overwrite/--force to replace it)")
+        raise InvalidArgument(f"{dst}: already exists (pass overwrite=True to replace it)")
     scan = LedgerScan(ledger_path)
     tmp = dst.with_name(f".{dst.name}.tmp-{os.getpid()}")
     count = 0

@@ -68,6 +68,11 @@ class LedgerScan:
     ) -> None:
         self.path = resolve_ledger_path(path)
         self._heads_path = Path(heads) if heads is not None else None
+        if self._heads_path is not None and self._heads_path.is_dir():
+            raise UnusableInput(
+                f"{self._heads_path} is a directory; pass the heads file itself "
+                "(a copy of LEDGER/heads)"
+            )
         if self._heads_path is not None and not self._heads_path.is_file():
             raise UnusableInput(f"{self._heads_path}: no such heads file")
         self._scanner = FrameScanner(self.path / RECORDS_NAME)

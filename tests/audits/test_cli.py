@@ -20,7 +20,7 @@ def _one_line_error(capsys):
         ["audit", "{tmp}/empty"],  # a directory that is not a ledger
         ["audit", "{ledger}", "--alpha", "2"],
         ["audit", "{ledger}", "--alpha", "x"],
-        ["audit", "{ledger}", "--replay-steps", "0"],  # says: use --no-replay
+        ["audit", "{ledger}", "--replay-steps", "-1"],
         ["audit", "{ledger}", "--replay-steps", "3", "--no-replay"],
         ["audit", "{ledger}", "--report", "{tmp}/r.pdf"],
         ["audit", "{ledger}", "--json", "{tmp}/missing/c.json"],
@@ -69,10 +69,32 @@ def test_json_to_stdout(tmp_path, fakes, capsys):
     assert doc["checks"][0]["status"] == "warn" and not doc["sealed"]
 
 
-def test_replay_steps_zero_points_to_no_replay(tmp_path, fakes, capsys):
+def test_replay_steps_zero_means_no_replay_like_the_demo(tmp_path, fakes, capsys):
+    """``--replay-steps 0`` is ``--no-replay`` (as in ``dpverify demo``); negative is exit 2."""
     ledger = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(3))
-    assert main(["audit", str(ledger), "--replay-steps", "0"]) == 2
-    assert "--no-replay" in _one_line_error(capsys)
+
+    def replay_check(*flags):
+        main(["audit", str(ledger), "--json", "-", "--quiet", *flags])
+        doc = json.loads(capsys.readouterr().out)
+        return [c for c in doc["checks"] if c["name"] == "replay"]
+
+    zero = replay_check("--replay-steps", "0")
+    assert zero and zero == replay_check("--no-replay")
+    assert main(["audit", str(ledger), "--replay-steps", "-1"]) == 2
+    assert "0 skips replay" in _one_line_error(capsys)
+
+
+def test_audit_says_where_it_wrote_the_certificate_and_report(tmp_path, fakes, capsys):
+    ledger = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(3))
+    cert, report = tmp_path / "c.json", tmp_path / "r.md"
+    main(["audit", str(ledger), "--no-replay", "--json", str(cert), "--report", str(report)])
+    out = capsys.readouterr().out
+    assert f"certificate: {cert}" in out and f"report:      {report}" in out
+    assert cert.is_file() and report.is_file()
+    main(["audit", str(ledger), "--no-replay", "--json", "-", "--report", str(report)])
+    captured = capsys.readouterr()
+    json.loads(captured.out)  # stdout stays pure JSON
+    assert f"report:      {report}" in captured.err
 
 
 def test_a_named_noise_key_that_does_not_match_the_run_is_exit_2(tmp_path, fakes, capsys):

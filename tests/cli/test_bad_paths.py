@@ -80,3 +80,17 @@ def test_ledger_export_to_dash_is_refused(tmp_path, capsys, monkeypatch):
     assert main(["ledger", "export", str(tmp_path / "run"), "--out", "-"]) == 2
     assert "not supported" in _one_error_line(capsys)
     assert not (tmp_path / "-").exists()
+
+
+def test_ledger_export_onto_an_existing_file_names_the_force_flag(tmp_path, capsys):
+    src = tmp_path / "run.jsonl"
+    src.write_text(json.dumps(RUN) + "\n")
+    assert main(["ledger", "import", str(src), "--out", str(tmp_path / "run")]) == 0
+    target = tmp_path / "out.jsonl"
+    target.write_text("keep me")
+    capsys.readouterr()
+    assert main(["ledger", "export", str(tmp_path / "run"), "--out", str(target)]) == 2
+    err = _one_error_line(capsys)
+    assert "already exists; pass --force to replace it" in err and "overwrite" not in err
+    assert target.read_text() == "keep me"
+    assert main(["ledger", "export", str(tmp_path / "run"), "--out", str(target), "--force"]) == 0

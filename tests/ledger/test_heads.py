@@ -115,3 +115,27 @@ def test_resume_cuts_a_torn_line_and_keeps_exporting(tmp_path, helpers):
         pass
     assert _counts((path / "heads").read_text()) == [5]
     assert (path / "heads").stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("some notes\nabout the run\n", r"notes\.txt is not a heads file \(line 1"),
+        ("", r"notes\.txt is not a heads file \(no complete"),
+        (None, r"is a directory; pass the heads file itself"),
+    ],
+    ids=["text", "empty", "directory"],
+)
+def test_a_bad_heads_copy_is_bad_input_not_a_corrupt_ledger(small, tmp_path, capsys, content, message):
+    """The file the user named is the bad input (exit 2); the ledger is not judged by it."""
+    path, _, _ = small
+    bad = tmp_path / "notes.txt"
+    if content is None:
+        bad.mkdir()
+    else:
+        bad.write_text(content)
+    with pytest.raises(UnusableInput, match=message):
+        verify_ledger(path, heads=bad)
+    assert main(["ledger", "verify", str(path), "--heads", str(bad), "--quiet"]) == 2
+    captured = capsys.readouterr()
+    assert captured.err.count("\n") == 1 and "CORRUPT" not in captured.out + captured.err
