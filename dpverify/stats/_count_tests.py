@@ -6,58 +6,113 @@ gaps of an i.i.d. Bernoulli(q) sequence observed in a window of T steps.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from scipy import stats
 
+from dpverify.stats._declared import DeclaredNull
+from dpverify.stats._format import number, times
 from dpverify.stats._nulls import SizeLaw, scaled_chi2_tails, two_sided
 from dpverify.stats._raw import RawTest
 from dpverify.stats._stream import StreamSummary
 
-__all__ = ["gap_moments", "inclusion_count_dispersion", "return_gaps"]
+__all__ = ["gap_moments", "group_membership", "inclusion_count_dispersion", "return_gaps"]
+
+
+def group_membership(summary: StreamSummary, null: DeclaredNull) -> RawTest:
+    """Cyclic Poisson: every example appears only in steps of its own group (exact).
+
+    Under cyclic Poisson with b groups, two inclusions of one example are a
+    multiple of b steps apart; any other return gap is a certain violation.
+    """
+    b = null.cycle_length
+    hist = summary.gap_hist
+    lags = np.flatnonzero(hist)
+    bad = lags[(lags % b) != 0] if b > 1 else lags[:0]
+    sensitive = "examples used in steps of more than one group"
+    count = int(hist[bad].sum()) if bad.size else 0
+    return RawTest(
+        name="group_membership",
+        statistic=float(count),
+        p_value=0.0 if count else 1.0,
+        sensitive_to=sensitive,
+        meaningful=True,
+        failure=(
+            f"{number(count)} times an example came back after a number of steps that is not a "
+            f"multiple of the cycle length {b} (e.g. {int(bad[0]) if bad.size else 0} steps): "
+            "examples are used in more than one group, not cyclic Poisson sampling"
+        ),
+        details={"violations": count},
+    )
+
+
+def _group_steps(steps: int, b: int) -> list[np.ndarray]:
+    return [np.arange(r, steps, b) for r in range(b)]
 
 # Up to this many steps, gap_moments builds the (T-1)x(T-1) lag covariance directly.
 _DIRECT_MAX_STEPS = 1200
 
 
-def inclusion_count_dispersion(summary: StreamSummary) -> RawTest:
+def inclusion_count_dispersion(summary: StreamSummary, null: DeclaredNull | None = None) -> RawTest:
     """T3: dispersion of the per-example counts ``c_i``, given the batch sizes.
 
-    With ``p_t = b_t/N``, ``v_t = p_t(1 − p_t)`` and ``V = Σ_t v_t``, the statistic
-    ``X = Σ_i (c_i − S/N)² / V`` has, conditionally on the sizes, the exact
-    moments ``E X = N`` and ``Var X = 2N²/(N−1) · (1 − Σ_t v_t² / V²)`` (each
-    step is a uniform subset, independent of the others); it is referred to
-    the matching scaled χ².  Conditioning on the sizes separates this test from
-    the batch-size tests.  Two-sided: counts too even mean epoch-based
-    shuffling, too uneven mean examples sampled at different rates.
+    Within a group of G examples sampled at steps ``t ∈ R`` (all N examples and
+    all steps unless the sampler is cyclic), with ``p_t = b_t/G``,
+    ``v_t = p_t(1 − p_t)`` and ``V = Σ_t v_t``, the statistic
+    ``X = Σ_i (c_i − S_R/G)² / V`` has, conditionally on the sizes, the exact
+    moments ``E X = G`` and ``Var X = 2G²/(G−1) · (1 − Σ_t v_t² / V²)`` (each
+    step is a uniform subset of the group, independent of the others).  Groups
+    add up; the sum is referred to the matching scaled χ².  Examples never
+    sampled enter through ``Σ_i c_i² = Σ_{seen} c_i²`` (no O(N) state).  For a
+    cyclic sampler an example's group is the class of its steps modulo b.
+    Two-sided: counts too even mean epoch-based shuffling, too uneven mean
+    examples sampled at different rates.
     """
     n = summary.dataset_size
-    p = summary.sizes / n
-    v = p * (1.0 - p)
-    big_v = float(v.sum())
+    b = 1 if null is None else null.cycle_length
+    g = n if null is None else null.group_size
     sensitive = "epoch-based shuffling (counts too even), examples sampled at different rates"
-    if n < 2 or big_v <= 0.0:
+    if g < 2 or summary.steps == 0:
         return RawTest.insufficient(
             "inclusion_count_dispersion",
             sensitive,
             "not enough data: needs at least 2 examples and non-trivial batches",
         )
-    counts = summary.counts
-    centre = summary.total / n
-    x = float(np.sum((counts - centre) ** 2) / big_v)
-    var = 2.0 * n * n / (n - 1.0) * (1.0 - float(np.sum(v * v)) / big_v**2)
-    p_low, p_high = scaled_chi2_tails(x, float(n), var)
-    ratio = x / n
+    residue = summary.seen_last % b
+    sq = np.bincount(residue, weights=summary.seen_counts.astype(np.float64) ** 2, minlength=b)
+    x = mean = var = big_v_min = 0.0
+    big_v_min = math.inf
+    for r, steps_r in enumerate(_group_steps(summary.steps, b)):
+        p = summary.sizes[steps_r] / g
+        v = p * (1.0 - p)
+        big_v = float(v.sum())
+        big_v_min = min(big_v_min, big_v)
+        if big_v <= 0.0:
+            continue
+        s_r = float(summary.sizes[steps_r].sum())
+        x += (float(sq[r]) - s_r * s_r / g) / big_v
+        mean += g
+        var += 2.0 * g * g / (g - 1.0) * (1.0 - float(np.sum(v * v)) / big_v**2)
+    if mean <= 0.0:
+        return RawTest.insufficient(
+            "inclusion_count_dispersion",
+            sensitive,
+            "not enough data: needs at least 2 examples and non-trivial batches",
+        )
+    p_low, p_high = scaled_chi2_tails(x, mean, var)
+    ratio = x / mean
     if p_low < p_high:
         failure = (
-            f"examples are included too evenly across steps (count variance {ratio:.2g} times the "
+            f"examples are included too evenly across steps (count variance {times(ratio)} the "
             "expected): epoch-based shuffling, each example used once per epoch?"
         )
     else:
         failure = (
-            f"some examples are included much more often than others (count variance {ratio:.2g} "
-            "times the expected): examples sampled at different rates?"
+            f"some examples are included much more often than others (count variance {times(ratio)} "
+            "the expected): examples sampled at different rates?"
         )
-    meaningful = big_v >= 1.0 and n >= 20
+    meaningful = big_v_min >= 1.0 and g >= 20
     return RawTest(
         name="inclusion_count_dispersion",
         statistic=x,
@@ -66,7 +121,7 @@ def inclusion_count_dispersion(summary: StreamSummary) -> RawTest:
         meaningful=meaningful,
         failure=failure,
         note="" if meaningful else "not enough data: fewer than one expected inclusion per example",
-        details={"variance_ratio": ratio},
+        details={"variance_ratio": ratio, "direction": "low" if p_low < p_high else "high"},
     )
 
 
@@ -139,34 +194,53 @@ def _gap_edges(steps: int, q: float, n: int) -> np.ndarray:
     return edges[(edges >= 1) & (edges <= steps)]
 
 
-def return_gaps(summary: StreamSummary, law: SizeLaw) -> RawTest:
+def return_gaps(summary: StreamSummary, law: SizeLaw, null: DeclaredNull | None = None) -> RawTest:
     """T6: binned return gaps against their exact windowed law, Mahalanobis χ²_B.
 
     The gaps between an example's consecutive inclusions are *not* geometric
     when observed in a finite window (long gaps are cut off); :func:`gap_moments`
     gives the exact mean and covariance of the binned counts for one example,
-    the N examples add up (CLT), and ``(y − Nμ)ᵀ (NΣ)⁻¹ (y − Nμ) ≈ χ²_B``.
-    Bins have equal expected counts (at most 16, each >= 50 expected gaps).
-    Catches epoch structure (gaps confined to about two epochs) and periodic
-    reuse.  Uses the per-example rate ``q' = E[b]/N`` of the size law.
+    the examples add up (CLT), and ``(y − μ)ᵀ Σ⁻¹ (y − μ) ≈ χ²_B``.  Bins have
+    equal expected counts (at most 16, each >= 50 expected gaps).  Catches
+    epoch structure (gaps confined to about two epochs) and periodic reuse.
+    Uses the per-example rate ``p' = E[b]/G`` of the size law; for a cyclic
+    sampler gaps are counted in cycles (an example's group has ``⌈(T−r)/b⌉``
+    steps) and each of the b groups has G examples.
     """
-    t, n = summary.steps, summary.dataset_size
-    q = law.mean / n
+    b = 1 if null is None else null.cycle_length
+    g = summary.dataset_size if null is None else null.group_size
+    q = law.mean / law.dataset_size
     sensitive = "epoch structure (returns too regular), periodic reuse, rates changing over time"
-    edges = _gap_edges(t, q, n) if (t >= 3 and 0.0 < q < 1.0) else np.zeros(0, dtype=np.int64)
+    windows = [len(x) for x in _group_steps(summary.steps, b)]
+    t_max = max(windows) if windows else 0
+    edges = (
+        _gap_edges(t_max, q, g * b)
+        if (t_max >= 3 and 0.0 < q < 1.0)
+        else np.zeros(0, dtype=np.int64)
+    )
     if edges.size < 3:
         return RawTest.insufficient(
             "return_gaps", sensitive, "not enough data: too few returns of examples to bin"
         )
-    mean, cov = gap_moments(t, q, edges)
-    hist = np.zeros(t, dtype=np.int64)
-    m = min(t, summary.gap_hist.size)
-    hist[:m] = summary.gap_hist[:m]
-    observed = np.add.reduceat(hist[1:], edges[:-1] - 1).astype(np.float64)
-    diff = observed - n * mean
-    sigma = n * cov
+    mean = np.zeros(edges.size - 1)
+    cov = np.zeros((edges.size - 1, edges.size - 1))
+    for w in sorted(set(windows)):
+        e = edges.copy()
+        e[-1] = w
+        if w < 3 or np.any(np.diff(e) <= 0):
+            continue
+        m, c = gap_moments(w, q, e)
+        k = windows.count(w) * g
+        mean += k * m
+        cov += k * c
+    hist = summary.gap_hist[::b] if b > 1 else summary.gap_hist
+    full = np.zeros(t_max, dtype=np.int64)
+    m_ = min(t_max, hist.size)
+    full[:m_] = hist[:m_]
+    observed = np.add.reduceat(full[1:], edges[:-1] - 1).astype(np.float64)
+    diff = observed - mean
     try:
-        chol = np.linalg.cholesky(sigma)
+        chol = np.linalg.cholesky(cov)
     except np.linalg.LinAlgError:
         return RawTest.insufficient(
             "return_gaps", sensitive, "not enough data: degenerate gap covariance"
@@ -175,14 +249,14 @@ def return_gaps(summary: StreamSummary, law: SizeLaw) -> RawTest:
     chi2 = float(z @ z)
     nb = edges.size - 1
     p = float(stats.chi2.sf(chi2, nb))
-    std = diff / np.sqrt(np.diag(sigma))
+    std = diff / np.sqrt(np.diag(cov))
     worst = int(np.argmax(np.abs(std)))
-    lo, hi = int(edges[worst]), int(edges[worst + 1]) - 1
+    lo, hi = int(edges[worst]) * b, (int(edges[worst + 1]) - 1) * b
     span = f"{lo}" if lo == hi else f"{lo}-{hi}"
     word = "more" if diff[worst] > 0 else "less"
     failure = (
         f"examples come back after {span} steps {word} often than independent sampling gives "
-        f"({int(observed[worst])} vs {n * mean[worst]:.1f} expected): epoch structure or periodic reuse?"
+        f"({int(observed[worst])} vs {number(mean[worst])} expected): epoch structure or periodic reuse?"
     )
     return RawTest(
         name="return_gaps",

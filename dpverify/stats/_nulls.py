@@ -32,7 +32,8 @@ def two_sided(p_low: float, p_high: float) -> float:
 class SizeLaw:
     """Law of one batch size: ``Binomial(N, q)``, truncated to ``min(·, cap)`` when ``cap`` is set.
 
-    The pmf is tabulated on the support points that carry any probability in
+    With ``fixed_size`` set the law is the point mass at that size (sampling a
+    fixed number of examples without replacement).  The pmf is tabulated on the support points that carry any probability in
     float64 (at most a few thousand values), so every moment and tail is exact
     to rounding.
     """
@@ -40,9 +41,18 @@ class SizeLaw:
     dataset_size: int
     sampling_rate: float
     cap: int | None = None
+    fixed_size: int | None = None
 
     def __post_init__(self) -> None:
         n, q = self.dataset_size, self.sampling_rate
+        if self.fixed_size is not None:
+            for name, value in (
+                ("_support", np.array([self.fixed_size], dtype=np.int64)),
+                ("_pmf", np.ones(1)),
+                ("_cdf", np.ones(1)),
+            ):
+                object.__setattr__(self, name, value)
+            return
         sd = math.sqrt(n * q * (1.0 - q))
         lo = max(0, math.floor(n * q - 40.0 * sd - 40))
         hi = min(n, math.ceil(n * q + 40.0 * sd + 40))
@@ -72,6 +82,13 @@ class SizeLaw:
         """P(b <= k)."""
         pos = np.searchsorted(self.support, k, side="right") - 1
         return 0.0 if pos < 0 else float(self._cdf[pos])  # type: ignore[attr-defined]
+
+    def prob(self, k: int) -> float:
+        """P(b = k) (0 off the support)."""
+        pos = np.searchsorted(self.support, k)
+        if pos < self.support.size and self.support[pos] == k:
+            return float(self.pmf[pos])
+        return 0.0
 
     def sf_inclusive(self, k: float) -> float:
         """P(b >= k)."""

@@ -16,9 +16,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
-from dpverify.stats._nulls import SizeLaw, count_tails, two_sided
+from dpverify.stats._declared import DeclaredNull
+from dpverify.stats._format import number
+from dpverify.stats._nulls import count_tails, two_sided
 from dpverify.stats._raw import RawTest
 from dpverify.stats._stream import StreamSummary
 
@@ -33,32 +35,39 @@ def _overlap_moments(sizes: np.ndarray, n: int, lag: int) -> tuple[float, float]
     return mean, var
 
 
-def consecutive_overlap(summary: StreamSummary) -> RawTest:
+def _cycle(null: DeclaredNull | None, n: int) -> tuple[int, int]:
+    return (1, n) if null is None else (null.cycle_length, null.group_size)
+
+
+def consecutive_overlap(summary: StreamSummary, null: DeclaredNull | None = None) -> RawTest:
     """T5: ``O_1 = Σ_t |B_t ∩ B_{t−1}|``, two-sided, given the sizes.
 
     Shuffling (also when cut into Binomial-sized chunks, or balls-in-bins)
     makes consecutive batches of an epoch disjoint: far too little overlap.
+    For a cyclic sampler with b groups of G the consecutive steps of a group
+    are b apart, so the lag is b and the overlap hypergeometric within G.
     """
-    sizes, n = summary.sizes, summary.dataset_size
+    b, g = _cycle(null, summary.dataset_size)
+    sizes, n = summary.sizes, g
     sensitive = (
         "shuffling (disjoint consecutive batches), repeated or correlated consecutive batches"
     )
-    if sizes.size < 2 or summary.max_lag < 1:
+    if sizes.size < b + 1 or summary.max_lag < b:
         return RawTest.insufficient(
-            "consecutive_overlap", sensitive, "not enough data: needs at least 2 steps"
+            "consecutive_overlap", sensitive, "not enough data: needs at least 2 steps of a group"
         )
-    x = int(summary.lag_overlap[1])
-    mean, var = _overlap_moments(sizes, n, 1)
+    x = int(summary.lag_overlap[b])
+    mean, var = _overlap_moments(sizes, n, b)
     p_low, p_high = count_tails(x, mean, var)
     if p_low < p_high:
         failure = (
             f"consecutive batches share fewer examples than independent sampling gives ({x} vs "
-            f"{mean:.1f} expected): batches drawn without replacement across steps (shuffling)?"
+            f"{number(mean)} expected): batches drawn without replacement across steps (shuffling)?"
         )
     else:
         failure = (
             f"consecutive batches share more examples than independent sampling gives ({x} vs "
-            f"{mean:.1f} expected): batches repeated or correlated from step to step?"
+            f"{number(mean)} expected): batches repeated or correlated from step to step?"
         )
     return RawTest(
         name="consecutive_overlap",
@@ -67,36 +76,38 @@ def consecutive_overlap(summary: StreamSummary) -> RawTest:
         sensitive_to=sensitive,
         meaningful=mean >= 5.0,
         failure=failure,
-        note="" if mean >= 5.0 else f"not enough data: {mean:.1f} shared examples expected",
-        details={"expected": mean},
+        note="" if mean >= 5.0 else f"not enough data: {number(mean)} shared examples expected",
+        details={"expected": mean, "direction": "low" if p_low < p_high else "high"},
     )
 
 
-def lagged_overlap_scan(summary: StreamSummary) -> RawTest:
+def lagged_overlap_scan(summary: StreamSummary, null: DeclaredNull | None = None) -> RawTest:
     """T7: max over lags ``2 <= k <= K`` of the excess overlap ``O_k``, Bonferroni over lags.
 
     Each ``O_k`` gets a one-sided upper p-value (:func:`count_tails`); the scan's
     p-value is ``min(1, (K − 1) · min_k p_k)``.  A reused seed or noise key makes
     batches ``k`` steps apart share far more examples than chance.
     """
-    sizes, n = summary.sizes, summary.dataset_size
+    b, n = _cycle(null, summary.dataset_size)
+    sizes = summary.sizes
     top = min(summary.max_lag, sizes.size - 1)
     sensitive = "a random seed or key reused (batches repeating or correlated a few steps apart)"
-    if top < 2:
+    lags = list(range(2 * b, top + 1, b))
+    if not lags:
         return RawTest.insufficient(
-            "lagged_overlap_scan", sensitive, "not enough data: needs at least 3 steps"
+            "lagged_overlap_scan", sensitive, "not enough data: needs at least 3 steps of a group"
         )
-    best_p, best_lag, best_x, best_mean, smallest_mean = 1.0, 2, 0, 0.0, math.inf
-    for k in range(2, top + 1):
+    best_p, best_lag, best_x, best_mean, smallest_mean = 1.0, 2 * b, 0, 0.0, math.inf
+    for k in lags:
         mean, var = _overlap_moments(sizes, n, k)
         x = int(summary.lag_overlap[k])
         p_high = count_tails(x, mean, var)[1]
         smallest_mean = min(smallest_mean, mean)
         if p_high < best_p:
             best_p, best_lag, best_x, best_mean = p_high, k, x, mean
-    p = min(1.0, (top - 1) * best_p)
+    p = min(1.0, len(lags) * best_p)
     failure = (
-        f"batches {best_lag} steps apart share too many examples ({best_x} vs {best_mean:.1f} expected): "
+        f"batches {best_lag} steps apart share too many examples ({best_x} vs {number(best_mean)} expected): "
         f"a random seed or key reused every {best_lag} steps?"
     )
     meaningful = smallest_mean >= 1.0
@@ -109,8 +120,8 @@ def lagged_overlap_scan(summary: StreamSummary) -> RawTest:
         failure=failure,
         note=""
         if meaningful
-        else f"not enough data: {smallest_mean:.2f} shared examples expected per lag",
-        details={"lag": best_lag, "expected": best_mean, "max_lag": top},
+        else f"not enough data: {number(smallest_mean)} shared examples expected per lag",
+        details={"lag": best_lag, "expected": best_mean, "max_lag": top, "direction": "high"},
     )
 
 
@@ -126,7 +137,7 @@ def _adjacency_moments(sizes: np.ndarray, n: int) -> tuple[float, float]:
     return float(mu.sum()), float(np.maximum(var, 0.0).sum())
 
 
-def adjacent_index_pairs(summary: StreamSummary) -> RawTest:
+def adjacent_index_pairs(summary: StreamSummary, null: DeclaredNull | None = None) -> RawTest:
     """T8: number of index pairs ``(j, j+1)`` inside the same batch, two-sided, given the sizes.
 
     For a uniform ``b``-subset of ``[0, N)`` with ``p_r = b!/(b−r)! · (N−r)!/N!``
@@ -136,6 +147,12 @@ def adjacent_index_pairs(summary: StreamSummary) -> RawTest:
     """
     sizes, n = summary.sizes, summary.dataset_size
     sensitive = "blocks of contiguous examples sampled together (for I/O speed); strided sampling"
+    if null is not None and null.cycle_length > 1:
+        return RawTest.insufficient(
+            "adjacent_index_pairs",
+            sensitive,
+            "not computed for cyclic groups (batches of a group are not independent subsets of N)",
+        )
     mean, var = _adjacency_moments(sizes, n)
     x = summary.adjacent_pairs
     if mean <= 0.0:
@@ -151,12 +168,12 @@ def adjacent_index_pairs(summary: StreamSummary) -> RawTest:
     p_low, p_high = count_tails(x, mean, var)
     if p_high <= p_low:
         failure = (
-            f"batches contain too many neighbouring indices ({x} adjacent pairs vs {mean:.1f} expected): "
+            f"batches contain too many neighbouring indices ({x} adjacent pairs vs {number(mean)} expected): "
             "blocks of contiguous examples sampled together?"
         )
     else:
         failure = (
-            f"batches avoid neighbouring indices ({x} adjacent pairs vs {mean:.1f} expected): "
+            f"batches avoid neighbouring indices ({x} adjacent pairs vs {number(mean)} expected): "
             "strided or stratified sampling?"
         )
     return RawTest(
@@ -166,39 +183,59 @@ def adjacent_index_pairs(summary: StreamSummary) -> RawTest:
         sensitive_to=sensitive,
         meaningful=mean >= 5.0,
         failure=failure,
-        note="" if mean >= 5.0 else f"not enough data: {mean:.1f} adjacent pairs expected",
-        details={"expected": mean},
+        note="" if mean >= 5.0 else f"not enough data: {number(mean)} adjacent pairs expected",
+        details={"expected": mean, "direction": "high" if p_high <= p_low else "low"},
     )
 
 
-def repeated_batches(summary: StreamSummary, law: SizeLaw) -> RawTest:
-    """T10: pairs of steps with exactly the same batch, at any lag.
+#: A class of batches (same size, same group) enters the repeat test only when
+#: its expected number of equal pairs is at most this.
+REPEAT_CLASS_MAX_EXPECTED = 1e-4
 
-    Two independent batches coincide with probability
-    ``π = Σ_k P(b=k)² / C(N, k)`` (``(q² + (1−q)²)^N`` without a cap), so the
-    number D of equal pairs among T batches has mean ``λ = C(T, 2) π`` and is
-    close to Poisson(λ): p-value ``P(Poisson(λ) >= D)``.  Batches are compared
-    through a random 64-bit linear hash (collision probability 2⁻⁶⁴ per pair).
+
+def repeated_batches(summary: StreamSummary, null: DeclaredNull | None = None) -> RawTest:
+    """T10: pairs of steps with exactly the same batch, at any lag, given the sizes.
+
+    Given its size k, a batch is a uniform k-subset of its group (G examples;
+    G = N except for cyclic Poisson), independent of the other batches.  Among
+    the m batches of one (group, size) class, equal pairs number
+    ``D_k`` with mean ``C(m, 2)/C(G, k)`` (a birthday problem), Poisson in the
+    limit.  Only classes whose expected count is at most
+    :data:`REPEAT_CLASS_MAX_EXPECTED` enter (small or empty batches repeat by
+    chance: an empty batch equals every other empty batch); the test is
+    conditional on the sizes, so choosing classes by size keeps it exact:
+    p-value ``P(Poisson(λ) >= D)`` with ``λ = Σ`` of the included means.
+    Batches are compared through a random 64-bit linear hash (collision
+    probability 2⁻⁶⁴ per pair).
     """
-    t = summary.steps
+    b, g = _cycle(null, summary.dataset_size)
     sensitive = "a random seed reused (identical batches at any distance)"
-    lam = t * (t - 1) / 2.0 * law.prob_equal_batches()
-    d = summary.repeated_pairs
+    lam, d, eligible = 0.0, 0, 0
+    for (_, k), (m, pairs) in summary.repeats_by_class(b).items():
+        if m < 2 or k > g:
+            continue
+        log_pairs = math.log(m * (m - 1) / 2.0)
+        log_subsets = float(special.gammaln(g + 1) - special.gammaln(k + 1) - special.gammaln(g - k + 1))
+        expected = math.exp(log_pairs - log_subsets)
+        if expected > REPEAT_CLASS_MAX_EXPECTED:
+            continue
+        lam += expected
+        d += pairs
+        eligible += m
     p = 1.0 if d == 0 else float(stats.poisson.sf(d - 1, lam))
-    meaningful = t >= 2 and lam < 0.01
+    meaningful = eligible >= 2
     return RawTest(
         name="repeated_batches",
         statistic=float(d),
         p_value=p,
         sensitive_to=sensitive,
         meaningful=meaningful,
-        failure=f"{d} pairs of steps drew exactly the same batch ({lam:.2g} expected): a random seed reused?",
+        failure=(
+            f"{number(d)} pairs of steps drew exactly the same batch ({number(lam)} expected): "
+            "a random seed reused?"
+        ),
         note=""
         if meaningful
-        else (
-            "not enough data: needs at least 2 steps"
-            if t < 2
-            else f"batches are small enough that {lam:.2g} identical pairs are expected by chance"
-        ),
-        details={"expected": lam},
+        else "not enough data: batches are too small (or too few) for a repeat to be evidence",
+        details={"expected": lam, "batches_compared": eligible, "direction": "high"},
     )

@@ -77,7 +77,19 @@ class BatteryResult:
         min_detectable_relative_bias: the smallest relative bias |q̂/q − 1| in
             the sampling rate that the total-count test detects with
             probability 0.8 at the battery's per-test level α/K, i.e.
-            ``(z_{1−α/(2K)} + z_{0.8}) · sqrt((1 − q)/(N T q))``.
+            ``(z_{1−α/K} + z_{0.8}) · sqrt((1 − q)/(N T q))`` (one-sided: only a
+            rate above the declared one refutes).
+        sampler, sampler_label: the declared sampler tested, and its plain name.
+        observed_rate: the overall rate the indices show (inclusions / (N T)
+            for Poisson; per group step over b for cyclic Poisson).
+        conservative: the indices show a rate significantly *below* the
+            declared q and nothing rejected: ε computed at q over-states it.
+        diagnosis: for a failed battery, the most specific cause explaining
+            the rejections (see :mod:`dpverify.stats._diagnosis`), else "".
+        cannot_see: what this run's battery could not have detected, as
+            numbers: ``rate_bias`` (smallest relative excess of the real rate
+            detectable), ``oversampled_examples`` (smallest number of examples
+            at twice the rate detectable, ``None`` if none), ``max_lag``.
     """
 
     tests: tuple[TestResult, ...]
@@ -89,6 +101,12 @@ class BatteryResult:
     indices: int
     min_detectable_relative_bias: float
     cap: int | None = None
+    sampler: str = "poisson"
+    sampler_label: str = "Poisson"
+    observed_rate: float | None = None
+    conservative: bool = False
+    diagnosis: str = ""
+    cannot_see: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not 0.0 < self.alpha < 1.0:
@@ -126,12 +144,14 @@ class BatteryResult:
         """A few human lines: the verdict, then each failure and each unusable test."""
         head = (
             f"{'PASS' if self.passed else 'FAIL'}: {len(self.failures)} of {len(self.tests)} tests "
-            f"reject Poisson sampling at family-wise alpha={self.alpha:g} "
+            f"reject {self.sampler_label} sampling at family-wise alpha={self.alpha:g} "
             f"(N={self.dataset_size}, q={self.sampling_rate:g}, T={self.steps}"
             + (f", cap={self.cap}" if self.cap is not None else "")
             + ")"
         )
         lines = [head]
+        if self.diagnosis:
+            lines.append(f"  cause: {self.diagnosis}")
         for t in self.failures:
             lines.append(f"  x {t.name} (p={t.p_value:.3g}): {t.reason}")
         for t in self.underpowered:
@@ -158,5 +178,10 @@ class BatteryResult:
                 else None
             ),
             "failures": [t.name for t in self.failures],
+            "sampler": self.sampler,
+            "observed_rate": self.observed_rate,
+            "conservative": self.conservative,
+            "diagnosis": self.diagnosis,
+            "cannot_see": dict(self.cannot_see),
             "tests": [t.to_dict() for t in self.tests],
         }

@@ -11,12 +11,84 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
+from scipy import special, stats
 
+from dpverify.stats._declared import FLOAT32_REL, DeclaredNull
+from dpverify.stats._format import number, times
 from dpverify.stats._nulls import SizeLaw, scaled_chi2_tails, two_sided
 from dpverify.stats._raw import RawTest
 
-__all__ = ["batch_size_dispersion", "batch_size_fit", "total_inclusions", "truncation_scan"]
+__all__ = [
+    "batch_size_dispersion",
+    "batch_size_fit",
+    "batch_size_support",
+    "total_inclusions",
+    "truncation_scan",
+]
+
+
+def batch_size_support(sizes: np.ndarray, null: DeclaredNull) -> RawTest:
+    """T0: every batch size is possible under the declared sampler (exact: p = 0 otherwise).
+
+    Impossible sizes: above the cap (truncated Poisson), other than the declared
+    batch size (fixed size), above the group size (cyclic Poisson).  A declared
+    fixed batch size B above q·N (beyond float32 rounding) means the real rate
+    B/N exceeds the declared q: also a certain violation.
+    """
+    name = "batch_size_support"
+    sensitive = "batch sizes the declared sampler cannot produce (above a cap, not the fixed size)"
+    details: dict = {}
+    bad = np.zeros(sizes.size, dtype=bool)
+    why = ""
+    if null.sampler == "fixed_size":
+        b = int(null.batch_size or 0)
+        bad = sizes != b
+        why = f"the declared sampler draws exactly {b} examples per step"
+        qn = null.sampling_rate * null.dataset_size
+        if not bad.any() and b > qn * (1.0 + FLOAT32_REL) + 1e-9:
+            return RawTest(
+                name=name,
+                statistic=float(b),
+                p_value=0.0,
+                sensitive_to=sensitive,
+                meaningful=True,
+                failure=(
+                    f"every batch has {b} examples but q·N = {number(qn)}: the real sampling "
+                    f"rate {b}/{null.dataset_size} is above the declared q = {null.sampling_rate:g}"
+                ),
+                details={"batch_size": b, "expected_batch_size": qn, "direction": "high"},
+            )
+    elif null.sampler == "truncated_poisson":
+        bad = sizes > int(null.cap or 0)
+        why = f"the declared cap is {null.cap}"
+    elif null.sampler == "cyclic_poisson":
+        bad = sizes > null.group_size
+        why = f"a group has only {null.group_size} examples"
+    count = int(bad.sum())
+    if count == 0:
+        return RawTest(
+            name=name,
+            statistic=0.0,
+            p_value=1.0,
+            sensitive_to=sensitive,
+            meaningful=True,
+            failure="",
+            details=details,
+        )
+    step = int(np.flatnonzero(bad)[0])
+    failure = (
+        f"{number(count)} of {number(sizes.size)} batches have a size the declared sampler cannot "
+        f"produce (step {step} has {int(sizes[step])} examples; {why})"
+    )
+    return RawTest(
+        name=name,
+        statistic=float(count),
+        p_value=0.0,
+        sensitive_to=sensitive,
+        meaningful=True,
+        failure=failure,
+        details={"impossible_batches": count, "first_step": step, "size": int(sizes[step])},
+    )
 
 
 def batch_size_dispersion(sizes: np.ndarray, law: SizeLaw) -> RawTest:
@@ -45,13 +117,13 @@ def batch_size_dispersion(sizes: np.ndarray, law: SizeLaw) -> RawTest:
     ratio = d / t
     if p_low < p_high:
         failure = (
-            f"batch sizes vary less than Poisson sampling allows (variance {ratio:.2g} times the expected): "
-            "fixed-size batches?"
+            f"batch sizes vary less than Poisson sampling allows (variance {times(ratio)} the "
+            "expected): fixed-size batches?"
         )
     else:
         failure = (
-            f"batch sizes vary more than Poisson sampling allows (variance {ratio:.2g} times the expected): "
-            "examples drawn together in groups, or a sampling rate that changes over time?"
+            f"batch sizes vary more than Poisson sampling allows (variance {times(ratio)} the "
+            "expected): examples drawn together in groups, or a sampling rate that changes over time?"
         )
     return RawTest(
         name="batch_size_dispersion",
@@ -61,7 +133,7 @@ def batch_size_dispersion(sizes: np.ndarray, law: SizeLaw) -> RawTest:
         meaningful=t >= 20,
         failure=failure,
         note="" if t >= 20 else f"few steps (T={t} < 20): the test has little power",
-        details={"variance_ratio": ratio, "steps": t},
+        details={"variance_ratio": ratio, "steps": t, "direction": "low" if p_low < p_high else "high"},
     )
 
 
@@ -124,7 +196,7 @@ def batch_size_fit(sizes: np.ndarray, law: SizeLaw) -> RawTest:
     failure = (
         f"batch sizes do not follow the distribution Poisson sampling gives "
         f"({direction} batches of size {span} than expected: {int(observed[worst])} vs "
-        f"{expected[worst]:.1f}): wrong sampling rate or a cap on batch size?"
+        f"{number(expected[worst])}): a reshaped batch-size distribution or a cap on batch size?"
     )
     return RawTest(
         name="batch_size_fit",
@@ -139,26 +211,21 @@ def batch_size_fit(sizes: np.ndarray, law: SizeLaw) -> RawTest:
 
 
 def total_inclusions(sizes: np.ndarray, law: SizeLaw) -> RawTest:
-    """T4: the total count ``S = Σ_t b_t``.
+    """T4: the total count ``S = Σ_t b_t``, one-sided: a real rate above the declared one.
 
-    Exact two-sided binomial (mid-p) test ``S ~ Binomial(NT, q)`` without a cap; with
-    a cap, the normal approximation to the T-fold sum of truncated binomials
-    (mean ``Tμ``, variance ``Tσ²``).
+    Exact binomial (mid-p) test ``S ~ Binomial(GT, p)`` without a cap (G the
+    examples eligible per step, p their rate); with a cap, the normal
+    approximation to the T-fold sum of truncated binomials.  Only a rate *above*
+    the declared one refutes (ε grows with q, so a declared q above the real
+    rate is conservative); the lower tail is reported in ``details`` so the
+    battery can say the declared rate is conservative.
     """
     t = sizes.size
     n, q = law.dataset_size, law.sampling_rate
     s = int(sizes.sum())
-    sensitive = "a sampling rate different from the declared q"
+    sensitive = "a real sampling rate above the declared q"
     if t == 0:
-        return RawTest(
-            name="total_inclusions",
-            statistic=0.0,
-            p_value=1.0,
-            sensitive_to=sensitive,
-            meaningful=False,
-            failure="",
-            note="not enough data: no steps",
-        )
+        return RawTest.insufficient("total_inclusions", sensitive, "not enough data: no steps")
     mean = t * law.mean
     if law.cap is None:
         half = 0.5 * float(stats.binom.pmf(s, n * t, q))  # mid-p: see count_tails
@@ -172,28 +239,27 @@ def total_inclusions(sizes: np.ndarray, law: SizeLaw) -> RawTest:
     q_hat = s / (n * t)
     q_null = law.mean / n
     rel = q_hat / q_null - 1.0 if q_null > 0 else float("inf")
-    word = "more" if rel > 0 else "less"
-    if law.cap is None:
-        failure = (
-            f"examples were included {abs(rel) * 100:.1f}% {word} often than sampling rate "
-            f"q={q:g} implies: the real sampling rate looks like {q_hat:.4g}"
-        )
-    else:  # the null mean is E[min(Binomial(N, q), cap)], not Nq
-        failure = (
-            f"examples were included {abs(rel) * 100:.1f}% {word} often than sampling rate "
-            f"q={q:g} with the declared cap {law.cap} implies: {s / t:.4g} per step on "
-            f"average, expected {law.mean:.4g}"
-        )
-    meaningful = mean >= 10.0
+    failure = (
+        f"examples were included {times(1.0 + rel)} as often as the declared rate implies "
+        f"({number(s)} inclusions, {number(mean)} expected): the real sampling rate looks like "
+        f"{q_hat:.4g}, above the declared {q:g}"
+    )
+    meaningful = mean >= 1.0 or s > 0
     return RawTest(
         name="total_inclusions",
         statistic=float(s),
-        p_value=two_sided(p_low, p_high),
+        p_value=min(1.0, max(0.0, p_high)),
         sensitive_to=sensitive,
         meaningful=meaningful,
         failure=failure,
-        note="" if meaningful else f"not enough data: {mean:.1f} inclusions expected",
-        details={"expected": mean, "observed_rate": q_hat, "relative_bias": rel},
+        note="" if meaningful else f"not enough data: {number(mean)} inclusions expected",
+        details={
+            "expected": mean,
+            "observed_rate": q_hat,
+            "relative_bias": rel,
+            "lower_tail_p": min(1.0, max(0.0, p_low)),
+            "direction": "high",
+        },
     )
 
 
@@ -201,49 +267,87 @@ def _power(x: float, t: int) -> float:
     return math.exp(t * math.log(x)) if x > 0.0 else 0.0
 
 
-def truncation_scan(sizes: np.ndarray, law: SizeLaw) -> RawTest:
-    """T9: undeclared truncation of batch sizes, and a declared cap obeyed.
+def _pileup_p(law: SizeLaw, steps: int, largest: int, at_largest: int) -> float:
+    """Exact p-value of the pile-up statistic ``Λ = K · log(P(b >= M) / P(b = M))``.
 
-    The likelihood ratio of "sizes truncated above at c" against the size law
-    is ``F(c)^{−T}`` for every ``c >= max_t b_t``; its maximum over ``c`` is at
-    ``c = max_t b_t``, so the scan statistic is the largest batch ``M`` and its
-    exact law is ``P(M <= m) = F(m)^T`` (mid-p: ``(F(m)^T + F(m−1)^T)/2``).
-    Truncation from below is scanned the same way with the smallest batch
-    (``P(min >= m) = P(b >= m)^T``); the two are combined two-sided.  When a cap is declared, a batch above it is a
-    certain violation (p = 0).
+    M is the largest batch and K the number of batches of exactly that size.
+    Λ is the log-likelihood ratio of "sizes clipped at M" (``min(b, M)``: every
+    batch that would be larger piles up at M, as jax_privacy's truncated
+    Poisson does) against the size law.  Under the null,
+    ``P(M = m, K >= k) = F(m)^T · P(Binomial(T, P(b=m)/F(m)) >= k)``, so
+    ``P(Λ >= λ) = Σ_m P(M = m, K >= ⌈λ / w_m⌉)`` with ``w_m = log(P(b>=m)/P(b=m))``,
+    summed over the support: exact (no Monte Carlo), one-sided.
+    """
+    a_obs = law.prob(largest)
+    if a_obs <= 0.0 or at_largest == 0:
+        return 1.0
+    lam = at_largest * math.log(max(law.sf_inclusive(largest), a_obs) / a_obs)
+    if lam <= 1e-12:
+        return 1.0
+    support, pmf = law.support, law.pmf
+    cdf = np.minimum(np.cumsum(pmf), 1.0)
+    sf_incl = np.maximum(1.0 - np.concatenate(([0.0], cdf[:-1])), pmf)
+    ok = (pmf > 0.0) & (cdf > 0.0)
+    support, pmf, cdf, sf_incl = support[ok], pmf[ok], cdf[ok], sf_incl[ok]
+    with np.errstate(divide="ignore"):
+        w = np.log(sf_incl / pmf)
+    live = w > 1e-15
+    k_star = np.full(support.size, steps + 1.0)
+    k_star[live] = np.ceil(lam / w[live] - 1e-9)
+    k_star = np.maximum(k_star, 1.0)
+    use = k_star <= steps
+    if not use.any():
+        return 0.0
+    r = np.minimum(1.0, pmf[use] / cdf[use])
+    log_terms = steps * np.log(cdf[use]) + stats.binom.logsf(k_star[use] - 1.0, steps, r)
+    return float(min(1.0, np.exp(special.logsumexp(log_terms))))
+
+
+def truncation_scan(sizes: np.ndarray, law: SizeLaw) -> RawTest:
+    """T9: undeclared caps (a pile-up at the largest size, or sizes capped) and floors.
+
+    Three exact scans, Bonferroni-combined: (a) the pile-up statistic of
+    :func:`_pileup_p` (many batches at exactly the largest size, none above:
+    a cap that clips); (b) the largest batch ``M`` with ``P(M <= m) = F(m)^T``
+    (mid-p; a cap that redraws or rejects large batches); (c) the smallest
+    batch, ``P(min >= m) = P(b >= m)^T`` (a floor).  A declared cap is part of
+    the size law, so piling up at it is expected.
     """
     t = sizes.size
-    sensitive = "batch sizes capped (or floored) without saying so; batches above a declared cap"
+    sensitive = "batch sizes capped (or floored) without saying so"
     if t == 0:
         return RawTest.insufficient("truncation_scan", sensitive, "not enough data: no steps")
-    largest, smallest = int(sizes.max()), int(sizes.min())
-    if law.cap is not None and largest > law.cap:
-        step = int(np.argmax(sizes))
-        return RawTest(
-            name="truncation_scan",
-            statistic=float(largest),
-            p_value=0.0,
-            sensitive_to=sensitive,
-            meaningful=True,
-            failure=f"the batch at step {step} has {largest} examples, more than the declared cap of {law.cap}",
-            details={"largest": largest, "smallest": smallest, "cap": law.cap},
+    if law.var <= 0.0:
+        return RawTest.insufficient(
+            "truncation_scan", sensitive, "batch sizes are not random under the declared sampler"
         )
-    p_high_trunc = 0.5 * (_power(law.cdf(largest), t) + _power(law.cdf(largest - 1), t))
-    p_low_trunc = 0.5 * (
+    largest, smallest = int(sizes.max()), int(sizes.min())
+    at_largest = int(np.count_nonzero(sizes == largest))
+    p_pile = _pileup_p(law, t, largest, at_largest)
+    p_max = 0.5 * (_power(law.cdf(largest), t) + _power(law.cdf(largest - 1), t))
+    p_min = 0.5 * (
         _power(law.sf_inclusive(smallest), t) + _power(law.sf_inclusive(smallest + 1), t)
     )
-    p = two_sided(p_high_trunc, p_low_trunc)
-    if p_high_trunc <= p_low_trunc:
+    p = float(min(1.0, 3.0 * min(p_pile, p_max, p_min)))
+    if p_pile <= min(p_max, p_min):
         failure = (
-            f"the largest of {t} batches has only {largest} examples, less than Poisson sampling "
-            f"almost surely produces: batch sizes capped (truncated) at {largest}?"
+            f"an undeclared cap on batch size at {largest}: {at_largest} of {t} batches have exactly "
+            f"{largest} examples and none more ({number(t * law.prob(largest))} expected at that "
+            "size): batches truncated at a maximum size?"
         )
+        kind = "pileup"
+    elif p_max <= p_min:
+        failure = (
+            f"the largest of {t} batches has only {largest} examples, less than the declared "
+            f"sampler almost surely produces: batch sizes capped at {largest}?"
+        )
+        kind = "max"
     else:
         failure = (
-            f"the smallest of {t} batches has {smallest} examples, more than Poisson sampling "
-            f"almost surely produces: a minimum batch size enforced?"
+            f"the smallest of {t} batches has {smallest} examples, more than the declared "
+            "sampler almost surely produces: a minimum batch size enforced?"
         )
-    # Meaningful when an unusually tight cap (the 1-1/T quantile) would be detectable.
+        kind = "min"
     meaningful = t >= 20
     return RawTest(
         name="truncation_scan",
@@ -253,5 +357,14 @@ def truncation_scan(sizes: np.ndarray, law: SizeLaw) -> RawTest:
         meaningful=meaningful,
         failure=failure,
         note="" if meaningful else f"few steps (T={t} < 20): only gross truncation is detectable",
-        details={"largest": largest, "smallest": smallest, "cap": law.cap},
+        details={
+            "largest": largest,
+            "at_largest": at_largest,
+            "smallest": smallest,
+            "cap": law.cap,
+            "kind": kind,
+            "p_pileup": p_pile,
+            "p_max": p_max,
+            "p_min": p_min,
+        },
     )

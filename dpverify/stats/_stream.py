@@ -11,6 +11,14 @@ at a time and accumulates every sufficient statistic the battery needs:
 * the number of adjacent index pairs ``(j, j+1)`` inside batches;
 * a 64-bit hash of every batch, to find exact repeats at any lag.
 
+Per-example state (inclusion count, last step seen) is two dense arrays of
+length N up to :data:`DENSE_MAX_EXAMPLES`; above it only the examples
+actually seen are kept, as sorted arrays merged chunk by chunk (memory
+O(examples seen), whatever N is).  Examples never sampled need no state:
+every statistic involving them is a closed formula in N.  The batch hash is
+a random linear hash whose per-example weights are computed on the fly
+(SplitMix64 of the index), never tabulated.
+
 Work happens in chunks of about ``chunk_indices`` recorded indices.  A chunk
 is extended by the events of the previous ``max_lag`` steps (the bounded window
 of recent batches), the events are sorted by ``(example, step)`` with one
@@ -28,20 +36,43 @@ import numpy as np
 
 from dpverify.errors import InvalidArgument
 
-__all__ = ["BatchStream", "StreamSummary"]
+__all__ = ["DENSE_MAX_EXAMPLES", "BatchStream", "StreamSummary"]
+
+#: Largest N for which per-example state is dense (two int64 arrays of length N).
+DENSE_MAX_EXAMPLES = 1 << 24
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+def _weights(idx: np.ndarray, key: np.uint64) -> np.ndarray:
+    """SplitMix64 finaliser of ``idx·φ + key``: pseudo-random 64-bit weights without a table."""
+    with np.errstate(over="ignore"):
+        z = idx.astype(np.uint64) * _GOLDEN + key
+        z = (z ^ (z >> np.uint64(30))) * _MIX1
+        z = (z ^ (z >> np.uint64(27))) * _MIX2
+        return z ^ (z >> np.uint64(31))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StreamSummary:
-    """Sufficient statistics of a batch stream (see module docstring)."""
+    """Sufficient statistics of a batch stream (see module docstring).
+
+    Per-example state is given for the examples seen at least once only:
+    ``seen`` (their indices, increasing), ``seen_counts`` and ``seen_last``
+    (the last step each was included at).
+    """
 
     dataset_size: int
     sizes: np.ndarray
-    counts: np.ndarray
+    seen: np.ndarray
+    seen_counts: np.ndarray
+    seen_last: np.ndarray
     gap_hist: np.ndarray
     lag_overlap: np.ndarray
     adjacent_pairs: int
-    repeated_pairs: int
+    hashes: np.ndarray
     max_lag: int
 
     @property
@@ -52,6 +83,90 @@ class StreamSummary:
     def total(self) -> int:
         return int(self.sizes.sum())
 
+    @property
+    def counts(self) -> np.ndarray:
+        """Dense per-example inclusion counts (O(N) memory: for small N and tests)."""
+        out = np.zeros(self.dataset_size, dtype=np.int64)
+        out[self.seen] = self.seen_counts
+        return out
+
+    @property
+    def repeated_pairs(self) -> int:
+        """Pairs of steps whose batches are exactly equal."""
+        _, mult = np.unique(self.hashes, return_counts=True)
+        return int(np.sum(mult * (mult - 1) // 2))
+
+    def repeats_by_class(self, cycle_length: int = 1) -> dict[tuple[int, int], tuple[int, int]]:
+        """``{(step mod cycle_length, size): (batches, pairs of equal batches)}``."""
+        out: dict[tuple[int, int], tuple[int, int]] = {}
+        if self.sizes.size == 0:
+            return out
+        res = np.arange(self.sizes.size, dtype=np.int64) % int(cycle_length)
+        order = np.lexsort((self.hashes, self.sizes, res))
+        r, k, h = res[order], self.sizes[order], self.hashes[order]
+        cls_break = np.flatnonzero((np.diff(r) != 0) | (np.diff(k) != 0)) + 1
+        for lo, hi in zip(
+            np.concatenate(([0], cls_break)), np.concatenate((cls_break, [r.size])), strict=True
+        ):
+            _, mult = np.unique(h[lo:hi], return_counts=True)
+            out[(int(r[lo]), int(k[lo]))] = (int(hi - lo), int(np.sum(mult * (mult - 1) // 2)))
+        return out
+
+
+class _DenseState:
+    """Per-example count and last step seen, as arrays of length N."""
+
+    def __init__(self, n: int) -> None:
+        self.counts = np.zeros(n, dtype=np.int64)
+        self.last = np.full(n, -1, dtype=np.int64)
+
+    def last_of(self, idx: np.ndarray) -> np.ndarray:
+        return self.last[idx]
+
+    def update(self, idx: np.ndarray, last: np.ndarray, add: np.ndarray) -> None:
+        self.counts[idx] += add
+        self.last[idx] = last
+
+    def seen(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        where = np.flatnonzero(self.counts)
+        return where, self.counts[where], self.last[where]
+
+
+class _SparseState:
+    """The same for the examples seen only: sorted index array, merged chunk by chunk."""
+
+    def __init__(self) -> None:
+        self.idx = np.zeros(0, dtype=np.int64)
+        self.counts = np.zeros(0, dtype=np.int64)
+        self.last = np.zeros(0, dtype=np.int64)
+
+    def _find(self, idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pos = np.searchsorted(self.idx, idx)
+        found = pos < self.idx.size
+        found[found] = self.idx[pos[found]] == idx[found]
+        return pos, found
+
+    def last_of(self, idx: np.ndarray) -> np.ndarray:
+        pos, found = self._find(idx)
+        out = np.full(idx.size, -1, dtype=np.int64)
+        out[found] = self.last[pos[found]]
+        return out
+
+    def update(self, idx: np.ndarray, last: np.ndarray, add: np.ndarray) -> None:
+        pos, found = self._find(idx)
+        self.counts[pos[found]] += add[found]
+        self.last[pos[found]] = last[found]
+        new = ~found
+        if new.any():
+            merged = np.concatenate((self.idx, idx[new]))
+            order = np.argsort(merged, kind="stable")
+            self.idx = merged[order]
+            self.counts = np.concatenate((self.counts, add[new]))[order]
+            self.last = np.concatenate((self.last, last[new]))[order]
+
+    def seen(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return self.idx, self.counts, self.last
+
 
 class BatchStream:
     """Accumulates a stream of batches; call :meth:`add` per step, then :meth:`finish`.
@@ -61,6 +176,8 @@ class BatchStream:
         max_lag: largest lag of the overlap scan (the window of recent batches).
         chunk_indices: indices buffered before a vectorised chunk is processed.
         hash_seed: seed of the random weights of the batch hash.
+        sparse: keep per-example state for seen examples only (default: when
+            N > :data:`DENSE_MAX_EXAMPLES`).
     """
 
     def __init__(
@@ -70,16 +187,16 @@ class BatchStream:
         max_lag: int = 64,
         chunk_indices: int = 1 << 20,
         hash_seed: int = 0,
+        sparse: bool | None = None,
     ) -> None:
         self._n = int(dataset_size)
         self._max_lag = int(max_lag)
         self._chunk = int(chunk_indices)
         rng = np.random.default_rng([int(hash_seed), 0x5EED])
-        self._weights = rng.integers(
-            0, np.iinfo(np.uint64).max, size=self._n, dtype=np.uint64, endpoint=True
-        )
-        self._counts = np.zeros(self._n, dtype=np.int64)
-        self._last_seen = np.full(self._n, -1, dtype=np.int64)
+        self._key = np.uint64(rng.integers(0, np.iinfo(np.uint64).max, dtype=np.uint64))
+        if sparse is None:
+            sparse = self._n > DENSE_MAX_EXAMPLES
+        self._state: _DenseState | _SparseState = _SparseState() if sparse else _DenseState(self._n)
         self._gap_hist = np.zeros(1, dtype=np.int64)
         self._lag_overlap = np.zeros(self._max_lag + 1, dtype=np.int64)
         self._adjacent = 0
@@ -110,16 +227,17 @@ class BatchStream:
         self._flush()
         sizes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, dtype=np.int64)
         hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, dtype=np.uint64)
-        _, mult = np.unique(hashes, return_counts=True)
-        repeated = int(np.sum(mult * (mult - 1) // 2))
+        seen, counts, last = self._state.seen()
         return StreamSummary(
             dataset_size=self._n,
             sizes=sizes,
-            counts=self._counts,
+            seen=seen,
+            seen_counts=counts,
+            seen_last=last,
             gap_hist=self._gap_hist,
             lag_overlap=self._lag_overlap,
             adjacent_pairs=self._adjacent,
-            repeated_pairs=repeated,
+            hashes=hashes,
             max_lag=self._max_lag,
         )
 
@@ -137,13 +255,14 @@ class BatchStream:
         ends = np.cumsum(sizes)
         starts = ends - sizes
         self._sizes.append(sizes)
-        self._check_and_count(flat, starts, t0)
-        csum = np.concatenate(([np.uint64(0)], np.cumsum(self._weights[flat], dtype=np.uint64)))
+        self._check(flat, starts, t0)
+        weights = _weights(flat, self._key)
+        csum = np.concatenate(([np.uint64(0)], np.cumsum(weights, dtype=np.uint64)))
         self._hashes.append(csum[ends] - csum[starts])
         times = np.repeat(np.arange(t0, t1, dtype=np.int64), sizes)
         self._pairs(flat, times, t0, t1)
 
-    def _check_and_count(self, flat: np.ndarray, starts: np.ndarray, t0: int) -> None:
+    def _check(self, flat: np.ndarray, starts: np.ndarray, t0: int) -> None:
         if flat.size == 0:
             return
         lo, hi = int(flat.min()), int(flat.max())
@@ -164,7 +283,6 @@ class BatchStream:
                 f"batch at step {step}: indices must be strictly increasing (sorted, no repeats)"
             )
         self._adjacent += int(np.count_nonzero(inner & (diffs == 1)))
-        self._counts += np.bincount(flat, minlength=self._n)
 
     def _pairs(self, flat: np.ndarray, times: np.ndarray, t0: int, t1: int) -> None:
         """Return gaps and lagged overlaps of this chunk's events (window included)."""
@@ -190,7 +308,7 @@ class BatchStream:
         inner = step[same & new[1:]]
         first = np.concatenate(([0], np.flatnonzero(~same) + 1))
         first = first[new[first]]
-        seen = self._last_seen[sidx[first]]
+        seen = self._state.last_of(sidx[first])
         outer = stime[first][seen >= 0] - seen[seen >= 0]
         gaps = np.concatenate((inner, outer))
         if gaps.size:
@@ -201,7 +319,11 @@ class BatchStream:
             else:
                 self._gap_hist[: hist.size] += hist
         last = np.concatenate((np.flatnonzero(~same), [sidx.size - 1]))
-        self._last_seen[sidx[last]] = stime[last]
+        # This chunk's new events per example: how many, and the last step.
+        group = np.cumsum(np.concatenate(([True], ~same)))[new] - 1
+        added = np.bincount(group, minlength=last.size)
+        mask = added > 0
+        self._state.update(sidx[last][mask], stime[last][mask], added[mask])
         # Lagged overlaps: all same-example pairs at most max_lag steps apart.  Pairs
         # j apart in sorted order can only qualify if the pair j-1 apart did.
         close = same & (step <= self._max_lag)

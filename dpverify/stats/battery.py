@@ -1,10 +1,15 @@
-"""The Poisson-compliance battery: ten tests, one streaming pass, family-wise control.
+"""The sampling battery: one streaming pass, a null per declared sampler, family-wise control.
 
 Under Poisson sampling at rate q, the T×N inclusion matrix of a run has
-i.i.d. Bernoulli(q) entries.  :func:`run_battery` streams the batches once
-(memory O(N + T), see :mod:`dpverify.stats._stream`) and runs:
+i.i.d. Bernoulli(q) entries; the other declared samplers (fixed size, truncated
+and cyclic Poisson, :mod:`dpverify.stats._declared`) have their own nulls, and
+every test is written for them.  :func:`run_battery` streams the batches once
+(memory O(N + T), or O(examples seen) at huge N; see
+:mod:`dpverify.stats._stream`) and runs:
 
 ======  ============================  ==============================================
+ T0     ``batch_size_support``        sizes the declared sampler cannot produce
+ T0'    ``group_membership``          cyclic Poisson: an example outside its group
  T1     ``batch_size_dispersion``     fixed batch sizes; groups drawn together
  T2     ``batch_size_fit``            wrong q; reshaped or capped size distribution
  T3     ``inclusion_count_dispersion`` epoch-based shuffling; unequal rates
@@ -17,8 +22,12 @@ i.i.d. Bernoulli(q) entries.  :func:`run_battery` streams the batches once
  T10    ``repeated_batches``          seed reused at any distance
 ======  ============================  ==============================================
 
-The family-wise false-positive rate is controlled at α with Holm's weighted
-step-down procedure: every test has weight 1 except the two whose statistics
+Only tests with a meaningful null for the run vote (a test whose
+approximation does not hold for so few or so small batches reports
+``meaningful=False`` and is left out of the correction).  The rate is tested
+one-sided: a declared q above what the indices show is conservative (ε grows
+with q) and the shape tests then use the observed rate.  The family-wise
+false-positive rate is controlled at α with Holm's weighted step-down procedure: every test has weight 1 except the two whose statistics
 are nearly all-or-nothing, ``truncation_scan`` (:data:`TRUNCATION_SCAN_WEIGHT`)
 and ``repeated_batches`` (:data:`REPEATED_BATCHES_WEIGHT`); the other tests
 then use the α those two could not spend (Holm 1979, "A simple sequentially rejective multiple test
@@ -29,19 +38,21 @@ what each test catches are documented in ``docs/statistics.md``.
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
-import os
 from collections.abc import Iterable
-from typing import Any
 
 import numpy as np
 from scipy import special
 
 from dpverify._validate import check_int, check_probability
 from dpverify.errors import InvalidArgument
-from dpverify.stats._count_tests import inclusion_count_dispersion, return_gaps
-from dpverify.stats._nulls import SizeLaw
+from dpverify.stats._count_tests import (
+    group_membership,
+    inclusion_count_dispersion,
+    return_gaps,
+)
+from dpverify.stats._declared import DeclaredNull
+from dpverify.stats._diagnosis import diagnose
 from dpverify.stats._pair_tests import (
     adjacent_index_pairs,
     consecutive_overlap,
@@ -53,6 +64,7 @@ from dpverify.stats._results import BatteryResult, TestResult
 from dpverify.stats._size_tests import (
     batch_size_dispersion,
     batch_size_fit,
+    batch_size_support,
     total_inclusions,
     truncation_scan,
 )
@@ -63,9 +75,9 @@ __all__ = [
     "REPEATED_BATCHES_WEIGHT",
     "TEST_NAMES",
     "TRUNCATION_SCAN_WEIGHT",
-    "battery_from_ledger",
     "holm",
     "run_battery",
+    "run_battery_on",
 ]
 
 #: Largest lag of the lagged-overlap scan (T7): the window of recent batches kept.
@@ -80,8 +92,10 @@ TRUNCATION_SCAN_WEIGHT = 0.25
 #: probability about C(T,2)·P(two batches equal), astronomically small.
 REPEATED_BATCHES_WEIGHT = 0.01
 
-#: The battery's tests, in order.
+#: The battery's tests, in order (``group_membership`` only for cyclic Poisson).
 TEST_NAMES = (
+    "batch_size_support",
+    "group_membership",
     "batch_size_dispersion",
     "batch_size_fit",
     "inclusion_count_dispersion",
@@ -122,29 +136,72 @@ def holm(
     return [a <= alpha for a in adjusted], adjusted
 
 
-def _min_detectable_bias(n: int, q: float, steps: int, alpha: float, k: int) -> float:
-    """Relative bias in q that T4 detects with power 0.8 at level α/K (two-sided)."""
-    expected = n * steps * q
-    if expected <= 0 or q >= 1.0:
-        return math.inf
-    z = -float(special.ndtri(alpha / (2.0 * k))) - float(special.ndtri(0.2))
-    return float(z * math.sqrt((1.0 - q) / expected))
+def _z(p: float) -> float:
+    return -float(special.ndtri(p))
 
 
-def _run_tests(summary: StreamSummary, law: SizeLaw) -> list[RawTest]:
+def _cannot_see(
+    null: DeclaredNull, steps: int, alpha: float, k: int, max_lag: int
+) -> dict[str, object]:
+    """What this run's battery could not have detected, as numbers (power 0.8, level α/K).
+
+    * ``rate_bias``: the smallest relative excess of the real rate over the
+      declared one the one-sided total-count test detects,
+      ``(z_{1−α/K} + z_{0.8}) · sqrt((1 − p)/(G T_g p))`` per group step count.
+    * ``oversampled_examples``: the smallest number of examples sampled at
+      twice the rate that the count-dispersion test detects: a fraction f of
+      examples at rate 2p adds ``f (1 − f) (p T_g)² / (p (1 − p) T_g)`` to the
+      mean of X/G, whose null sd is ``sqrt(2/G)``; so
+      ``f ≈ (z_{1−α/(2K)} + z_{0.8}) sqrt(2/G) (1 − p)/(p T_g)``.
+    * ``lags_not_scanned``: overlaps between batches more than ``max_lag``
+      steps apart are not tested (exact repeats excepted: those are found at
+      any distance).
+    """
+    p = null.within_rate
+    g = null.group_size
+    tg = steps / null.cycle_length
+    expected = g * tg * p
+    zb = _z(alpha / k) + _z(0.2)
+    bias = zb * math.sqrt((1.0 - p) / expected) if expected > 0 and p < 1.0 else math.inf
+    if null.sampler == "fixed_size":
+        bias = 0.0  # the size is checked exactly
+    zf = _z(alpha / (2 * k)) + _z(0.2)
+    f = zf * math.sqrt(2.0 / g) * (1.0 - p) / (p * tg) if p * tg > 0 and g > 1 else math.inf
+    group = math.ceil(f * null.dataset_size) if f <= 1.0 else None
+    return {
+        "rate_bias": bias if math.isfinite(bias) else None,
+        "oversampled_examples": group,
+        "lags_not_scanned": f"more than {max_lag}",
+        "max_lag": max_lag,
+    }
+
+
+def _run_tests(summary: StreamSummary, null: DeclaredNull, rate: float) -> list[RawTest]:
     sizes = summary.sizes
-    return [
-        batch_size_dispersion(sizes, law),
-        batch_size_fit(sizes, law),
-        inclusion_count_dispersion(summary),
-        total_inclusions(sizes, law),
-        consecutive_overlap(summary),
-        return_gaps(summary, law),
-        lagged_overlap_scan(summary),
-        adjacent_index_pairs(summary),
-        dataclasses.replace(truncation_scan(sizes, law), weight=TRUNCATION_SCAN_WEIGHT),
-        dataclasses.replace(repeated_batches(summary, law), weight=REPEATED_BATCHES_WEIGHT),
+    declared = null.size_law()
+    shape = null.size_law(rate) if rate != null.within_rate else declared
+    tests = [batch_size_support(sizes, null)]
+    if null.cycle_length > 1:
+        tests.append(group_membership(summary, null))
+    tests += [
+        batch_size_dispersion(sizes, shape),
+        batch_size_fit(sizes, shape),
+        inclusion_count_dispersion(summary, null),
+        total_inclusions(sizes, declared)
+        if null.random_sizes
+        else RawTest.insufficient(
+            "total_inclusions",
+            "a real sampling rate above the declared q",
+            "the declared sampler fixes every batch size (checked exactly)",
+        ),
+        consecutive_overlap(summary, null),
+        return_gaps(summary, shape, null),
+        lagged_overlap_scan(summary, null),
+        adjacent_index_pairs(summary, null),
+        dataclasses.replace(truncation_scan(sizes, shape), weight=TRUNCATION_SCAN_WEIGHT),
+        dataclasses.replace(repeated_batches(summary, null), weight=REPEATED_BATCHES_WEIGHT),
     ]
+    return tests
 
 
 def run_battery(
@@ -156,24 +213,30 @@ def run_battery(
     cap: int | None = None,
     seed: int = 0,
     max_lag: int = DEFAULT_MAX_LAG,
+    sampler: str | None = None,
+    batch_size: int | None = None,
+    cycle_length: int = 1,
 ) -> BatteryResult:
-    """Test whether ``batches`` look like Poisson sampling at rate ``sampling_rate``.
+    """Test whether ``batches`` look like the declared sampler (Poisson by default).
 
     One pass over ``batches`` (any iterable, e.g. a generator reading a
     ledger), memory O(N + T + window).  Tests that do not have enough data
-    for their null approximation report ``meaningful=False`` and p-value 1
-    (except exact evidence such as a batch above the cap).
+    for their null approximation report ``meaningful=False`` and do not vote.
 
     Args:
         batches: per logical step, the sorted distinct integer indices sampled.
         dataset_size: N.
-        sampling_rate: q, the declared inclusion probability.
+        sampling_rate: q, the declared overall inclusion probability.
         alpha: family-wise false-positive rate, in (0, 1).
-        cap: declared maximum batch size (Poisson truncated at ``cap``): the
-            null becomes ``min(Binomial(N, q), cap)`` and a larger batch fails.
+        cap: declared maximum batch size (Poisson truncated at ``cap``).
         seed: seed of the battery's own randomness (the weights of the batch
             hash); results do not depend on it except with probability 2⁻⁶⁴.
-        max_lag: largest lag scanned by ``lagged_overlap_scan``.
+        max_lag: lags scanned by ``lagged_overlap_scan`` (in steps of a group
+            for cyclic Poisson).
+        sampler: ``"poisson"`` (default; ``"truncated_poisson"`` when ``cap``
+            is given), ``"fixed_size"`` or ``"cyclic_poisson"``.
+        batch_size: the declared batch size of ``"fixed_size"``.
+        cycle_length: the number of groups of ``"cyclic_poisson"``.
 
     Returns:
         A :class:`BatteryResult`; ``.passed`` is false iff Holm rejects a test.
@@ -188,31 +251,74 @@ def run_battery(
         >>> run_battery((s.sample(t) for t in range(200)), dataset_size=2000, sampling_rate=0.05).passed
         True
     """
-    n = check_int("dataset_size", dataset_size, minimum=1)
-    q = check_probability("sampling_rate", sampling_rate)
+    if sampler is None:
+        sampler = "truncated_poisson" if cap is not None else "poisson"
+    null = DeclaredNull(
+        dataset_size=dataset_size,
+        sampling_rate=sampling_rate,
+        sampler=sampler,
+        cap=cap,
+        batch_size=batch_size,
+        cycle_length=cycle_length,
+    )
+    return run_battery_on(batches, null, alpha=alpha, seed=seed, max_lag=max_lag)
+
+
+def _window(null: DeclaredNull, max_lag: int) -> int:
+    """Steps of history kept: ``max_lag`` steps of a group, bounded to ~4M indices."""
+    b = null.cycle_length
+    per_step = max(1.0, null.dataset_size * null.sampling_rate)
+    within = max(1, min(max_lag, int(4e6 // (b * per_step))))
+    return b * within
+
+
+def run_battery_on(
+    batches: Iterable[np.ndarray],
+    null: DeclaredNull,
+    *,
+    alpha: float = 1e-3,
+    seed: int = 0,
+    max_lag: int = DEFAULT_MAX_LAG,
+) -> BatteryResult:
+    """:func:`run_battery` against a :class:`~dpverify.stats._declared.DeclaredNull`."""
     alpha = check_probability("alpha", alpha, allow_one=False)
-    if cap is not None:
-        cap = check_int("cap", cap, minimum=1)
     check_int("seed", seed, minimum=0)
     check_int("max_lag", max_lag, minimum=1)
-    stream = BatchStream(n, max_lag=max_lag, hash_seed=seed)
+    stream = BatchStream(null.dataset_size, max_lag=_window(null, max_lag), hash_seed=seed)
     for batch in batches:
         stream.add(batch)
-    summary = stream.finish()
-    return _assemble(summary, SizeLaw(dataset_size=n, sampling_rate=q, cap=cap), alpha)
+    return _assemble(stream.finish(), null, alpha)
 
 
-def _assemble(summary: StreamSummary, law: SizeLaw, alpha: float) -> BatteryResult:
-    raws = _run_tests(summary, law)
-    rejected, adjusted = holm([r.p_value for r in raws], alpha, [r.weight for r in raws])
+def _shape_rate(summary: StreamSummary, null: DeclaredNull) -> float:
+    """The rate the shape tests use: the declared one, or the observed one when it is lower.
+
+    Only a real rate above the declared one refutes; when the indices show a
+    lower rate (a conservative declaration) the size and gap tests test the
+    shape of the law at the observed rate.  Truncated and fixed-size laws keep
+    the declared rate.
+    """
+    if null.sampler not in ("poisson", "cyclic_poisson") or summary.steps == 0:
+        return null.within_rate
+    observed = summary.total / (null.group_size * summary.steps)
+    return max(min(null.within_rate, observed), 1e-300)
+
+
+def _assemble(summary: StreamSummary, null: DeclaredNull, alpha: float) -> BatteryResult:
+    rate = _shape_rate(summary, null)
+    raws = _run_tests(summary, null, rate)
+    voting = [r for r in raws if r.meaningful]
+    rejected_v, adjusted_v = holm([r.p_value for r in voting], alpha, [r.weight for r in voting])
+    decisions = {id(r): (rej, adj) for r, rej, adj in zip(voting, rejected_v, adjusted_v, strict=True)}
     tests = []
-    for raw, rej, adj in zip(raws, rejected, adjusted, strict=True):
+    for raw in raws:
+        rej, adj = decisions.get(id(raw), (False, 1.0))
         if rej:
             reason = raw.failure
         elif not raw.meaningful:
-            reason = raw.note
+            reason = raw.note or "not meaningful for this run"
         else:
-            reason = f"consistent with Poisson sampling (p={raw.p_value:.3g})"
+            reason = f"consistent with the declared sampler (p={raw.p_value:.2g})"
         tests.append(
             TestResult(
                 name=raw.name,
@@ -226,118 +332,30 @@ def _assemble(summary: StreamSummary, law: SizeLaw, alpha: float) -> BatteryResu
                 details=dict(raw.details),
             )
         )
-    n, q = law.dataset_size, law.sampling_rate
+    k = max(1, len(voting))
+    total = next(t for t in tests if t.name == "total_inclusions")
+    observed = summary.total / (null.group_size * summary.steps) if summary.steps else 0.0
+    conservative = bool(
+        null.random_sizes
+        and total.details.get("lower_tail_p", 1.0) <= alpha / k
+        and not any(t.rejected for t in tests)
+    )
+    failures = [t for t in tests if t.rejected]
+    cannot = _cannot_see(null, summary.steps, alpha, k, summary.max_lag)
     return BatteryResult(
         tests=tuple(tests),
         alpha=alpha,
         correction="holm",
-        dataset_size=n,
-        sampling_rate=q,
-        cap=law.cap,
+        dataset_size=null.dataset_size,
+        sampling_rate=null.sampling_rate,
+        cap=null.cap,
         steps=summary.steps,
         indices=summary.total,
-        min_detectable_relative_bias=_min_detectable_bias(n, q, summary.steps, alpha, len(tests)),
-    )
-
-
-def _final_executions(steps: Any) -> list[Any]:
-    """One execution per logical step index, the last one, in step order."""
-    last: dict[int, Any] = {}
-    for s in steps:
-        last[int(s.step)] = s
-    return [last[k] for k in sorted(last)]
-
-
-def _check_steps(numbers: list[int], rates: dict[int, float], q: float) -> None:
-    for step, rate in rates.items():
-        if not math.isclose(rate, q, rel_tol=1e-12):
-            raise InvalidArgument(
-                f"step {step} declares sampling_rate={rate} but the header has {q}: "
-                "the battery does not support rates that change during a run yet"
-            )
-    for expected, got in enumerate(numbers):
-        if got != expected:
-            raise InvalidArgument(f"the ledger has no step {expected}: steps must be 0, 1, 2, ...")
-
-
-def _header_null(header: Any) -> tuple[int, float, int | None]:
-    cap = (header.sampler_params or {}).get("cap")
-    return int(header.dataset_size), float(header.sampling_rate), None if cap is None else int(cap)
-
-
-def _battery_from_path(path: Any, alpha: float, seed: int) -> BatteryResult:
-    """Two streaming passes: find each step's last execution, then feed those in order.
-
-    Memory stays O(N + T) however large the ledger; when the last executions
-    are not in step order (a run resumed and ended before reaching its
-    earlier last step) the ledger is read into memory instead.
-    """
-    from dpverify.ledger import RunHeader, Step, iter_records, read_ledger
-
-    header = None
-    numbers: list[int] = []  # step index of each Step record, in order
-    rates: dict[int, float] = {}
-    for record in iter_records(path):
-        if isinstance(record, RunHeader):
-            header = record
-        elif isinstance(record, Step):
-            numbers.append(record.step)
-            if record.sampling_rate is not None:
-                rates[record.step] = record.sampling_rate
-    if header is None:  # pragma: no cover - the reader guarantees a header
-        raise InvalidArgument("the ledger has no run header")
-    n, q, cap = _header_null(header)
-    last = {step: ordinal for ordinal, step in enumerate(numbers)}
-    ordinals = [last[k] for k in sorted(last)]
-    if any(b <= a for a, b in itertools.pairwise(ordinals)):
-        return battery_from_ledger(read_ledger(path), alpha=alpha, seed=seed)
-    _check_steps(sorted(last), rates, q)
-    keep = set(ordinals)
-
-    def batches() -> Iterable[np.ndarray]:
-        ordinal = -1
-        for record in iter_records(path):
-            if isinstance(record, Step):
-                ordinal += 1
-                if ordinal in keep:
-                    yield record.indices
-
-    return run_battery(batches(), dataset_size=n, sampling_rate=q, alpha=alpha, cap=cap, seed=seed)
-
-
-def battery_from_ledger(
-    ledger_or_path: Any, *, alpha: float = 1e-3, seed: int = 0
-) -> BatteryResult:
-    """Run the battery on a ledger's recorded batches against its header's claim.
-
-    N, q and the cap (``sampler_params["cap"]``, if any) come from the run
-    header.  Steps re-executed after a resume re-draw the same batch by
-    design, so one execution per logical step index is used (the last).
-
-    Args:
-        ledger_or_path: a ``Ledger`` from :func:`dpverify.ledger.read_ledger`
-            (anything with ``.header`` and ``.steps``), or a ledger / run
-            directory path, which is streamed (two passes, memory O(N + T)).
-        alpha: family-wise false-positive rate.
-        seed: see :func:`run_battery`.
-
-    Raises:
-        UnusableInput, LedgerCorrupt: from the ledger reader.
-        InvalidArgument: steps declare a sampling rate other than the header's
-            (heterogeneous rates are not supported by the battery yet), or a
-            logical step index is missing.
-    """
-    if isinstance(ledger_or_path, (str, os.PathLike)):
-        return _battery_from_path(ledger_or_path, alpha, seed)
-    n, q, cap = _header_null(ledger_or_path.header)
-    steps = _final_executions(ledger_or_path.steps)
-    rates = {s.step: s.sampling_rate for s in steps if s.sampling_rate is not None}
-    _check_steps([s.step for s in steps], rates, q)
-    return run_battery(
-        (s.indices for s in steps),
-        dataset_size=n,
-        sampling_rate=q,
-        alpha=alpha,
-        cap=cap,
-        seed=seed,
+        min_detectable_relative_bias=cannot["rate_bias"] if cannot["rate_bias"] is not None else math.inf,
+        sampler=null.sampler,
+        sampler_label=null.label(),
+        observed_rate=observed / null.cycle_length,
+        conservative=conservative,
+        diagnosis=diagnose(failures, summary.sizes, null.dataset_size) if failures else "",
+        cannot_see=cannot,
     )

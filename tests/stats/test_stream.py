@@ -69,3 +69,42 @@ def test_rejects_two_dimensional_batches():
     stream = BatchStream(10)
     with pytest.raises(InvalidArgument, match="1-D integer array"):
         stream.add(np.zeros((2, 2), dtype=np.int64))
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 30),
+    steps=st.integers(0, 40),
+    q=st.floats(0.0, 1.0),
+    chunk=st.integers(1, 50),
+    seed=st.integers(0, 2**32),
+)
+def test_sparse_state_equals_dense_state(n, steps, q, chunk, seed):
+    """Per-example state kept for seen examples only gives the same summary as dense arrays."""
+    rng = np.random.default_rng(seed)
+    matrix = rng.random((steps, n)) < q
+    out = []
+    for sparse in (False, True):
+        stream = BatchStream(n, max_lag=4, chunk_indices=chunk, sparse=sparse)
+        for row in matrix:
+            stream.add(np.flatnonzero(row))
+        out.append(stream.finish())
+    dense, sparse = out
+    assert np.array_equal(dense.seen, sparse.seen)
+    assert np.array_equal(dense.seen_counts, sparse.seen_counts)
+    assert np.array_equal(dense.seen_last, sparse.seen_last)
+    assert np.array_equal(dense.gap_hist, sparse.gap_hist)
+    assert np.array_equal(dense.hashes, sparse.hashes)
+    assert np.array_equal(sparse.counts, matrix.sum(axis=0))
+    last = [int(np.flatnonzero(matrix[:, i]).max()) for i in dense.seen]
+    assert list(dense.seen_last) == last
+
+
+def test_repeats_are_counted_by_step_class_and_size():
+    stream = BatchStream(10)
+    for b in ([1, 2], [1, 2], [], [1, 2], [], [3]):
+        stream.add(np.array(b, dtype=np.int64))
+    s = stream.finish()
+    assert s.repeated_pairs == 3 + 1
+    assert s.repeats_by_class(1) == {(0, 0): (2, 1), (0, 1): (1, 0), (0, 2): (3, 3)}
+    assert s.repeats_by_class(2) == {(0, 0): (2, 1), (0, 2): (1, 0), (1, 1): (1, 0), (1, 2): (2, 1)}

@@ -1,0 +1,335 @@
+"""The battery over a ledger: every execution, per segment of constant recorded rate.
+
+* **Every execution is audited.**  Steps executed again after a resume are
+  compared with their first execution.  A re-execution that reproduces its
+  batch adds nothing (it is the same draw) and is left out; one that does not
+  is a new draw and enters the battery with its own batch — and, when the
+  run's sampler is step-addressable (``sample(t)`` a pure function of the seed
+  and t, as every dpverify sampler is), it is also a finding: the resumed run
+  did not draw the batches the sampler defines.
+* **Per-step rates are tested, not trusted.**  The kept executions are cut into
+  segments of constant recorded ``sampling_rate`` (rates equal up to float32
+  rounding, relative 2⁻²³, are one rate; a step without a rate has the
+  header's).  Each segment gets its own battery against its own rate, at level
+  α/m for m segments (Bonferroni), so a recorded rate below what the indices
+  show refutes that segment.  A segment with no meaningful test is reported as
+  too short, never silently passed.
+
+Memory: the plan keeps O(T) numbers; batteries stream (two passes over a path).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import math
+import os
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import numpy as np
+
+from dpverify.errors import InvalidArgument
+from dpverify.stats._declared import FLOAT32_REL, NULL_SAMPLERS, DeclaredNull
+from dpverify.stats._results import BatteryResult
+from dpverify.stats.battery import DEFAULT_MAX_LAG, run_battery_on
+
+__all__ = [
+    "LedgerSampling",
+    "SegmentResult",
+    "battery_from_ledger",
+    "declared_null",
+    "sampling_from_ledger",
+    "step_addressable",
+]
+
+#: Tests whose evidence is exact: they run (and can fail) however short a segment is.
+EXACT_TESTS = ("batch_size_support", "group_membership")
+
+
+def declared_null(header: Any, sampling_rate: float | None = None) -> DeclaredNull:
+    """The null of a run header (sampler names are case-insensitive)."""
+    name = str(header.sampler).lower()
+    if name not in NULL_SAMPLERS:
+        raise InvalidArgument(
+            f"sampler={header.sampler!r} has no sampling null (known: {', '.join(NULL_SAMPLERS)})"
+        )
+    params = dict(header.sampler_params or {})
+    return DeclaredNull(
+        dataset_size=int(header.dataset_size),
+        sampling_rate=float(header.sampling_rate if sampling_rate is None else sampling_rate),
+        sampler=name,
+        cap=params.get("cap") if name == "truncated_poisson" else None,
+        batch_size=params.get("batch_size") if name == "fixed_size" else None,
+        cycle_length=int(params.get("cycle_length", 1)) if name == "cyclic_poisson" else 1,
+    )
+
+
+def step_addressable(header: Any) -> bool:
+    """Whether the run's batches are a pure function of (seed, step).
+
+    True for runs written by dpverify's own trainers (the header's ``software``
+    records ``dpverify`` and ``jaxlib`` and no foreign framework); runs imported
+    from other frameworks (Opacus, jax_privacy iterators) may legitimately draw
+    a fresh batch when a step is re-executed.  ``sampler_params`` may state it
+    explicitly with ``{"step_addressable": true|false}``.
+    """
+    explicit = (header.sampler_params or {}).get("step_addressable")
+    if isinstance(explicit, bool):
+        return explicit
+    software = {str(k).lower() for k in (header.software or {})}
+    foreign = {"torch", "opacus", "jax_privacy", "jax-privacy", "tensorflow"}
+    return "dpverify" in software and "jaxlib" in software and not (software & foreign)
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class SegmentResult:
+    """The battery on one segment of constant recorded sampling rate.
+
+    Attributes:
+        first_step, last_step: logical step indices of the segment's first and
+            last batch.
+        batches: batches tested (kept executions).
+        sampling_rate: the recorded rate of the segment.
+        status: ``"pass"``, ``"fail"`` or ``"too_short"`` (no meaningful test
+            beyond the exact ones; nothing was established about its rate).
+        battery: the segment's :class:`BatteryResult`.
+    """
+
+    first_step: int
+    last_step: int
+    batches: int
+    sampling_rate: float
+    status: str
+    battery: BatteryResult
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    def to_dict(self) -> dict[str, Any]:
+        b = self.battery
+        return {
+            "first_step": self.first_step,
+            "last_step": self.last_step,
+            "batches": self.batches,
+            "sampling_rate": self.sampling_rate,
+            "status": self.status,
+            "passed": self.passed,
+            "rate_verified": self.passed,
+            "observed_rate": b.observed_rate,
+            "conservative": b.conservative,
+            "diagnosis": b.diagnosis,
+            "failures": [t.name for t in b.failures],
+        }
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
+class LedgerSampling:
+    """The sampling battery over a whole ledger.
+
+    Attributes:
+        null: the header's declared null.
+        segments: one :class:`SegmentResult` per segment of constant rate.
+        findings: plain-words violations outside the battery (a re-executed
+            step of a step-addressable sampler that drew another batch).
+        executions: step records in the ledger; logical_steps: distinct step
+            indices; reproduced: re-executions equal to their first execution
+            (left out); redrawn: re-executions with a batch of their own (kept).
+        alpha: family-wise level (split evenly over the segments).
+    """
+
+    null: DeclaredNull
+    segments: tuple[SegmentResult, ...]
+    findings: tuple[str, ...]
+    executions: int
+    logical_steps: int
+    reproduced: int
+    redrawn: int
+    alpha: float
+
+    @property
+    def passed(self) -> bool:
+        return not self.findings and all(s.status != "fail" for s in self.segments)
+
+    @property
+    def rates_verified(self) -> bool:
+        """Every segment passed with a meaningful battery: recorded rates may be used."""
+        return bool(self.segments) and all(s.passed for s in self.segments) and not self.findings
+
+
+@dataclasses.dataclass
+class _Plan:
+    keep: list[bool]
+    segment_of: list[int]
+    rates: list[float]
+    bounds: list[tuple[int, int, int]]  # (first step, last step, batches) per segment
+    findings: list[str]
+    logical: int
+    reproduced: int
+    redrawn: int
+
+
+def _digest(indices: np.ndarray) -> bytes:
+    return hashlib.blake2b(np.asarray(indices, dtype=np.int64).tobytes(), digest_size=16).digest()
+
+
+def _plan(steps: Iterable[Any], header: Any, addressable: bool) -> _Plan:
+    first: dict[int, bytes] = {}
+    keep: list[bool] = []
+    rates: list[float] = []
+    segment_of: list[int] = []
+    bounds: list[list[int]] = []
+    findings: list[str] = []
+    mismatched: list[int] = []
+    reproduced = redrawn = 0
+    seg_rate: float | None = None
+    q0 = float(header.sampling_rate)
+    for record in steps:
+        step = int(record.step)
+        rate = float(record.sampling_rate) if record.sampling_rate is not None else q0
+        digest = _digest(record.indices)
+        kept = True
+        if step in first:
+            if first[step] == digest:
+                kept = False
+                reproduced += 1
+            else:
+                redrawn += 1
+                mismatched.append(step)
+        else:
+            first[step] = digest
+        keep.append(kept)
+        rates.append(rate)
+        if not kept:
+            segment_of.append(-1)
+            continue
+        if seg_rate is None or not math.isclose(rate, seg_rate, rel_tol=FLOAT32_REL, abs_tol=0.0):
+            seg_rate = rate
+            bounds.append([step, step, 0])
+        bounds[-1][1] = step
+        bounds[-1][2] += 1
+        segment_of.append(len(bounds) - 1)
+    if mismatched and addressable:
+        shown = ", ".join(str(s) for s in mismatched[:5]) + (" ..." if len(mismatched) > 5 else "")
+        findings.append(
+            f"{len(mismatched)} re-executed step(s) drew a different batch than their first "
+            f"execution (step {shown}): the sampler is step-addressable, so a resumed run must "
+            "redraw the same batches; the batches were changed or the sampler was re-seeded"
+        )
+    return _Plan(
+        keep=keep,
+        segment_of=segment_of,
+        rates=rates,
+        bounds=[tuple(b) for b in bounds],  # type: ignore[misc]
+        findings=findings,
+        logical=len(first),
+        reproduced=reproduced,
+        redrawn=redrawn,
+    )
+
+
+def _steps_of(ledger_or_path: Any) -> tuple[Any, Any]:
+    """(header, a callable returning a fresh iterator over step records)."""
+    if isinstance(ledger_or_path, (str, os.PathLike)):
+        from dpverify.ledger import RunHeader, Step, iter_records
+
+        header = None
+        for record in iter_records(ledger_or_path):
+            if isinstance(record, RunHeader):
+                header = record
+                break
+        if header is None:  # pragma: no cover - the reader guarantees a header
+            raise InvalidArgument("the ledger has no run header")
+
+        def steps() -> Iterator[Any]:
+            return (r for r in iter_records(ledger_or_path) if isinstance(r, Step))
+
+        return header, steps
+    return ledger_or_path.header, lambda: iter(ledger_or_path.steps)
+
+
+def sampling_from_ledger(
+    ledger_or_path: Any,
+    *,
+    alpha: float = 1e-3,
+    seed: int = 0,
+    step_addressable_run: bool | None = None,
+    max_lag: int = DEFAULT_MAX_LAG,
+) -> LedgerSampling:
+    """Run the battery over every execution of a ledger, per segment of constant rate.
+
+    Args:
+        ledger_or_path: a read ledger (``.header``, ``.steps``) or a ledger /
+            run directory path (streamed: two passes, memory O(N + T)).
+        alpha: family-wise false-positive rate over all segments.
+        seed: see :func:`dpverify.stats.run_battery`.
+        step_addressable_run: override :func:`step_addressable`.
+        max_lag: see :func:`dpverify.stats.run_battery`.
+
+    Raises:
+        InvalidArgument: the header's sampler has no null, or bad parameters.
+    """
+    header, steps = _steps_of(ledger_or_path)
+    addressable = step_addressable(header) if step_addressable_run is None else step_addressable_run
+    plan = _plan(steps(), header, addressable)
+    m = max(1, len(plan.bounds))
+    level = alpha / m
+    segments: list[SegmentResult] = []
+    for k, (lo, hi, count) in enumerate(plan.bounds):
+        rate = next(r for r, s in zip(plan.rates, plan.segment_of, strict=True) if s == k)
+
+        def batches(k: int = k) -> Iterator[np.ndarray]:
+            for record, s in zip(steps(), plan.segment_of, strict=True):
+                if s == k:
+                    yield record.indices
+
+        result = run_battery_on(
+            batches(), declared_null(header, rate), alpha=level, seed=seed, max_lag=max_lag
+        )
+        if not result.passed:
+            status = "fail"
+        elif not any(t.meaningful for t in result.tests if t.name not in EXACT_TESTS):
+            status = "too_short"
+        else:
+            status = "pass"
+        segments.append(
+            SegmentResult(
+                first_step=lo,
+                last_step=hi,
+                batches=count,
+                sampling_rate=rate,
+                status=status,
+                battery=result,
+            )
+        )
+    return LedgerSampling(
+        null=declared_null(header),
+        segments=tuple(segments),
+        findings=tuple(plan.findings),
+        executions=len(plan.keep),
+        logical_steps=plan.logical,
+        reproduced=plan.reproduced,
+        redrawn=plan.redrawn,
+        alpha=alpha,
+    )
+
+
+def battery_from_ledger(
+    ledger_or_path: Any, *, alpha: float = 1e-3, seed: int = 0
+) -> BatteryResult:
+    """The battery of a ledger with one recorded rate (see :func:`sampling_from_ledger`).
+
+    Every execution enters (a re-execution that reproduces its batch once).
+
+    Raises:
+        InvalidArgument: the recorded rate changes (use :func:`sampling_from_ledger`,
+            which tests each segment), or the sampler has no null.
+    """
+    result = sampling_from_ledger(ledger_or_path, alpha=alpha, seed=seed)
+    if len(result.segments) != 1:
+        raise InvalidArgument(
+            f"the recorded sampling_rate changes between steps ({len(result.segments)} segments): "
+            "use sampling_from_ledger, which tests each segment"
+        )
+    return result.segments[0].battery
