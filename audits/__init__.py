@@ -11,7 +11,8 @@ Typical use::
 
 Each check is a small module returning a :class:`CheckResult`:
 :mod:`audits.integrity`, :mod:`audits.configuration`, :mod:`audits.sampling`,
-:mod:`audits.mechanics`, :mod:`audits.privacy`, :mod:`audits.replay`.
+:mod:`audits.mechanics`, :mod:`audits.privacy`, :mod:`audits.replay`,
+:mod:`audits.empirical` (canaries: an ε lower bound from the trained model).
 Importing this package does not import JAX (replay imports it when it runs).
 """
 

@@ -4,7 +4,8 @@
   show as a spike, truncation as a missing right tail;
 * per-example inclusion counts against Binomial(T, q) — epoch-based shuffling
   shows as counts far too even;
-* ε against executed steps for each accountant.
+* ε against executed steps for each accountant;
+* canary scores, included vs excluded (when the run has canaries).
 """
 
 from __future__ import annotations
@@ -18,7 +19,13 @@ from scipy import stats
 
 from audits.evidence import AuditEvidence
 
-__all__ = ["batch_size_figure", "epsilon_curve", "epsilon_figure", "inclusion_count_figure"]
+__all__ = [
+    "batch_size_figure",
+    "canary_score_figure",
+    "epsilon_curve",
+    "epsilon_figure",
+    "inclusion_count_figure",
+]
 
 
 def _png(fig: Any) -> bytes:
@@ -140,5 +147,28 @@ def epsilon_figure(
     ax.set_xlabel("executed steps")
     ax.set_ylabel(f"ε at δ = {delta:g}")
     ax.set_title("Privacy loss against steps")
+    ax.legend(frameon=False)
+    return _png(fig)
+
+
+def canary_score_figure(histogram: dict[str, list], *, lower_bound: float | None = None) -> bytes:
+    """Canary scores, included vs excluded (step histograms), as PNG bytes.
+
+    ``histogram`` is the empirical check's ``details["histogram"]``: shared
+    ``edges`` and the ``included``/``excluded`` counts per bin.  Included
+    canaries pushed the model along their direction, so when the run leaks
+    they sit to the right of the excluded ones.
+    """
+    fig, ax = _figure()
+    edges = np.asarray(histogram["edges"], dtype=float)
+    for key, colour in (("excluded", "#7fa7d1"), ("included", "#d1847f")):
+        counts = np.asarray(histogram[key], dtype=float)
+        ax.stairs(counts, edges, color=colour, lw=1.5, label=f"{key} ({int(counts.sum())})")
+    title = "Canary scores from the released parameters"
+    if lower_bound is not None:
+        title += f" (empirical ε ≥ {lower_bound:.3g})"
+    ax.set_title(title)
+    ax.set_xlabel("score = −⟨θ_T − θ_0, u_i⟩ / C")
+    ax.set_ylabel("canaries")
     ax.legend(frameon=False)
     return _png(fig)

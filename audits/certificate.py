@@ -12,6 +12,10 @@ JSON schema (``schema_version`` 1; documented in ``docs/certificate.md``):
 * ``steps`` (executed steps, repeats after resumes included), ``logical_steps``.
 * ``ledger_head`` — the hash-chain head (hex): the public commitment to the
   ledger audited; ``sealed``.
+* ``empirical`` — the canaries' empirical ε lower bound
+  (``{"epsilon_lower_bound", "confidence", "canaries", "method", "delta",
+  "guesses", "correct", "status"}``), or ``null`` when the empirical check
+  computed none (no canaries, or their secret design was not given).
 * ``run`` — the public run configuration from the ledger header (no noise key,
   no seed, no indices).
 * ``dpverify_version``, ``created`` (ISO 8601 UTC).
@@ -41,6 +45,7 @@ __all__ = [
     "SCHEMA_VERSION",
     "VERDICTS",
     "Certificate",
+    "empirical_section",
     "public_run_config",
     "write_json",
 ]
@@ -85,6 +90,29 @@ def public_run_config(header: Any) -> dict[str, Any]:
     return jsonable(out)
 
 
+#: Fields of the empirical check's details copied into the certificate's ``empirical``.
+_EMPIRICAL_FIELDS = (
+    "epsilon_lower_bound",
+    "confidence",
+    "canaries",
+    "method",
+    "delta",
+    "guesses",
+    "correct",
+    "source",
+)
+
+
+def empirical_section(check: CheckResult) -> dict[str, Any] | None:
+    """The certificate's ``empirical`` section from the empirical check's result."""
+    details = dict(check.details or {})
+    if check.name != "empirical" or "epsilon_lower_bound" not in details:
+        return None
+    out = {k: details.get(k) for k in _EMPIRICAL_FIELDS}
+    out["status"] = check.status
+    return out
+
+
 def _now() -> str:
     return _dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
@@ -111,6 +139,7 @@ class Certificate:
         dpverify_version: version of the auditor.
         created: ISO 8601 UTC time of the audit.
         evidence: aggregates for the report's plots (not written to JSON).
+        empirical: the canaries' lower bound (:func:`empirical_section`) or ``None``.
     """
 
     verdict: str
@@ -127,6 +156,7 @@ class Certificate:
     dpverify_version: str = ""
     created: str = dataclasses.field(default_factory=_now)
     evidence: AuditEvidence | None = dataclasses.field(default=None, repr=False)
+    empirical: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         check_choice("verdict", self.verdict, tuple(VERDICTS))
@@ -179,6 +209,7 @@ class Certificate:
             "sealed": self.sealed,
             "epsilon": jsonable(dict(self.epsilon)) if self.epsilon is not None else None,
             "checks": [c.to_dict() for c in self.checks],
+            "empirical": jsonable(dict(self.empirical)) if self.empirical is not None else None,
             "run": jsonable(dict(self.run)),
             "dpverify_version": self.dpverify_version,
             "created": self.created,

@@ -31,7 +31,15 @@ __all__ = ["CHECK_NAMES", "STATUSES", "CheckResult", "jsonable"]
 STATUSES = ("pass", "warn", "skip", "fail")
 
 #: Names of the checks, in the order the auditor runs them.
-CHECK_NAMES = ("integrity", "configuration", "sampling", "mechanics", "privacy", "replay")
+CHECK_NAMES = (
+    "integrity",
+    "configuration",
+    "sampling",
+    "mechanics",
+    "privacy",
+    "replay",
+    "empirical",
+)
 
 
 def jsonable(value: Any) -> Any:

@@ -4,7 +4,8 @@
 the plots embedded (base64 PNG); ``write_report(cert, "report.md")`` writes
 Markdown and saves the plots beside it in ``report_plots/``.  Neither contains
 sampled indices, seeds or keys: only the certificate's public content and
-aggregate plots (batch-size and inclusion-count histograms, ε against steps).
+aggregate plots (batch-size and inclusion-count histograms, ε against steps,
+canary-score histograms — counts per bin, never which canary was included).
 """
 
 from __future__ import annotations
@@ -29,11 +30,30 @@ def _num(x: Any, fmt: str = ".4g") -> str:
     return "—" if x is None else format(x, fmt)
 
 
+def _canary_plot(cert: Certificate) -> list[tuple[str, str, bytes]]:
+    """The canary-score plot when the empirical check computed scores."""
+    try:
+        check = cert.check("empirical")
+    except InvalidArgument:
+        return []
+    hist = (check.details or {}).get("histogram")
+    if not hist:
+        return []
+    lb = (check.details or {}).get("epsilon_lower_bound")
+    return [
+        (
+            "canary_scores",
+            "Canary scores from the released parameters, included vs excluded canaries",
+            _plots.canary_score_figure(hist, lower_bound=lb),
+        )
+    ]
+
+
 def _plots_for(cert: Certificate, *, epsilon_points: int) -> list[tuple[str, str, bytes]]:
     """(file stem, caption, PNG) for each plot the evidence allows."""
     ev = cert.evidence
     if ev is None:
-        return []
+        return _canary_plot(cert)
     out = [
         (
             "batch_sizes",
@@ -58,7 +78,7 @@ def _plots_for(cert: Certificate, *, epsilon_points: int) -> list[tuple[str, str
                 _plots.epsilon_figure(curve, delta=ev.delta, claimed=cert.claimed_epsilon),
             )
         )
-    return out
+    return out + _canary_plot(cert)
 
 
 def _sections(cert: Certificate) -> list[tuple[str, list[list[str]] | str]]:
@@ -93,6 +113,22 @@ def _sections(cert: Certificate) -> list[tuple[str, list[list[str]] | str]]:
             )
         else:
             acc.append([name.upper(), _num(entry.get("epsilon")), reason])
+    emp = cert.empirical
+    empirical: list[list[str]] | str = (
+        "The run has no canaries, or their secret design was not given to the auditor."
+    )
+    if emp:
+        empirical = [
+            ["ε lower bound", "confidence", "canaries", "correct / guesses", "method", "source"],
+            [
+                _num(emp.get("epsilon_lower_bound")),
+                _num(emp.get("confidence"), ".0%"),
+                str(emp.get("canaries")),
+                f"{emp.get('correct')} / {emp.get('guesses')}",
+                str(emp.get("method")),
+                str(emp.get("source")),
+            ],
+        ]
     run = [["field", "value"]] + [
         [k, str(v)] for k, v in cert.run.items() if v not in (None, {}, "")
     ]
@@ -100,6 +136,7 @@ def _sections(cert: Certificate) -> list[tuple[str, list[list[str]] | str]]:
         ("Claim", claim),
         ("Checks", checks),
         ("ε recomputed from the executed steps", acc if eps else "ε was not computed."),
+        ("Empirical lower bound on ε from canaries (one run)", empirical),
         ("Run configuration (public header fields)", run),
         (
             "Ledger commitment",

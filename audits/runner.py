@@ -21,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from audits.certificate import Certificate, public_run_config
+from audits.certificate import Certificate, empirical_section, public_run_config
 from audits.check import CheckResult
 from audits.configuration import check_configuration
+from audits.empirical import DEFAULT_CONFIDENCE, check_empirical
 from audits.evidence import collect_evidence
 from audits.integrity import check_integrity
 from audits.mechanics import check_mechanics
@@ -102,6 +103,8 @@ def audit_ledger(
     noise_key_path: Path | None = None,
     progress: bool = False,
     seed: int = 0,
+    empirical_confidence: float = DEFAULT_CONFIDENCE,
+    canary_scores_path: Path | None = None,
 ) -> Certificate:
     """Audit an already-read ledger (the core of :func:`run_audit`).
 
@@ -115,6 +118,10 @@ def audit_ledger(
         noise_key_path: noise key file for replay (default ``RUN_DIR/noise.key``).
         progress: show a progress bar on stderr (only on a TTY).
         seed: seed of the battery's Monte-Carlo tests and of the replay sample.
+        empirical_confidence: confidence of the canaries' ε lower bound.
+        canary_scores_path: canary scores JSON for runs that carry their own
+            (:func:`audits.empirical.load_scores_file`); default: computed
+            from the run directory's checkpoints and canary key.
 
     Returns:
         The :class:`~audits.certificate.Certificate`.
@@ -122,13 +129,13 @@ def audit_ledger(
     from tqdm import tqdm
 
     show = progress and sys.stderr.isatty()
-    bar = tqdm(total=6, desc="audit", unit="check", disable=not show, leave=False)
+    bar = tqdm(total=7, desc="audit", unit="check", disable=not show, leave=False)
     checks = [check_integrity(verify_report, ledger)]
     bar.update(1)
     head = getattr(verify_report, "head", None)
     if checks[0].failed:
         why = "the ledger failed its integrity check"
-        for name in ("configuration", "sampling", "mechanics", "privacy", "replay"):
+        for name in ("configuration", "sampling", "mechanics", "privacy", "replay", "empirical"):
             checks.append(_skipped(name, why))
         bar.close()
         verdict, reason = _verdict(checks, None)
@@ -173,6 +180,20 @@ def audit_ledger(
         )
     )
     bar.update(1)
+    checks.append(
+        _guarded(
+            "empirical",
+            lambda: check_empirical(
+                ledger,
+                run_dir,
+                claimed_epsilon=claimed,
+                delta=delta,
+                confidence=empirical_confidence,
+                scores_path=canary_scores_path,
+            ),
+        )
+    )
+    bar.update(1)
     bar.close()
     epsilon_report = report_box[0] if report_box else None
     verdict, reason = _verdict(checks, claimed)
@@ -190,6 +211,7 @@ def audit_ledger(
         sealed=ledger.seal is not None,
         run=public_run_config(header),
         evidence=collect_evidence(ledger, steps=logical, delta=delta),
+        empirical=empirical_section(checks[-1]),
     )
 
 
@@ -201,6 +223,8 @@ def run_audit(
     noise_key_path: str | os.PathLike[str] | None = None,
     progress: bool = False,
     seed: int = 0,
+    empirical_confidence: float = DEFAULT_CONFIDENCE,
+    canary_scores_path: str | os.PathLike[str] | None = None,
 ) -> Certificate:
     """Audit the run at ``path`` and issue its certificate.
 
@@ -213,6 +237,10 @@ def run_audit(
         noise_key_path: the run's noise key file, when not ``RUN_DIR/noise.key``.
         progress: show a progress bar on stderr.
         seed: seed of the battery's Monte-Carlo tests and of the replay sample.
+        empirical_confidence: confidence in (0, 1) of the canaries' ε lower
+            bound (the empirical check refutes an honest run with probability
+            at most 1 − it).
+        canary_scores_path: a canary scores JSON file (imported runs).
 
     Returns:
         The certificate; a corrupt ledger gives verdict ``unverifiable``.
@@ -230,6 +258,12 @@ def run_audit(
     from dpverify import ledger as ledger_api
 
     check_probability("alpha", alpha, allow_one=False)
+    check_probability("empirical_confidence", empirical_confidence, allow_one=False)
+    scores = None
+    if canary_scores_path is not None:
+        scores = Path(canary_scores_path)
+        if not scores.is_file():
+            raise UnusableInput(f"canary scores file {scores} does not exist")
     if replay_steps is not None:
         check_int("replay_steps", replay_steps, minimum=1)
     key = None
@@ -268,4 +302,6 @@ def run_audit(
         noise_key_path=key,
         progress=progress,
         seed=seed,
+        empirical_confidence=empirical_confidence,
+        canary_scores_path=scores,
     )

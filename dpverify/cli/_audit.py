@@ -53,6 +53,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=0,
         help="seed of the Monte-Carlo tests and of the replay sample (default 0)",
     )
+    p.add_argument(
+        "--empirical-confidence",
+        metavar="C",
+        type=positive_float,
+        default=0.95,
+        help="confidence of the canaries' empirical ε lower bound (default 0.95)",
+    )
+    p.add_argument(
+        "--canary-scores",
+        metavar="FILE",
+        help="canary scores JSON {'scores': [...], 'included': [...]} for runs that carry "
+        "their own (default: computed from RUN_DIR's checkpoints and canary key)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(handler=_audit)
 
@@ -71,6 +84,8 @@ def _audit(args: argparse.Namespace) -> int:
         noise_key_path=args.noise_key,
         progress=not args.quiet and sys.stderr.isatty(),
         seed=args.seed,
+        empirical_confidence=args.empirical_confidence,
+        canary_scores_path=args.canary_scores,
     )
     written = []
     if args.json == "-":
@@ -99,6 +114,12 @@ def _check_outputs(args: argparse.Namespace) -> None:
         raise InvalidArgument(
             f"--replay-steps={args.replay_steps} must be >= 0 (0 skips replay, like --no-replay)"
         )
+    if not 0 < args.empirical_confidence < 1:
+        raise InvalidArgument(
+            f"--empirical-confidence={args.empirical_confidence!r} must be in (0, 1)"
+        )
+    if args.canary_scores is not None and not Path(args.canary_scores).is_file():
+        raise UnusableInput(f"canary scores file {args.canary_scores}: no such file")
     if args.report and Path(args.report).suffix.lower() not in (".html", ".htm", ".md"):
         raise InvalidArgument(f"--report={args.report!r} must end in .html or .md")
     for out in (args.json if args.json != "-" else None, args.report):

@@ -23,7 +23,7 @@ def test_public_names_exist():
     missing = {name for name in PUBLIC if not hasattr(audits, name)}
     assert not missing
     assert audits.CHECK_NAMES == (
-        "integrity", "configuration", "sampling", "mechanics", "privacy", "replay"
+        "integrity", "configuration", "sampling", "mechanics", "privacy", "replay", "empirical"
     )  # fmt: skip
     assert set(audits.VERDICTS) == {"certified", "refuted", "unverifiable"}
 

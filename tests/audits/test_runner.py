@@ -18,6 +18,7 @@ def _stub(monkeypatch, **statuses):
     monkeypatch.setattr(runner, "check_mechanics", lambda h, s: make("mechanics"))
     monkeypatch.setattr(runner, "check_privacy", lambda ledger: (make("privacy"), None))
     monkeypatch.setattr(runner, "check_replay", lambda d, **k: make("replay"))
+    monkeypatch.setattr(runner, "check_empirical", lambda led, d, **k: make("empirical"))
 
 
 def _audit(fakes, ledger=None, **verify):
@@ -36,6 +37,7 @@ def test_all_pass_is_certified(monkeypatch, fakes):
         "mechanics",
         "privacy",
         "replay",
+        "empirical",
     ]
     assert cert.steps == 5 and cert.claimed_epsilon == 3.0 and cert.ledger_head == "ab" * 32
     assert cert.evidence.batch_sizes.size == 5
@@ -49,7 +51,9 @@ def test_warn_and_skip_do_not_refute(monkeypatch, fakes):
     assert "warning: sampling; not run: replay" in cert.verdict_reason
 
 
-@pytest.mark.parametrize("failing", ["configuration", "sampling", "mechanics", "privacy", "replay"])
+@pytest.mark.parametrize(
+    "failing", ["configuration", "sampling", "mechanics", "privacy", "replay", "empirical"]
+)
 def test_any_failed_check_refutes(monkeypatch, fakes, failing):
     _stub(monkeypatch, **{failing: "fail"})
     cert = _audit(fakes)
@@ -64,7 +68,7 @@ def test_corrupt_ledger_is_unverifiable_and_skips_the_rest(monkeypatch, fakes):
     cert = runner.audit_ledger(None, verify_report=verify)
     assert cert.verdict == "unverifiable" and cert.exit_code == 1
     assert "record 2" in cert.verdict_reason
-    assert [c.status for c in cert.checks[1:]] == ["skip"] * 5
+    assert [c.status for c in cert.checks[1:]] == ["skip"] * 6
     assert cert.to_json()["checks"][0]["status"] == "fail"
 
 
