@@ -137,6 +137,40 @@ def test_shuffled_batches_are_recorded_as_shuffle(opacus_run, tmp_path):
     assert [s.batch_size for s in read_ledger(rec.run_dir / "ledger").steps] == [64] * 5
 
 
+def test_batch_memory_manager_records_logical_steps_and_replays(tmp_path):
+    """Opacus's own virtual steps: physical batches of 32, one noisy step per logical batch."""
+    from opacus import PrivacyEngine
+    from opacus.utils.batch_memory_manager import BatchMemoryManager
+    from sklearn.datasets import load_digits
+
+    x, y = load_digits(return_X_y=True)
+    data = torch.utils.data.TensorDataset(torch.tensor(x / 16.0, dtype=torch.float32),
+                                          torch.tensor(y))  # fmt: skip
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(64, 16), torch.nn.ReLU(), torch.nn.Linear(16, 10))
+    engine = PrivacyEngine()
+    model, opt, loader = engine.make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.5),
+        data_loader=torch.utils.data.DataLoader(data, batch_size=128),
+        noise_multiplier=1.0, max_grad_norm=1.0,
+    )  # fmt: skip
+    physical = 0
+    with record(tmp_path / "run", privacy_engine=engine, model=model, optimizer=opt,
+                data_loader=loader, delta=1e-5, checkpoint_every=5) as rec:  # fmt: skip
+        with BatchMemoryManager(data_loader=loader, max_physical_batch_size=32,
+                                optimizer=opt) as physical_loader:  # fmt: skip
+            for xb, yb in physical_loader:
+                opt.zero_grad()
+                torch.nn.functional.cross_entropy(model(xb), yb).backward()
+                opt.step()
+                physical += 1
+    ledger = read_ledger(rec.run_dir / "ledger")
+    assert len(ledger.steps) == 15 < physical  # ceil(1797/128) logical steps
+    assert max(s.batch_size for s in ledger.steps) > 32
+    report = opacus_replay.replay_segments(rec.run_dir, ledger)
+    assert report.outcomes and all(o.ok for o in report.outcomes), report
+
+
 def test_gradient_accumulation_is_refused(tmp_path):
     from opacus import PrivacyEngine
 
