@@ -1,6 +1,7 @@
-"""Batch samplers: the Poisson sampler the accountants assume, and shortcuts for contrast."""
+"""Batch samplers: the Poisson sampler the accountants assume, cyclic Poisson, and shortcuts for contrast."""
 
 from dpverify.samplers._protocol import Sampler as Sampler
+from dpverify.samplers.cyclic import CyclicPoissonSampler as CyclicPoissonSampler
 from dpverify.samplers.poisson import PoissonSampler as PoissonSampler
 from dpverify.samplers.poisson import step_rng as step_rng
 from dpverify.samplers.registry import SAMPLER_NAMES as SAMPLER_NAMES

@@ -26,7 +26,8 @@ class Sampler(Protocol):
           Poisson subsampling at rate ``sampling_rate``, the assumption behind
           the Poisson-subsampled Gaussian ε.
         * ``accounting`` names the event the sampler really implements:
-          ``"poisson"``, ``"truncated_poisson"``, ``"fixed_size_without_replacement"``,
+          ``"poisson"``, ``"truncated_poisson"``, ``"cyclic_poisson"``,
+          ``"fixed_size_without_replacement"``,
           ``"shuffle"``, ``"balls_in_bins"`` or ``"unknown"``.
     """
 

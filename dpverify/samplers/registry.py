@@ -8,6 +8,7 @@ from typing import Any
 from dpverify._validate import check_choice
 from dpverify.errors import InvalidArgument
 from dpverify.samplers._protocol import Sampler
+from dpverify.samplers.cyclic import CyclicPoissonSampler
 from dpverify.samplers.poisson import PoissonSampler
 from dpverify.samplers.shortcuts import (
     BallsInBinsSampler,
@@ -26,7 +27,11 @@ _FACTORIES: dict[str, tuple[Callable[..., Sampler], tuple[str, ...]]] = {
     "truncated_poisson": (TruncatedPoissonSampler, ("cap",)),
     "balls_in_bins": (BallsInBinsSampler, ("num_bins",)),
     "shuffle_binomial": (ShuffleBinomialSampler, ()),
+    "cyclic_poisson": (CyclicPoissonSampler, ("cycle_length",)),
 }
+
+#: Parameters passed to the sampler's constructor (the others are derived and checked).
+_CONSTRUCTOR_PARAMS = {"truncated_poisson": ("cap",), "cyclic_poisson": ("cycle_length",)}
 
 #: Names accepted by :func:`make_sampler` (and written to ``RunHeader.sampler``).
 SAMPLER_NAMES: tuple[str, ...] = tuple(_FACTORIES)
@@ -43,7 +48,8 @@ def make_sampler(
         sampling_rate: q in (0, 1]; fixed-size samplers use batches of round(qN).
         seed: the private sampling seed.
         **params: the sampler's parameters as recorded in ``RunHeader.sampler_params``
-            (``cap`` for ``"truncated_poisson"``).  Derived parameters that a
+            (``cap`` for ``"truncated_poisson"``, ``cycle_length`` for
+            ``"cyclic_poisson"``).  Derived parameters that a
             sampler reports in ``params()`` (``batch_size``, ``num_bins``) are
             accepted when they agree with ``dataset_size`` and ``sampling_rate``,
             so ``make_sampler(h.sampler, h.dataset_size, h.sampling_rate, seed,
@@ -52,6 +58,7 @@ def make_sampler(
     Raises:
         InvalidArgument: unknown name, unknown parameter or inconsistent value.
     """
+    name = str(name).lower() if isinstance(name, str) else name
     check_choice("sampler", name, SAMPLER_NAMES)
     factory, accepted = _FACTORIES[name]
     unknown = sorted(set(params) - set(accepted))
@@ -60,11 +67,12 @@ def make_sampler(
         raise InvalidArgument(
             f"sampler {name!r} has no parameter {unknown[0]!r} (allowed: {allowed})"
         )
-    kwargs = {"cap": params["cap"]} if name == "truncated_poisson" and "cap" in params else {}
+    own = _CONSTRUCTOR_PARAMS.get(name, ())
+    kwargs = {k: params[k] for k in own if k in params}
     sampler = factory(dataset_size, sampling_rate, seed, **kwargs)
     derived = sampler.params()
     for key, value in params.items():
-        if key != "cap" and derived.get(key) != value:
+        if key not in own and derived.get(key) != value:
             raise InvalidArgument(
                 f"{key}={value!r} does not match dataset_size={dataset_size} and "
                 f"sampling_rate={sampling_rate} (expected {derived.get(key)!r})"

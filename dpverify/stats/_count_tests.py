@@ -256,7 +256,7 @@ def return_gaps(summary: StreamSummary, law: SizeLaw, null: DeclaredNull | None 
     word = "more" if diff[worst] > 0 else "less"
     failure = (
         f"examples come back after {span} steps {word} often than independent sampling gives "
-        f"({int(observed[worst])} vs {number(mean[worst])} expected): epoch structure or periodic reuse?"
+        f"({number(observed[worst])} vs {number(mean[worst])} expected): epoch structure or periodic reuse?"
     )
     return RawTest(
         name="return_gaps",

@@ -11,8 +11,8 @@ order of specificity, not the test with the smallest p-value:
    a DataLoader with ``drop_last=False`` (fixed batch size, one short batch per
    epoch) or fixed-size shuffled batches (DataLoader / DistributedSampler)
    named when the batch sizes show it;
-4. an undeclared cap (pile-up at the largest size);
-5. a real rate above the declared one;
+4. a real rate above the declared one (it also shifts the return gaps);
+5. an undeclared cap (pile-up at the largest size);
 6. fixed-size batches; blocks of contiguous indices; then the rest.
 """
 
@@ -69,18 +69,21 @@ def diagnose(failures: Sequence[Any], sizes: np.ndarray, dataset_size: int) -> s
         return by["consecutive_overlap"].reason + " (a random seed reused?)"
     shuffling = [
         by[n]
-        for n in ("consecutive_overlap", "inclusion_count_dispersion", "return_gaps")
-        if n in by and (n == "return_gaps" or _dir(by[n]) == "low")
+        for n in ("consecutive_overlap", "inclusion_count_dispersion")
+        if n in by and _dir(by[n]) == "low"
     ]
+    # Returns too regular point to epochs too, unless a wrong rate explains them.
+    if "return_gaps" in by and "total_inclusions" not in by:
+        shuffling.append(by["return_gaps"])
     if shuffling:
         pattern = _epoch_sizes(sizes, dataset_size)
         if pattern:
             return f"shuffling, not independent sampling: {pattern}"
         return f"shuffling, not independent sampling: {shuffling[0].reason}"
-    if "truncation_scan" in by:
-        return by["truncation_scan"].reason
     if "total_inclusions" in by:
         return by["total_inclusions"].reason
+    if "truncation_scan" in by:
+        return by["truncation_scan"].reason
     if "batch_size_dispersion" in by and _dir(by["batch_size_dispersion"]) == "low":
         return by["batch_size_dispersion"].reason
     if "adjacent_index_pairs" in by:

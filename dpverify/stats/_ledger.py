@@ -12,8 +12,9 @@
   rounding, relative 2⁻²³, are one rate; a step without a rate has the
   header's).  Each segment gets its own battery against its own rate, at level
   α/m for m segments (Bonferroni), so a recorded rate below what the indices
-  show refutes that segment.  A segment with no meaningful test is reported as
-  too short, never silently passed.
+  show refutes that segment.  A segment with fewer than
+  :data:`MIN_SEGMENT_BATCHES` batches or no meaningful test is reported as too
+  short (its rate unverified), never silently passed; it can still fail.
 
 Memory: the plan keeps O(T) numbers; batteries stream (two passes over a path).
 """
@@ -42,6 +43,9 @@ __all__ = [
     "sampling_from_ledger",
     "step_addressable",
 ]
+
+#: A segment with fewer batches only tests gross violations: it is reported as too short.
+MIN_SEGMENT_BATCHES = 20
 
 #: Tests whose evidence is exact: they run (and can fail) however short a segment is.
 EXACT_TESTS = ("batch_size_support", "group_membership")
@@ -289,7 +293,9 @@ def sampling_from_ledger(
         )
         if not result.passed:
             status = "fail"
-        elif not any(t.meaningful for t in result.tests if t.name not in EXACT_TESTS):
+        elif count < MIN_SEGMENT_BATCHES or not any(
+            t.meaningful for t in result.tests if t.name not in EXACT_TESTS
+        ):
             status = "too_short"
         else:
             status = "pass"

@@ -54,3 +54,53 @@ def test_last_execution_of_each_logical_step():
     a, b = Step(step=0, indices=[0]), Step(step=1, indices=[1])
     again = Step(step=1, indices=[7])
     assert last_executions([a, b, again]) == [a, again]
+
+
+def test_too_few_steps_always_say_so(fakes):
+    ledger = _ledger(fakes, lambda rng, n, q: rng.binomial(n, q), steps=5)
+    r = check_sampling(ledger)
+    assert r.status == "warn" and "too few steps" in r.reason and "unverified" in r.reason
+    assert r.details["rates_verified"] is False
+
+
+def test_declared_q_above_the_real_rate_passes_as_conservative(fakes):
+    """Batches at q = 0.05 declared at 0.06: pass, "conservative" in the reason."""
+    ledger = _ledger(fakes, lambda rng, n, q: rng.binomial(n, 0.05), q=0.06, steps=400)
+    r = check_sampling(ledger)
+    assert r.status == "pass" and "conservative" in r.reason, r.reason
+    assert r.details["rates_verified"] is True
+    assert r.details["segments"][0]["conservative"] is True
+
+
+def test_fixed_size_declared_is_tested_not_trusted(fakes):
+    """Shuffled fixed-size batches declared fixed_size: refuted, headline names shuffling."""
+    header = fakes.make_header(
+        dataset_size=2000, sampling_rate=0.05, sampler="fixed_size", sampler_params={"batch_size": 100}
+    )
+    rng = np.random.default_rng(0)
+    records = [header]
+    for t in range(200):
+        if t % 20 == 0:
+            perm = rng.permutation(2000)
+        records.append(Step(step=t, indices=np.sort(perm[(t % 20) * 100 : (t % 20 + 1) * 100])))
+    r = check_sampling(fakes.FakeLedger(header=header, records=tuple(records)))
+    assert r.status == "fail"
+    assert r.reason.startswith("not fixed-size (100) without replacement sampling: shuffling"), r.reason
+
+
+def test_segments_are_listed_for_the_privacy_check(fakes):
+    header = fakes.make_header(dataset_size=2000, sampling_rate=0.05)
+    rng = np.random.default_rng(1)
+    records = [header]
+    for t in range(400):
+        q = 0.05 if t < 200 else 0.02
+        idx = np.sort(rng.choice(2000, rng.binomial(2000, q), replace=False))
+        records.append(Step(step=t, indices=idx, sampling_rate=q))
+    r = check_sampling(fakes.FakeLedger(header=header, records=tuple(records)))
+    assert r.status == "pass", r.reason
+    segs = r.details["segments"]
+    assert [(s["first_step"], s["last_step"], s["sampling_rate"], s["passed"]) for s in segs] == [
+        (0, 199, 0.05, True),
+        (200, 399, 0.02, True),
+    ]
+    assert r.details["rates_verified"] is True and "2 segments" in r.reason

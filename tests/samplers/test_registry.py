@@ -15,17 +15,22 @@ def test_names_cover_the_contract():
         "truncated_poisson",
         "balls_in_bins",
         "shuffle_binomial",
+        "cyclic_poisson",
     }
 
 
 @pytest.mark.parametrize("name", SAMPLER_NAMES)
 def test_rebuild_from_header_fields(name):
-    params = {"cap": 30} if name == "truncated_poisson" else {}
+    params = {"truncated_poisson": {"cap": 30}, "cyclic_poisson": {"cycle_length": 4}}.get(name, {})
     s = make_sampler(name, 1000, 0.02, 7, **params)
     assert s.name == name
     assert s.is_poisson == (name == "poisson")
     again = make_sampler(s.name, s.dataset_size, s.sampling_rate, 7, **s.params())
     assert np.array_equal(again.sample(11), s.sample(11))
+
+
+def test_names_are_case_insensitive():
+    assert make_sampler("Poisson", 10, 0.5, 0).name == "poisson"
 
 
 def test_poisson_is_the_reference_sampler():

@@ -1,0 +1,141 @@
+"""Declared samplers are verified, never trusted: each has its own null.
+
+Honest runs pass (each at family-wise α = 1e-3: the false-failure probability
+of every honest assertion here is at most 1e-3); shortcuts declared as an
+accountable sampler fail, with the most specific cause in the headline.
+"""
+
+import numpy as np
+import pytest
+
+from dpverify.samplers import CyclicPoissonSampler, make_sampler
+from dpverify.stats import run_battery
+from dpverify.stats._format import number, times
+
+N, Q, T = 10_000, 0.01, 500
+
+
+def _run(batches, **kw):
+    kw.setdefault("dataset_size", N)
+    kw.setdefault("sampling_rate", Q)
+    return run_battery(batches, alpha=1e-3, **kw)
+
+
+# ----------------------------------------------------------------------------- fixed_size
+
+
+def _fixed(seed, n=N, b=100, steps=T):
+    rng = np.random.default_rng(seed)
+    return [np.sort(rng.choice(n, b, replace=False)) for _ in range(steps)]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_honest_fixed_size_passes(seed):
+    res = _run(_fixed(seed), sampler="fixed_size", batch_size=100)
+    assert res.passed, res.explain()
+    assert res.test("inclusion_count_dispersion").meaningful
+
+
+def test_fixed_size_batches_of_the_whole_data_set_fail():
+    batches = [np.arange(N)] * 50
+    res = _run(batches, sampler="fixed_size", batch_size=100)
+    assert not res.passed and res.test("batch_size_support").rejected
+    assert "cannot produce" in res.diagnosis and "exactly 100" in res.diagnosis
+
+
+def test_fixed_size_declared_1_with_real_batches_of_240_fails():
+    res = _run(_fixed(0, b=240), sampler="fixed_size", batch_size=1, sampling_rate=1 / N)
+    assert not res.passed and "step 0 has 240 examples" in res.diagnosis
+
+
+def test_fixed_size_above_q_times_n_fails():
+    res = _run(_fixed(0, b=240), sampler="fixed_size", batch_size=240, sampling_rate=0.01)
+    assert not res.passed and "above the declared q" in res.diagnosis
+
+
+def test_epoch_shuffled_fixed_size_batches_fail_as_shuffling():
+    s = make_sampler("shuffle", N, Q, 1)
+    res = _run([s.sample(t) for t in range(T)], sampler="fixed_size", batch_size=100)
+    assert not res.passed
+    assert res.diagnosis.startswith("shuffling, not independent sampling: every batch has exactly 100")
+
+
+# ----------------------------------------------------------------------------- cyclic Poisson
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_honest_cyclic_poisson_passes(seed):
+    s = CyclicPoissonSampler(N, Q, seed, cycle_length=4)
+    res = _run([s.sample(t) for t in range(2000)], sampler="cyclic_poisson", cycle_length=4)
+    assert res.passed, res.explain()
+    assert res.test("group_membership").p_value == 1.0
+    assert res.test("consecutive_overlap").meaningful  # at lag b, within the group
+
+
+def test_jax_privacy_cyclic_poisson_passes_the_cyclic_null():
+    """Batches from jax_privacy 2.0's own CyclicPoissonSampling (q = sampling_prob / b)."""
+    bs = pytest.importorskip("jax_privacy.batch_selection")
+    b, p = 5, 0.05
+    strategy = bs.CyclicPoissonSampling(sampling_prob=p, iterations=1500, cycle_length=b)
+    batches = [np.sort(np.asarray(x, dtype=np.int64)) for x in strategy.batch_iterator(N, rng=3)]
+    res = _run(batches, sampler="cyclic_poisson", cycle_length=b, sampling_rate=p / b)
+    assert res.passed, res.explain()
+    # Declared as plain Poisson the same batches fail: examples only come back every b steps.
+    assert not _run(batches, sampling_rate=p / b).passed
+
+
+def test_poisson_batches_declared_cyclic_fail_group_membership():
+    s = make_sampler("poisson", N, Q, 2)
+    res = _run([s.sample(t) for t in range(400)], sampler="cyclic_poisson", cycle_length=4)
+    assert not res.passed and res.test("group_membership").rejected
+    assert "more than one group" in res.diagnosis
+
+
+# ----------------------------------------------------------------------------- one-sided rate
+
+
+def test_declared_q_above_the_real_rate_is_conservative_not_refuted():
+    """Batches at q = 0.01 declared at 2.4% above: pass, flagged conservative."""
+    s = make_sampler("poisson", 60_000, 0.01, 4)
+    batches = [s.sample(t) for t in range(2000)]
+    res = run_battery(batches, dataset_size=60_000, sampling_rate=0.01 * 1.024, alpha=1e-3)
+    assert res.passed, res.explain()
+    assert res.conservative and res.observed_rate < 0.01 * 1.024
+    # The real rate above the declared one refutes.
+    low = run_battery(batches, dataset_size=60_000, sampling_rate=0.01 / 1.024, alpha=1e-3)
+    assert not low.passed and "above the declared" in low.diagnosis
+
+
+# ----------------------------------------------------------------------------- headline
+
+
+def test_dataloader_drop_last_false_is_named():
+    """A shuffled DataLoader (batch 240, drop_last=False): fixed sizes, a short batch per epoch."""
+    n, b = 6_000, 240 - 1  # 6000 = 25·239 + 25: a short last batch of 25 every epoch
+    rng = np.random.default_rng(0)
+    batches = []
+    while len(batches) < 500:
+        perm = rng.permutation(n)
+        batches += [np.sort(perm[i : i + b]) for i in range(0, n, b)]
+    res = run_battery(batches[:500], dataset_size=n, sampling_rate=b / n, alpha=1e-3)
+    assert not res.passed
+    assert "DataLoader with drop_last=False" in res.diagnosis, res.diagnosis
+
+
+def test_seed_reuse_is_named_before_other_rejections():
+    s = make_sampler("poisson", N, Q, 5)
+    batches = [s.sample(t % 100) for t in range(T)]  # sampler re-seeded every 100 steps
+    res = _run(batches)
+    assert not res.passed
+    assert "seed" in res.diagnosis and "reused" in res.diagnosis, res.diagnosis
+
+
+def test_numbers_print_as_people_read_them():
+    assert times(5.1e-29) == "0×"
+    assert times(0.98) == "0.98×"
+    assert times(1.002) == "1.002×"
+    assert times(1.05) == "1.05×"
+    assert times(12.3) == "12×"
+    assert number(5.1e-29) == "0" and number(10000.0) == "10,000" and number(3.25) == "3.25"
+    fixed = _run(_fixed(1))  # fixed-size batches declared Poisson
+    assert "variance 0× the expected" in fixed.test("batch_size_dispersion").reason
