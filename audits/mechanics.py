@@ -15,7 +15,13 @@ For each executed step t, with the step's clip norm C_t and noise multiplier
   physical batch (that would be √(draws)·σC noise, and accounting per draw);
 * ``denominator`` equals the header's (expected batch size q·N): dividing by
   the realised batch size makes the output's scale depend on private data;
-* ``num_clipped`` ≤ the batch size.
+* ``num_clipped`` ≤ the batch size, and ``num_nonfinite`` ≤ the batch size.
+
+Non-finite examples (``num_nonfinite``: real examples whose loss or gradient
+was not finite) are not a violation — the trainer gives them clip factor 0, so
+each contributes exactly zero and the update stays finite — but they are
+reported (how many, in how many steps): they usually mean broken data or a
+diverging model.
 
 Fields a ledger does not record (e.g. runs imported from other frameworks
 without ``noise_std``) cannot be checked; the reason says how many steps lacked
@@ -87,6 +93,8 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
             "more examples clipped than sampled", "padding rows not masked out?"
         ),
     }
+    rules["num_nonfinite"] = _Finding("more non-finite examples than sampled")
+    nonfinite_examples = nonfinite_steps = 0
     missing = {"noise_std": 0, "max_clipped_norm": 0, "noise_draws": 0, "denominator": 0}
     varying_clip = varying_sigma = 0
     sigma_std_hint = 0
@@ -123,6 +131,14 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
             rules["denominator"].add(
                 f"step {s.step}: divided by {s.denominator:g}, declared {den0:g}"
             )
+        nonfinite = getattr(s, "num_nonfinite", None)
+        if nonfinite:
+            nonfinite_examples += nonfinite
+            nonfinite_steps += 1
+            if nonfinite > s.batch_size:
+                rules["num_nonfinite"].add(
+                    f"step {s.step}: {nonfinite} non-finite of {s.batch_size} sampled"
+                )
         if s.num_clipped is not None and s.num_clipped > s.batch_size:
             rules["num_clipped"].add(
                 f"step {s.step}: {s.num_clipped} clipped of {s.batch_size} sampled"
@@ -138,6 +154,8 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
         "steps_with_other_clip_norm": varying_clip,
         "steps_with_other_noise_multiplier": varying_sigma,
         "max_clipped_norm_over_c": worst_clipped or None,
+        "nonfinite_examples": nonfinite_examples,
+        "steps_with_nonfinite_examples": nonfinite_steps,
     }
     if failed:
         parts = [r.describe(len(steps)) for r in failed.values()]
@@ -153,6 +171,11 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
     verified = [text for k, text in checked.items() if missing[k] < len(steps)]
     gaps = [f"{k} at {v}" for k, v in missing.items() if v]
     note = f"; not recorded (unchecked): {', '.join(gaps)} steps" if gaps else ""
+    if nonfinite_examples:
+        verified.append(
+            f"{nonfinite_examples} non-finite example(s) in {nonfinite_steps} step(s) "
+            "contributed zero (clip factor 0)"
+        )
     if gaps:
         what = ", ".join(verified) if verified else "nothing beyond the declared clip norm and σ"
         return CheckResult(

@@ -228,6 +228,7 @@ def _step_record(t: int, indices: np.ndarray, plan: RunPlan, stats: Any) -> Any:
         denominator=_float(stats.denominator),
         physical_batches=_int(stats.physical_batches),
         update_sketch=None if sketch is None else tuple(np.asarray(sketch, dtype=float).ravel()),
+        num_nonfinite=_int(getattr(stats, "num_nonfinite", None)),
     )
 
 

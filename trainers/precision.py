@@ -29,6 +29,7 @@ __all__ = [
     "compute_dtype",
     "matmul_precision",
     "precision_context",
+    "replay_tolerance",
     "sketch_tolerance",
 ]
 
@@ -38,6 +39,11 @@ PRECISIONS: tuple[str, ...] = ("float32", "tf32", "bf16")
 # Relative replay tolerance (of the sketch scale) per precision; see
 # docs/masked-dpsgd.md for how they were measured.
 _SKETCH_TOLERANCE = {"float32": 1e-5, "tf32": 1e-2, "bf16": 5e-2}
+
+# Relative tolerance of a replayed checkpoint segment (released parameters and
+# optimiser state against the float64 reference; see trainers/replay.py and
+# docs/certificate.md for the measured honest deviations).
+_REPLAY_TOLERANCE = {"float32": 1e-4, "tf32": 5e-2, "bf16": 1e-1}
 
 _MATMUL_PRECISION = {"float32": "highest", "tf32": "tensorfloat32", "bf16": "default"}
 
@@ -78,3 +84,15 @@ def sketch_tolerance(precision: str) -> float:
     the noisy averaged gradient), must not exceed this.
     """
     return _SKETCH_TOLERANCE[check_precision(precision)]
+
+
+def replay_tolerance(precision: str) -> float:
+    """Relative tolerance of a replayed checkpoint segment computed at ``precision``.
+
+    The deviation of the released parameters from the float64 reference,
+    relative to how far the segment moved them (and of the floating optimiser
+    state, relative to its norm), must not exceed this.  Looser than
+    :func:`sketch_tolerance`: float32 rounding accumulates over the segment's
+    steps and through the optimiser.
+    """
+    return _REPLAY_TOLERANCE[check_precision(precision)]

@@ -286,6 +286,8 @@ def _create_run(
     write_private_file(config_path, (json.dumps(plan.to_json(), indent=2) + "\n").encode())
     config_path.chmod(0o644)  # public: the auditor rebuilds model and data from it
     declared_params = sampler.params() if plan.declared_sampler == sampler.name else {}
+    from trainers.prng import prng_record
+
     header = RunHeader(
         dataset_size=plan.dataset_size,
         sampler=plan.declared_sampler,
@@ -312,6 +314,8 @@ def _create_run(
             "checkpoint_every": plan.checkpoint_every,
             "num_params": num_params,
             "devices": config.devices or 1,
+            "framework": "jax",
+            "prng": prng_record(),
         },
     )
     writer = LedgerWriter.create(run_dir / _LEDGER_DIR, header)

@@ -15,7 +15,7 @@ clipping and the masked ``where`` then run on each device's rows, and XLA's
 SPMD partitioner inserts one all-reduce for each sum over the batch axis (the
 clipped-gradient sum, the clip counts, the maxima, the loss sum).  The noise
 is drawn ONCE per logical step from the replicated key by the same rule as on
-one device (:func:`trainers.dpsgd.gaussian_noise`; JAX's threefry is
+one device (:func:`trainers.dp_math.gaussian_noise`; JAX's threefry is
 partitionable, so the bits do not depend on the placement): the sharded run
 equals the single-device run up to the order of the float32 summation.
 
@@ -48,6 +48,7 @@ __all__ = [
     "DataParallel",
     "check_divisible",
     "data_parallel",
+    "jit_shardings",
     "resolve_devices",
 ]
 
@@ -179,3 +180,26 @@ def data_parallel(
 
     mesh = Mesh(np.array(resolved, dtype=object), (AXIS,))
     return DataParallel(devices=resolved, mesh=mesh)
+
+
+def jit_shardings(placement: DataParallel | None) -> dict[str, dict[str, Any]]:
+    """``jax.jit`` sharding keyword arguments of the masked step's compiled functions.
+
+    Keys ``fused``, ``init``, ``accumulate``, ``finalize`` (the functions of
+    :class:`trainers.dispatch.MaskedDPSGD`); empty dicts on a single device.
+    The index and mask buffers are sharded along their row axis (``fused``:
+    axis 1 of ``(K, p)``; ``accumulate``: axis 0 of ``(p,)``); everything else
+    is replicated.
+    """
+    if placement is None:
+        return {"fused": {}, "init": {}, "accumulate": {}, "finalize": {}}
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    r, b = placement.replicated, placement.batch
+    rows = NamedSharding(placement.mesh, PartitionSpec(None, AXIS))
+    return {
+        "fused": {"in_shardings": (r, r, r, r, rows, rows, r, r, r), "out_shardings": r},
+        "init": {"in_shardings": (r,), "out_shardings": r},
+        "accumulate": {"in_shardings": (r, r, r, r, b, b, r, r, r), "out_shardings": r},
+        "finalize": {"in_shardings": (r,) * 5, "out_shardings": r},
+    }

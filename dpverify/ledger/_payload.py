@@ -58,7 +58,12 @@ _STEP_OPTIONAL: tuple[tuple[str, str], ...] = (
     ("physical_batches", "Q"),
     ("update_sketch", "s"),
 )
-_KNOWN_FLAGS = (1 << len(_STEP_OPTIONAL)) - 1
+# Optional Step fields added later: flag bits from len(_STEP_OPTIONAL) on, each
+# encoded AFTER the sketch (so the layout of the fields above never moves).
+_STEP_TRAILING: tuple[tuple[str, str], ...] = (("num_nonfinite", "Q"),)
+_KNOWN_FLAGS = (1 << (len(_STEP_OPTIONAL) + len(_STEP_TRAILING))) - 1
+_TRAILING_SHIFT = len(_STEP_OPTIONAL)
+_TRAILING_MASK = _KNOWN_FLAGS & ~((1 << _TRAILING_SHIFT) - 1)
 _PREFIX = struct.Struct("<BQH")  # version, step, flags
 _F64 = struct.Struct("<d")
 _U64 = struct.Struct("<Q")
@@ -103,6 +108,17 @@ def _scalar_struct(flags: int) -> struct.Struct:
     return cached
 
 
+def _trailing(step: Step) -> tuple[int, bytes]:
+    """Flag bits and bytes of the later optional fields present in ``step``."""
+    flags, parts = 0, []
+    for bit, (name, kind) in enumerate(_STEP_TRAILING, start=_TRAILING_SHIFT):
+        value = getattr(step, name)
+        if value is not None:
+            flags |= 1 << bit
+            parts.append(struct.pack("<" + kind, value))
+    return flags, b"".join(parts)
+
+
 def _encode_step(step: Step, block: bytes) -> bytes:
     values = _scalars_of(step)
     flags = 0
@@ -111,14 +127,20 @@ def _encode_step(step: Step, block: bytes) -> bytes:
         if value is not None:
             flags |= 1 << bit
             present.append(value)
+    late_flags, late = _trailing(step)
+    flags |= late_flags
     sketch = step.update_sketch
     if sketch is None:
-        head = _scalar_struct(flags).pack(_STEP_VERSION, step.step, flags, *present)
-        return head + block
+        head = _scalar_struct(flags & ~_TRAILING_MASK).pack(
+            _STEP_VERSION, step.step, flags, *present
+        )
+        return b"".join((head, late, block))
     flags |= _SKETCH_BIT
-    head = _scalar_struct(flags & ~_SKETCH_BIT).pack(_STEP_VERSION, step.step, flags, *present)
+    head = _scalar_struct(flags & ~_SKETCH_BIT & ~_TRAILING_MASK).pack(
+        _STEP_VERSION, step.step, flags, *present
+    )
     body = _U32.pack(len(sketch)) + np.asarray(sketch, dtype="<f8").tobytes()
-    return b"".join((head, body, block))
+    return b"".join((head, body, late, block))
 
 
 def _type_code(record: Record) -> int:
@@ -160,10 +182,11 @@ def step_fields_and_block(payload: bytes | memoryview) -> tuple[dict[str, Any], 
         raise PayloadError(f"unknown step payload version {version}")
     if flags & ~_KNOWN_FLAGS:
         raise PayloadError(f"unknown step fields (flags {flags:#x})")
-    layout = _scalar_struct(flags & ~_SKETCH_BIT)
+    early = flags & ~_SKETCH_BIT & ~_TRAILING_MASK
+    layout = _scalar_struct(early)
     try:
         values = layout.unpack_from(view, 0)
-        fields: dict[str, Any] = dict(zip(_names_of(flags & ~_SKETCH_BIT), values[3:], strict=True))
+        fields: dict[str, Any] = dict(zip(_names_of(early), values[3:], strict=True))
         fields["step"] = step
         pos = layout.size
         if flags & _SKETCH_BIT:
@@ -174,6 +197,10 @@ def step_fields_and_block(payload: bytes | memoryview) -> tuple[dict[str, Any], 
             sketch = np.frombuffer(view, dtype="<f8", count=count, offset=pos)
             fields["update_sketch"] = tuple(sketch.tolist())
             pos += 8 * count
+        for bit, (name, kind) in enumerate(_STEP_TRAILING, start=_TRAILING_SHIFT):
+            if flags & (1 << bit):
+                (fields[name],) = struct.unpack_from("<" + kind, view, pos)
+                pos += struct.calcsize("<" + kind)
     except struct.error:
         raise PayloadError("step payload too short") from None
     return fields, view[pos:]

@@ -227,7 +227,10 @@ class Step:
         denominator: the divisor of the noisy sum (expected batch size q·N).
         physical_batches: number of fixed-size physical batches executed.
         update_sketch: a few random projections of the noisy averaged
-            gradient, for replay comparison (see trainers/replay).
+            gradient, for diagnosis only (replay compares released
+            parameters, never this self-reported digest alone).
+        num_nonfinite: real examples whose loss or gradient was not finite;
+            each contributed exactly zero to the sum (clip factor 0).
     """
 
     TYPE: ClassVar[str] = "step"
@@ -245,6 +248,7 @@ class Step:
     denominator: float | None = None
     physical_batches: int | None = None
     update_sketch: tuple[float, ...] | None = None
+    num_nonfinite: int | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "step", _require_int("step", self.step, minimum=0))
@@ -255,7 +259,7 @@ class Step:
             # NaN/inf norms are legitimate observations of a broken run: keep them.
             value = getattr(self, name)
             object.__setattr__(self, name, None if value is None else float(value))
-        for name in ("noise_draws", "num_clipped", "physical_batches"):
+        for name in ("noise_draws", "num_clipped", "physical_batches", "num_nonfinite"):
             object.__setattr__(self, name, _optional_int(name, getattr(self, name)))
         if self.sampling_rate is not None and not 0.0 < self.sampling_rate <= 1.0:
             raise InvalidArgument(f"sampling_rate={self.sampling_rate!r} must be in (0, 1]")

@@ -362,7 +362,7 @@ def _check_widths(step: Step) -> None:
     """Refuse now what the binary step layout cannot hold (encoding happens later)."""
     if step.step >= 1 << 63:
         raise InvalidArgument(f"step={step.step} must be < 2**63")
-    for name in ("noise_draws", "num_clipped", "physical_batches"):
+    for name in ("noise_draws", "num_clipped", "physical_batches", "num_nonfinite"):
         value = getattr(step, name)
         if value is not None and value >= 1 << 64:
             raise InvalidArgument(f"{name}={value} must be < 2**64")

@@ -44,6 +44,7 @@ def steps(draw):
         denominator=draw(opt() | floats_pos),
         physical_batches=draw(opt() | st.integers(0, 2**64 - 1)),
         update_sketch=draw(opt() | st.lists(floats_any, max_size=8).map(tuple)),
+        num_nonfinite=draw(opt() | st.integers(0, 2**64 - 1)),
     )
 
 
@@ -143,3 +144,18 @@ def test_bad_payloads():
         decode_payload(scode, b"\x09" + spayload[1:])
     with pytest.raises(PayloadError, match="unknown step fields"):
         decode_payload(scode, spayload[:9] + b"\x00\x80" + spayload[11:])
+
+
+def test_later_field_keeps_earlier_layout():
+    """num_nonfinite (flag bit 11) is written after the sketch: a step without it
+    encodes exactly as before the field existed."""
+    base = Step(step=3, indices=np.array([1, 5]), noise_std=1.5, update_sketch=(0.5, -1.0))
+    with_field = Step(
+        step=3, indices=np.array([1, 5]), noise_std=1.5, update_sketch=(0.5, -1.0), num_nonfinite=2
+    )
+    _, a = encode_payload(base)
+    _, b = encode_payload(with_field)
+    flags_a = struct.unpack_from("<H", a, 9)[0]
+    flags_b = struct.unpack_from("<H", b, 9)[0]
+    assert flags_b == flags_a | (1 << 11)
+    assert decode_payload(2, b).num_nonfinite == 2 and decode_payload(2, a).num_nonfinite is None

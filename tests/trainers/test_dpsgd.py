@@ -198,8 +198,8 @@ def test_nan_or_inf_padding_does_not_change_the_update(poison):
         jax.tree_util.tree_leaves(clean_p), jax.tree_util.tree_leaves(pois_p), strict=True
     ):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
-    assert clean == pois
-    # The same poisoned padding does break a trainer that forgets the mask.
+    assert clean == pois and pois.num_nonfinite == 0  # padding is not an example
+    # A trainer that forgets the mask counts the poisoned padding rows as (non-finite) examples.
     wrong = MaskedDPSGD(
         apply,
         opt,
@@ -212,8 +212,8 @@ def test_nan_or_inf_padding_does_not_change_the_update(poison):
         ),
         donate=False,
     )
-    wrong_p, _, _ = wrong.step(params, opt.init(params), x, y, idx, key, 0, pad_index=bad)
-    assert not all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(wrong_p))
+    _, _, wrong_stats = wrong.step(params, opt.init(params), x, y, idx, key, 0, pad_index=bad)
+    assert wrong_stats.num_nonfinite == 2
 
 
 def _noise_chi2_pvalue(mutation=None, steps=30):
@@ -424,3 +424,61 @@ def test_conv_and_token_models_match_reference(name):
     )
     assert compare_sketches(s.update_sketch, ref.update_sketch).ok
     assert _max_dev(new, ref_p) < 1e-5
+
+
+_NONFINITE_TRAINERS: dict = {}
+
+
+def _nonfinite_trainer(fused):
+    if fused not in _NONFINITE_TRAINERS:
+        x, y, params, apply = _problem()
+        cfg = DPSGDConfig(
+            clip_norm=0.5, noise_multiplier=1.0, denominator=5.0, physical_batch_size=4
+        )
+        trainer = MaskedDPSGD(apply, optax.sgd(0.1), cfg, donate=False, fused_batches=fused)
+        _NONFINITE_TRAINERS[fused] = (trainer, x, y, params, apply)
+    return _NONFINITE_TRAINERS[fused]
+
+
+@settings(max_examples=12, deadline=None)
+@given(
+    size=st.integers(1, 9),
+    poisoned=st.sets(st.integers(0, 8), max_size=4),
+    pad_poisoned=st.booleans(),
+    value=st.sampled_from([np.nan, np.inf, -np.inf]),
+    fused=st.sampled_from([None, 0]),
+)
+def test_nonfinite_examples_contribute_exactly_zero(size, poisoned, pad_poisoned, value, fused):
+    """Inf/NaN inputs at any positions among the real rows (and/or in the padding):
+    each poisoned real example adds exactly zero and is counted; the update stays
+    finite and equals the float64 reference, which drops the same examples."""
+    trainer, x, y, params, apply = _nonfinite_trainer(fused)
+    idx = np.arange(0, 2 * size, 2)  # real rows 0, 2, …; odd rows are free for padding
+    x = x.copy()
+    bad_real = sorted(i for i in poisoned if i < size)
+    x[idx[bad_real]] = value
+    pad = 1
+    if pad_poisoned:
+        x[pad] = value
+    key = jax.random.key(5)
+    opt = optax.sgd(0.1)
+    new, _, stats = trainer.step(params, opt.init(params), x, y, idx, key, 3, pad_index=pad)
+    assert stats.num_nonfinite == len(bad_real)
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(new))
+    assert np.isfinite(stats.max_grad_norm) and stats.max_clipped_norm <= 0.5 * (1 + 1e-6)
+    ref_params, _, ref = reference_step(
+        apply,
+        opt,
+        params,
+        opt.init(params),
+        x,
+        y,
+        idx,
+        clip_norm=0.5,
+        noise_multiplier=1.0,
+        denominator=5.0,
+        noise_key=key,
+        step=3,
+    )
+    assert ref.num_nonfinite == len(bad_real)
+    assert _max_dev(new, ref_params) < 1e-5

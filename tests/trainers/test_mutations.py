@@ -12,10 +12,11 @@ import optax
 import pytest
 
 from dpverify.errors import InvalidArgument
+from trainers.dp_math import PRODUCTION
 from trainers.dpsgd import DPSGDConfig, MaskedDPSGD
 from trainers.models import MLP
-from trainers.mutations import MUTATIONS, check_mutation, mutation_flags
-from trainers.reference import reference_noisy_gradient
+from trainers.mutations import MUTATIONS, check_mutation, mechanics_for
+from trainers.reference import reference_step
 from trainers.sketch import compare_sketches
 
 N, C, SIGMA, D, P = 40, 0.5, 1.1, 10.0, 4
@@ -34,9 +35,12 @@ def problem():
     params = _MODEL.init(jax.random.key(0), x[:1])["params"]
     idx = np.sort(rng.choice(N, 9, replace=False))  # 9 = 2·4 + 1: padding present
     key = jax.random.key(7)
-    ref = reference_noisy_gradient(
+    opt = optax.sgd(0.1)
+    new_params, _, ref = reference_step(
         _apply,
+        opt,
         params,
+        opt.init(params),
         x,
         y,
         idx,
@@ -46,33 +50,52 @@ def problem():
         noise_key=key,
         step=3,
     )
-    return x, y, params, idx, key, ref
+    return x, y, params, idx, key, new_params, ref
 
 
-def _run(problem, mutation):
-    x, y, params, idx, key, _ = problem
+def _run(problem, mutation, fused_batches=None):
+    x, y, params, idx, key, _, _ = problem
     cfg = DPSGDConfig(
         clip_norm=C, noise_multiplier=SIGMA, denominator=D, physical_batch_size=P, mutation=mutation
     )
     opt = optax.sgd(0.1)
-    trainer = MaskedDPSGD(_apply, opt, cfg, donate=False)
-    _, _, stats = trainer.step(params, opt.init(params), x, y, idx, key, 3)
+    trainer = MaskedDPSGD(_apply, opt, cfg, donate=False, fused_batches=fused_batches)
+    new_params, _, stats = trainer.step(params, opt.init(params), x, y, idx, key, 3)
     assert trainer.compilations == 1
-    return stats
+    return new_params, stats
 
 
-def test_correct_trainer_matches_the_reference(problem):
-    stats = _run(problem, None)
+def _param_deviation(a, b, before):
+    """max |a − b| over the parameters, relative to the size of the update b − before."""
+    la = [np.asarray(v, np.float64) for v in jax.tree_util.tree_leaves(a)]
+    lb = [np.asarray(v, np.float64) for v in jax.tree_util.tree_leaves(b)]
+    l0 = [np.asarray(v, np.float64) for v in jax.tree_util.tree_leaves(before)]
+    dev = max(float(np.max(np.abs(u - v))) for u, v in zip(la, lb, strict=True))
+    scale = max(float(np.max(np.abs(v - w))) for v, w in zip(lb, l0, strict=True))
+    return dev / scale
+
+
+@pytest.mark.parametrize("fused_batches", [None, 0])
+def test_correct_trainer_matches_the_reference(problem, fused_batches):
+    released, stats = _run(problem, None, fused_batches)
     assert compare_sketches(stats.update_sketch, problem[-1].update_sketch).ok
+    assert _param_deviation(released, problem[-2], problem[2]) < 1e-5
     assert stats.num_clipped > 0  # the setting exercises clipping
 
 
+@pytest.mark.parametrize("fused_batches", [None, 0])  # one dispatch, and k + 2 dispatches
 @pytest.mark.parametrize("mutation", sorted(MUTATIONS))
-def test_every_mutation_is_caught_by_replay(problem, mutation):
-    stats = _run(problem, mutation)
+def test_every_mutation_releases_parameters_the_reference_does_not(
+    problem, mutation, fused_batches
+):
+    released, stats = _run(problem, mutation, fused_batches)
     ref = problem[-1]
+    assert _param_deviation(released, problem[-2], problem[2]) > 100 * 1e-5
     cmp = compare_sketches(stats.update_sketch, ref.update_sketch)
-    assert not cmp.ok and cmp.max_rel_deviation > 100 * cmp.tolerance, cmp
+    if mutation == "noise_not_applied":
+        assert cmp.ok  # the self-reported sketch looks right: it must never vouch alone
+    else:
+        assert not cmp.ok and cmp.max_rel_deviation > 100 * cmp.tolerance, cmp
     # What the naive implementation believes it did:
     assert stats.noise_std == pytest.approx(SIGMA * C)
     assert stats.noise_draws == 1 and stats.denominator == D
@@ -83,16 +106,28 @@ def test_every_mutation_is_caught_by_replay(problem, mutation):
         assert stats.max_clipped_norm > C
     elif mutation == "unmasked_padding":
         assert stats.num_clipped > ref.num_clipped  # 3 padding rows counted as examples
+    elif mutation == "larger_clip_norm":
+        assert stats.max_clipped_norm > C
     else:
         assert stats.num_clipped == ref.num_clipped
         assert stats.max_grad_norm == pytest.approx(ref.max_grad_norm, rel=1e-5)
 
 
-def test_flags_and_validation():
-    assert not mutation_flags(None).any
+def test_mutations_are_compositions_and_validation():
+    import dataclasses
+
+    assert mechanics_for(None) is PRODUCTION
+    seen = set()
     for name in MUTATIONS:
-        flags = mutation_flags(name)
-        assert flags.any and sum(map(bool, vars(flags).values())) == 1
+        mech = mechanics_for(name)
+        changed = tuple(
+            f.name
+            for f in dataclasses.fields(mech)
+            if getattr(mech, f.name) is not getattr(PRODUCTION, f.name)
+        )
+        assert changed, name  # each mutation replaces at least one piece
+        assert changed not in seen, name  # and no two mutations are the same bug
+        seen.add(changed)
     assert check_mutation(None) is None
     with pytest.raises(InvalidArgument, match="mutation='nope'"):
         check_mutation("nope")

@@ -1,0 +1,372 @@
+"""Dispatch policy of the masked DP-SGD step: how a logical step becomes compiled calls.
+
+The math of the step lives in :mod:`trainers.dp_math`; device placement in
+:mod:`trainers.sharding`.  This module decides how a logical step of k = ⌈L/p⌉
+physical batches is run:
+
+Normally the whole logical step is ONE call of one compiled function
+(``fused``): the host writes the k physical batches into a fixed ``(K, p)``
+index buffer and ``(K, p)`` mask and passes k as a runtime value;
+``lax.fori_loop(0, k, …)`` (a ``while_loop``: rows k … K−1 are never computed
+on) accumulates the first k rows, then the step is finalised in the same
+function.  K is fixed per trainer, from the expected batch size D:
+K = max(1, ⌈(D + 6·√D + 6)/p⌉) (L has std ≤ √D under Poisson sampling, so
+P(L > K·p) is negligible).  When L > K·p (rare; never truncated) the step
+falls back to three separately compiled functions, each compiled once:
+``init``, ``accumulate`` called once per physical batch, ``finalize``
+(k + 2 dispatches).  Both paths run the same traced code
+(:func:`trainers.dp_math.accumulate_batch`, :func:`trainers.dp_math.finalize_step`),
+so they agree up to float32 rounding.  By default a convolutional model on
+XLA:CPU always takes the k + 2 path (K = 0): XLA:CPU runs convolutions
+inside a loop body several times slower (see ``MaskedDPSGD``'s
+``fused_batches``).
+
+The realised L never reaches the compiled code as a shape or a static value,
+so each of the step's functions compiles at most once per run whatever the
+batch sizes: ``compilations`` (the max over them) is 1.
+
+References: Chua et al. 2024, "How Private are DP-SGD Implementations?"
+(why Poisson sampling must not be truncated or replaced by shuffling).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from dpverify._validate import check_int, check_positive
+from trainers.batching import split_physical_batches
+from trainers.dp_math import (
+    PRODUCTION,
+    DPSGDConfig,
+    Mechanics,
+    StepStats,
+    accumulate_batch,
+    finalize_step,
+    init_carry,
+    per_example_grads,
+    trainable_leaves,
+)
+from trainers.losses import LossFn, softmax_cross_entropy
+from trainers.precision import precision_context
+from trainers.prng import noise_context, wrap_noise_key
+from trainers.sharding import data_parallel, jit_shardings
+
+__all__ = ["MaskedDPSGD", "default_fused_batches"]
+
+
+def default_fused_batches(expected_batch_size: float, physical_batch_size: int) -> int:
+    """K = max(1, ⌈(E + 6·√E + 6)/p⌉): physical batches the one-dispatch step holds.
+
+    Under Poisson sampling L ~ Binomial(N, q) with mean E = q·N and standard
+    deviation √(E(1−q)) ≤ √E, so L > E + 6·√E + 6 is a tail event of
+    probability below ~1e-9 (normal approximation; the +6 covers small E,
+    where the Poisson tail is heavier: E = 1 gives P(L > 13) < 1e-10).  A
+    larger L is still processed whole, through the k + 2 dispatch path.
+    """
+    e = check_positive("expected_batch_size", expected_batch_size)
+    p = check_int("physical_batch_size", physical_batch_size, minimum=1)
+    return max(1, math.ceil((e + 6.0 * math.sqrt(e) + 6.0) / p))
+
+
+class MaskedDPSGD:
+    """The masked DP-SGD step (see the module docstring for the algorithm).
+
+    Args:
+        model_apply: ``model_apply(params, x) -> logits`` for a batch ``x``
+            (e.g. ``lambda p, x: model.apply({"params": p}, x)``).
+        optimizer: an ``optax.GradientTransformation``.
+        config: :class:`DPSGDConfig`.
+        frozen: frozen-parameter selector (see :func:`trainable_leaves`).
+        loss_fn: per-example loss ``loss_fn(logits, labels) -> (batch,)``.
+        donate: donate ``params`` and ``opt_state`` buffers to the update
+            (faster, less memory): the arrays passed to :meth:`step` must not
+            be used afterwards — use the returned ones.
+        devices: ``None`` or 1 (one device, the default), a device count n, or
+            a sequence of devices: run data-parallel over them
+            (:mod:`trainers.sharding`); ``physical_batch_size`` must be
+            divisible by n.  Returned parameters are replicated on them.
+        fused_batches: K, the physical batches the one-dispatch path holds;
+            0 disables it (every step makes k + 2 dispatches).  ``None``
+            (default) chooses at the first step: K from the expected batch
+            size D (:func:`default_fused_batches`), except on XLA:CPU when
+            the model contains a convolution, where K = 0 (XLA:CPU runs a
+            loop body containing convolutions 3–11× slower than the same
+            body compiled as its own function; measured in
+            ``docs/masked-dpsgd.md``).  A larger K costs only a larger index
+            buffer per step, never computation.
+        mechanics: the :class:`~trainers.dp_math.Mechanics` composition
+            (default: ``PRODUCTION``, or the one of ``config.mutation``).
+
+    Attributes:
+        compilations: how many times the step was traced (compiled): the
+            maximum over its compiled functions; 1 for a healthy run.
+        trace_counts: per compiled function trace counts (``fused``, and
+            ``init``/``accumulate``/``finalize`` of the fallback path, which
+            stay 0 until some L > K·p).
+        fused_batches: K (``None`` until the first step when chosen automatically).
+        placement: the :class:`trainers.sharding.DataParallel` placement, or
+            ``None`` on a single device.
+    """
+
+    def __init__(
+        self,
+        model_apply: Callable[[Any, Any], Any],
+        optimizer: Any,
+        config: DPSGDConfig,
+        *,
+        frozen: Any = None,
+        loss_fn: LossFn = softmax_cross_entropy,
+        donate: bool = True,
+        devices: Any = None,
+        fused_batches: int | None = None,
+        mechanics: Mechanics | None = None,
+    ) -> None:
+        import jax
+
+        if not isinstance(config, DPSGDConfig):
+            from dpverify.errors import InvalidArgument
+
+            raise InvalidArgument(f"config={config!r} must be a DPSGDConfig")
+        self.model_apply = model_apply
+        self.optimizer = optimizer
+        self.config = config
+        self.frozen = frozen
+        self.loss_fn = loss_fn
+        if mechanics is None:
+            mechanics = PRODUCTION
+            if config.mutation is not None:  # testing only: a deliberately wrong composition
+                from trainers.mutations import mechanics_for
+
+                mechanics = mechanics_for(config.mutation)
+        self.mechanics = mechanics
+        self._trainable: tuple[bool, ...] | None = None
+        self._data: tuple[Any, Any, Any, Any] | None = None
+        self.fused_batches: int | None = (
+            None if fused_batches is None else check_int("fused_batches", fused_batches, minimum=0)
+        )
+        self.trace_counts = {"fused": 0, "init": 0, "accumulate": 0, "finalize": 0}
+        self.placement = data_parallel(devices, physical_batch_size=config.physical_batch_size)
+        shard = jit_shardings(self.placement)
+        self._fused = jax.jit(
+            self._fused_impl, donate_argnums=(0, 1) if donate else (), **shard["fused"]
+        )
+        self._init = jax.jit(self._init_impl, **shard["init"])
+        self._accumulate = jax.jit(
+            self._accumulate_impl, donate_argnums=(0,), **shard["accumulate"]
+        )
+        self._finalize = jax.jit(
+            self._finalize_impl, donate_argnums=(0, 1) if donate else (), **shard["finalize"]
+        )
+
+    @property
+    def device_count(self) -> int:
+        """n, the number of devices each physical batch is split across (1 if unsharded)."""
+        return 1 if self.placement is None else self.placement.count
+
+    @property
+    def compilations(self) -> int:
+        """Traces of the step's compiled functions (max over them); 1 when healthy."""
+        return max(self.trace_counts.values())
+
+    def cache_sizes(self) -> dict[str, int]:
+        """Entries in each compiled function's jit cache (at most 1 each when healthy)."""
+        return {
+            name: int(fn._cache_size())
+            for name, fn in (
+                ("fused", self._fused),
+                ("init", self._init),
+                ("accumulate", self._accumulate),
+                ("finalize", self._finalize),
+            )
+        }
+
+    # -- compiled pieces ---------------------------------------------------------
+
+    def _fused_impl(
+        self, params, opt_state, x_all, y_all, idx_buf, mask_buf, count, noise_key, step
+    ):
+        """The whole logical step: the first ``count`` rows of the buffers, then finalize."""
+        import jax
+
+        self.trace_counts["fused"] += 1
+
+        def body(j, carry):
+            return self._accumulate_body(
+                carry, params, x_all, y_all, idx_buf[j], mask_buf[j], noise_key, step, j
+            )
+
+        carry = jax.lax.fori_loop(0, count, body, self._init_body(params))
+        return self._finalize_body(params, opt_state, carry, noise_key, step)
+
+    def _init_impl(self, params):
+        self.trace_counts["init"] += 1
+        return self._init_body(params)
+
+    def _accumulate_impl(self, carry, params, x_all, y_all, idx, mask, noise_key, step, batch):
+        self.trace_counts["accumulate"] += 1
+        return self._accumulate_body(carry, params, x_all, y_all, idx, mask, noise_key, step, batch)
+
+    def _finalize_impl(self, params, opt_state, carry, noise_key, step):
+        self.trace_counts["finalize"] += 1
+        return self._finalize_body(params, opt_state, carry, noise_key, step)
+
+    def _init_body(self, params):
+        return init_carry(params)
+
+    def _per_example_grads(self, params, xb, yb):
+        return per_example_grads(
+            self.model_apply, self.loss_fn, self.config.precision, params, xb, yb
+        )
+
+    def _accumulate_body(self, carry, params, x_all, y_all, idx, mask, noise_key, step, batch):
+        import jax.numpy as jnp
+
+        xb = jnp.take(x_all, idx, axis=0)
+        yb = jnp.take(y_all, idx, axis=0)
+        if self.placement is not None:  # per-example work stays on the row's device
+            xb, yb = self.placement.constrain_batch(xb), self.placement.constrain_batch(yb)
+        losses, grads = self._per_example_grads(params, xb, yb)
+        return accumulate_batch(
+            self.mechanics,
+            self.config,
+            self._trainable,
+            carry,
+            losses,
+            grads,
+            mask,
+            noise_key,
+            step,
+            batch,
+        )
+
+    def _finalize_body(self, params, opt_state, carry, noise_key, step):
+        return finalize_step(
+            self.mechanics,
+            self.config,
+            self._trainable,
+            self.optimizer,
+            params,
+            opt_state,
+            carry,
+            noise_key,
+            step,
+        )
+
+    # -- host side ---------------------------------------------------------------
+
+    def _auto_fused_batches(self, params: Any, x: Any, y: Any) -> int:
+        """K for ``fused_batches=None``: 0 on XLA:CPU for convolutional models."""
+        import jax
+
+        cfg = self.config
+        platform = (
+            jax.default_backend() if self.placement is None else self.placement.devices[0].platform
+        )
+        if platform == "cpu":
+            # A trace only (no compilation, not counted): does the model convolve?
+            jaxpr = jax.make_jaxpr(self._per_example_grads)(params, x[:1], y[:1])
+            if "conv_general_dilated" in str(jaxpr):
+                return 0
+        return default_fused_batches(cfg.denominator, cfg.physical_batch_size)
+
+    def _device_data(self, x: Any, y: Any) -> tuple[Any, Any]:
+        import jax.numpy as jnp
+
+        if self._data is not None and self._data[0] is x and self._data[1] is y:
+            return self._data[2], self._data[3]
+        x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
+        if self.placement is not None:  # one copy per device, once per data set
+            x_dev, y_dev = self.placement.replicate((x_dev, y_dev))
+        self._data = (x, y, x_dev, y_dev)
+        return x_dev, y_dev
+
+    def step(
+        self,
+        params: Any,
+        opt_state: Any,
+        x: Any,
+        y: Any,
+        indices: np.ndarray,
+        noise_key: Any,
+        step: int,
+        *,
+        pad_index: int | None = None,
+    ) -> tuple[Any, Any, StepStats]:
+        """Run logical step ``step`` on the examples ``indices`` of ``(x, y)``.
+
+        Args:
+            params: parameter pytree (float32); donated when ``donate``.
+            opt_state: the optimiser state; donated when ``donate``.
+            x: all N training inputs (NumPy or device array; a NumPy array is
+                copied to the device once and cached while the same object is
+                passed again).
+            y: all N integer labels.
+            indices: the sampled indices B_t (any length, 0 included).
+            noise_key: the run's secret JAX PRNG key.
+            step: the logical step index t (selects the noise).
+            pad_index: data set index used for padding rows (default: the
+                first sampled index); padding never affects the update.
+
+        Returns:
+            ``(new_params, new_opt_state, StepStats)``.
+        """
+        import jax
+
+        t = check_int("step", step, minimum=0)
+        cfg = self.config
+        if self._trainable is None:
+            self._trainable = trainable_leaves(params, self.frozen)
+        if self.fused_batches is None:
+            self.fused_batches = self._auto_fused_batches(params, x, y)
+        batches = split_physical_batches(indices, cfg.physical_batch_size, pad_index=pad_index)
+        noise_key = wrap_noise_key(noise_key)  # pinned implementation, whatever the default
+        x_dev, y_dev = self._device_data(x, y)
+        if self.placement is not None:  # no-op when already replicated (every step but the first)
+            params, opt_state, noise_key = self.placement.replicate((params, opt_state, noise_key))
+        step_arr = np.uint32(t)
+        k, K = batches.count, self.fused_batches
+        with precision_context(cfg.precision), noise_context():
+            if 0 < K and k <= K:  # the common case: one dispatch
+                idx_buf = np.zeros((K, cfg.physical_batch_size), np.int32)
+                mask_buf = np.zeros((K, cfg.physical_batch_size), bool)
+                idx_buf[:k], mask_buf[:k] = batches.indices, batches.mask
+                params, opt_state, out = self._fused(
+                    params,
+                    opt_state,
+                    x_dev,
+                    y_dev,
+                    idx_buf,
+                    mask_buf,
+                    np.int32(k),
+                    noise_key,
+                    step_arr,
+                )
+            else:  # L > K·p (or K = 0): k + 2 dispatches, nothing truncated
+                carry = self._init(params)
+                for j, (idx, m) in enumerate(batches):
+                    carry = self._accumulate(
+                        carry, params, x_dev, y_dev, idx, m, noise_key, step_arr, np.int32(j)
+                    )
+                params, opt_state, out = self._finalize(
+                    params, opt_state, carry, noise_key, step_arr
+                )
+        out = jax.device_get(out)  # the one device → host transfer of the step
+        count = int(out["count"])
+        stats = StepStats(
+            batch_size=batches.batch_size,
+            noise_std=cfg.noise_std,
+            noise_draws=1,
+            num_clipped=int(out["num_clipped"]),
+            num_nonfinite=int(out["num_nonfinite"]),
+            max_grad_norm=float(out["max_grad_norm"]),
+            max_clipped_norm=float(out["max_clipped_norm"]),
+            denominator=cfg.denominator,
+            physical_batches=batches.count,
+            update_sketch=tuple(float(v) for v in out["sketch"]),
+            loss=float(out["loss_sum"]) / count if count else math.nan,
+        )
+        return params, opt_state, stats
