@@ -109,15 +109,22 @@ def test_honest_run_replays(honest):
     assert [(o.start, o.end) for o in report.outcomes] == [(0, 10), (10, 20), (20, 24)]
     assert all(o.ok for o in report.outcomes), report.outcomes
     assert max(o.rel_deviation for o in report.outcomes) < 1e-5
+    assert all(o.diagnosis is None for o in report.outcomes)
 
 
-@pytest.mark.parametrize("broken", [NoNoise, NoClipping], ids=["no-noise", "no-clipping"])
-def test_broken_steps_are_refuted_by_replay(opacus_run, tmp_path, broken):
+@pytest.mark.parametrize(
+    ("broken", "diagnosis"),
+    [(NoNoise, "noise was not added"), (NoClipping, "not clipped")],
+    ids=["no-noise", "no-clipping"],
+)
+def test_broken_steps_are_refuted_by_replay(opacus_run, tmp_path, broken, diagnosis):
     rec = opacus_run(tmp_path / "run", steps=10, optimizer_class=broken)
     report = opacus_replay.replay_segments(rec.run_dir, read_ledger(rec.run_dir / "ledger"))
     assert report.skipped_reason is None
-    assert not report.outcomes[0].ok
-    assert report.outcomes[0].rel_deviation > 100 * opacus_replay.TOLERANCE
+    (outcome,) = report.outcomes
+    assert not outcome.ok and outcome.rel_deviation > 100 * opacus_replay.TOLERANCE
+    assert "deviate" in outcome.reason
+    assert diagnosis in outcome.diagnosis
 
 
 def test_tampered_files_skip_replay_never_refute(opacus_run, tmp_path):

@@ -70,6 +70,8 @@ class SegmentOutcome:
         rel_deviation: ‖θ_ref − θ_rec‖₂ / ‖θ_rec(end) − θ_rec(start)‖₂.
         tolerance: the relative tolerance.
         ok: ``rel_deviation <= tolerance`` (and finite).
+        reason: one line naming the segment and the deviation.
+        diagnosis: the known bug the recorded parameters match, when one does.
     """
 
     start: int
@@ -78,6 +80,8 @@ class SegmentOutcome:
     rel_deviation: float
     tolerance: float
     ok: bool
+    reason: str = ""
+    diagnosis: str | None = None
 
     @property
     def steps(self) -> int:
@@ -94,6 +98,26 @@ class SegmentReplay:
 
 class _Skip(Exception):
     pass
+
+
+@dataclasses.dataclass(frozen=True)
+class _Variant:
+    """The reference (defaults) or one known bug, for the diagnosis of a mismatch."""
+
+    clip: bool = True
+    noise: float = 1.0
+    scale_by_clip: bool = True
+    realised: bool = False
+
+
+#: Known bugs tried, in order, when a segment does not match (informative only).
+_BUGS = (
+    ("noise was not added", _Variant(noise=0.0)),
+    ("per-example gradients were not clipped", _Variant(clip=False)),
+    ("noise std σ instead of σ·C", _Variant(scale_by_clip=False)),
+    ("divided by the realised batch size instead of the declared denominator",
+     _Variant(realised=True)),
+)  # fmt: skip
 
 
 def checkpoint_steps(ledger: Any) -> list[int]:
@@ -240,7 +264,7 @@ class _Context:
     def _loss(self, out: Any, target: Any) -> Any:
         return getattr(self.torch.nn.functional, self.extra["loss"])(out, target)
 
-    def _clipped_sum(self, fixed: dict, params: dict, idx: Any, clip: float) -> dict:
+    def _clipped_sum(self, fixed: dict, params: dict, idx: Any, clip: float | None) -> dict:
         torch = self.torch
         from torch.func import functional_call, grad, vmap
 
@@ -254,10 +278,34 @@ class _Context:
         grads = vmap(grad(one), in_dims=(None, 0, 0))(params, self.x[idx], self.y[idx])
         sq = sum(grads[n].reshape(len(idx), -1).pow(2).sum(dim=1) for n in self.trainable)
         norms = sq.sqrt()
-        factor = torch.where(norms > clip, clip / norms, torch.ones_like(norms))
+        if clip is None:  # diagnosis only: the "clipping skipped" hypothesis
+            factor = torch.ones_like(norms)
+        else:
+            factor = torch.where(norms > clip, clip / norms, torch.ones_like(norms))
         return {n: torch.einsum("i,i...->...", factor, grads[n]) for n in self.trainable}
 
     def replay(self, start: int, end: int) -> SegmentOutcome:
+        """Replay ``[start, end)`` with the reference; on a mismatch, try the known bugs."""
+        rel, worst = self._deviation(start, end, _Variant())
+        ok = rel <= TOLERANCE
+        reason = (
+            f"steps {start}–{end - 1} reach the released parameters within {rel:.2g} "
+            f"(tolerance {TOLERANCE:g})"
+            if ok
+            else f"steps {start}–{end - 1} deviate from the released parameters by {rel:.3g} "
+            f"of their movement (tolerance {TOLERANCE:g})"
+        )
+        diagnosis = None
+        if not ok:
+            for label, variant in _BUGS:
+                if self._deviation(start, end, variant)[0] <= TOLERANCE:
+                    diagnosis = label
+                    break
+        return SegmentOutcome(start=start, end=end, max_abs_deviation=worst, rel_deviation=rel,
+                              tolerance=TOLERANCE, ok=ok, reason=reason,
+                              diagnosis=diagnosis)  # fmt: skip
+
+    def _deviation(self, start: int, end: int, variant: _Variant) -> tuple[float, float]:
         torch = self.torch
         if end <= start:
             raise _Skip(f"segment [{start}, {end}) is empty")
@@ -277,26 +325,25 @@ class _Context:
             sigma = rec.noise_multiplier if rec.noise_multiplier is not None else h.noise_multiplier
             idx = torch.tensor(rec.indices.tolist(), dtype=torch.long)
             current = {n: leaves[n].detach() for n in self.trainable}
-            total = self._clipped_sum(fixed, current, idx, clip)
+            total = self._clipped_sum(fixed, current, idx, clip if variant.clip else None)
             noise = self._noise(t, [total[n].shape for n in self.trainable])
+            std = (sigma * clip if variant.scale_by_clip else sigma) * variant.noise
+            denominator = h.denominator if not variant.realised else max(len(idx), 1)
             with torch.no_grad():
                 for n, z in zip(self.trainable, noise, strict=True):
-                    leaves[n].grad = (total[n] + sigma * clip * z) / h.denominator
+                    leaves[n].grad = (total[n] + std * z) / denominator
             opt.step()
             opt.zero_grad(set_to_none=True)
         num, den, worst = 0.0, 0.0, 0.0
         with torch.no_grad():
             for n in self.trainable:
-                ref = leaves[n].detach()
                 rec_end = last["model"][n].double()
-                diff = ref - rec_end
+                diff = leaves[n].detach() - rec_end
                 num += float(diff.pow(2).sum())
                 den += float((rec_end - state[n]).pow(2).sum())
                 worst = max(worst, float(diff.abs().max()) if diff.numel() else 0.0)
         rel = (num**0.5) / max(den**0.5, 1e-12)
-        ok = rel <= TOLERANCE
-        return SegmentOutcome(start=start, end=end, max_abs_deviation=worst,
-                              rel_deviation=rel, tolerance=TOLERANCE, ok=ok)  # fmt: skip
+        return (rel if rel == rel else float("inf")), worst
 
     def _optimizer(self, state: dict, leaves: dict) -> Any:
         torch = self.torch
