@@ -55,6 +55,8 @@ def _guarded(name: str, fn: Callable[[], CheckResult]) -> CheckResult:
     """Run one check; an unexpected exception becomes a failed, flagged result."""
     try:
         return fn()
+    except MemoryError:  # an input too large for this machine: bad input, not a failed check
+        raise
     except DpverifyError as exc:
         if isinstance(exc, UnusableInput):
             raise

@@ -76,6 +76,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except MemoryError as exc:  # an input this machine cannot hold: bad input (exit 2), one line
+        if os.environ.get("DPVERIFY_DEBUG"):
+            raise
+        why = f": {_one_line(exc)}" if str(exc) else ""
+        sys.stderr.write(
+            f"dpverify: error: not enough memory for this input{why} (the auditor streams "
+            "O(N + T); free memory or audit on a larger machine)\n"
+        )
+        return 2
     except Exception as exc:  # last resort: one line, no traceback
         if os.environ.get("DPVERIFY_DEBUG"):
             raise

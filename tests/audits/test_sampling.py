@@ -104,3 +104,21 @@ def test_segments_are_listed_for_the_privacy_check(fakes):
         (200, 399, 0.02, True),
     ]
     assert r.details["rates_verified"] is True and "2 segments" in r.reason
+
+
+def test_memory_error_is_a_one_line_exit_2(fakes, tmp_path, monkeypatch, capsys):
+    """An input the auditor cannot hold is bad input (exit 2, one line), never exit 3."""
+    import audits.runner
+    from dpverify.cli import main
+
+    ledger = _ledger(fakes, lambda rng, n, q: rng.binomial(n, q), steps=30)
+    path = fakes.write_ledger(tmp_path / "ledger", ledger)
+
+    def boom(*args, **kwargs):
+        raise MemoryError("Unable to allocate 7.45 GiB for an array with shape (1000000000,)")
+
+    monkeypatch.setattr(audits.runner, "check_sampling", boom)
+    code = main(["audit", str(path), "--no-replay"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert err.startswith("dpverify: error: not enough memory for this input") and "7.45 GiB" in err

@@ -108,3 +108,22 @@ def test_repeats_are_counted_by_step_class_and_size():
     assert s.repeated_pairs == 3 + 1
     assert s.repeats_by_class(1) == {(0, 0): (2, 1), (0, 1): (1, 0), (0, 2): (3, 3)}
     assert s.repeats_by_class(2) == {(0, 0): (2, 1), (0, 2): (1, 0), (1, 1): (1, 0), (1, 2): (2, 1)}
+
+
+def test_a_billion_examples_need_no_per_example_arrays():
+    """N = 10⁹, q = 10⁻⁸, 2000 steps: the battery allocates megabytes, not gigabytes."""
+    import tracemalloc
+
+    from dpverify.stats import run_battery
+
+    n, q = 10**9, 1e-8
+    rng = np.random.default_rng(0)
+    batches = [np.unique(rng.integers(0, n, size=rng.binomial(n, q))) for _ in range(2000)]
+    tracemalloc.start()
+    try:
+        res = run_battery(batches, dataset_size=n, sampling_rate=q)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 200e6, peak
+    assert res.passed, res.explain()
