@@ -9,7 +9,7 @@ not depend on the values):
 * ``dpsgd_vmap`` — one jitted DP-SGD step over a full physical batch of p
   examples: per-example gradients by ``vmap(grad)``, global-norm clipping,
   masked sum (``where``), Gaussian noise σC, fixed denominator, Optax update.
-  This is the "JAX DP-SGD, vmap per-example, masked" row of ARCHITECTURE.md §9.
+  This is the "JAX DP-SGD, vmap per-example, masked" row of the reference below.
   It pays the noise and the optimiser update for every p examples; the masked
   trainer pays them once per logical step of ≈ E/p physical batches, so it can
   be slightly faster per example despite its padding.
@@ -40,7 +40,7 @@ Usage::
                                                     # CIFAR-10 CNN (p=256, TF32); < 5 min on one GPU
     python benchmarks/throughput.py --models vit --seconds 5 --out results.jsonl
 
-Reference (ARCHITECTURE.md §9, one H200, TF32): ViT-Small-like non-private
+Reference (design measurement, one H200, TF32): ViT-Small-like non-private
 18 660 ex/s, vmap DP-SGD 11 470 ex/s (ratio 0.61); CNN with GroupNorm at batch
 256: 244 600 vs 44 600 ex/s (0.18).
 """
@@ -77,7 +77,7 @@ class Setup:
 
 _TINY_VIT = {"patch_size": 4, "width": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128}
 _VIT_SMALL = {"patch_size": 4, "width": 384, "depth": 6, "num_heads": 6, "mlp_dim": 1536}
-# (device, model) → (model kwargs, image shape, p, E, N); the GPU ViT is ARCHITECTURE.md §9's.
+# (device, model) → (model kwargs, image shape, p, E, N); the GPU ViT is the reference's.
 _TABLE: dict[tuple[str, str], tuple[dict[str, Any], tuple[int, int, int], int, int, int]] = {
     ("gpu", "cnn"): ({"channels": (32, 64, 128), "groups": 8}, (32, 32, 3), 256, 1024, 50_000),
     ("gpu", "vit"): (_VIT_SMALL, (32, 32, 3), 128, 512, 50_000),

@@ -4,7 +4,7 @@ A Poisson logical batch has a random size L.  The masked trainer processes it
 as ⌈L/p⌉ physical batches of exactly ``p`` rows so that the compiled function
 only ever sees shape ``(p, …)``.  The last physical batch is padded with a
 *valid* index (so gathering it is safe) and mask ``False``; the trainer's
-masked sum makes padding contribute exactly zero (ARCHITECTURE.md §3, step 2).
+masked sum makes padding contribute exactly zero (docs/masked-dpsgd.md, "The step").
 L = 0 gives zero physical batches.
 """
 

@@ -23,7 +23,7 @@ Replay needs the run directory's ``config.json`` (task and data path), the
 checkpoint files, the noise key and the data; when one is missing the report
 says so in ``skipped_reason`` instead of passing or failing.
 
-References: ARCHITECTURE.md §7.
+References: docs/masked-dpsgd.md ("Reference trainer") and docs/certificate.md (the replay check).
 """
 
 from __future__ import annotations

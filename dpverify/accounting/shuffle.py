@@ -39,7 +39,7 @@ mechanism's δ(ε), hence on its ε(δ):
 
 The bound returned is the larger of the two ε's.  Caveats: floating point, and
 dp-accounting's tail truncation of at most 1e-15 in δ.  Sanity figure
-(ARCHITECTURE §6): σ = 0.8, 1000 steps in one epoch, δ = 1e-5: Poisson ε ≈ 0.30,
+(Chua et al., "How Private are DP-SGD Implementations?", ICML 2024): σ = 0.8, 1000 steps in one epoch, δ = 1e-5: Poisson ε ≈ 0.30,
 shuffle ε ≥ 5.2.
 
 References:

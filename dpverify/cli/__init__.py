@@ -6,8 +6,9 @@ returns its exit code.
 
 Exit codes (every command): 0 success / certified / compliant, 1 a negative
 finding (integrity failure, refuted claim, non-compliant sampler), 2 unusable
-input (bad argument, missing or non-ledger path).  Errors are one line on
-stderr, never a traceback (set ``DPVERIFY_DEBUG=1`` to see one).
+input (bad argument, missing or non-ledger path), 3 internal error (a bug in
+dpverify), 130 interrupted (Ctrl-C).  Errors are one line on stderr, never a
+traceback (set ``DPVERIFY_DEBUG=1`` to see one).
 """
 
 from __future__ import annotations

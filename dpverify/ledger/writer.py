@@ -22,12 +22,14 @@ Example:
     >>> from dpverify.ledger import LedgerWriter, RunHeader, Step, Seal, read_ledger
     >>> header = RunHeader(dataset_size=1000, sampler="poisson", sampling_rate=0.01,
     ...                    noise_multiplier=1.1, clip_norm=1.0, delta=1e-5)
-    >>> import tempfile, pathlib; d = pathlib.Path(tempfile.mkdtemp()) / "ledger"
+    >>> import tempfile, pathlib
+    >>> tmp = tempfile.TemporaryDirectory(); d = pathlib.Path(tmp.name) / "ledger"
     >>> with LedgerWriter.create(d, header) as w:
     ...     w.append(Step(step=0, indices=np.array([3, 17, 254]), noise_std=1.1))
     ...     w.close(seal=Seal(steps_executed=1, final_step=1))
     >>> len(read_ledger(d).steps)
     1
+    >>> tmp.cleanup()
 """
 
 from __future__ import annotations

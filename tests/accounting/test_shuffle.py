@@ -25,7 +25,7 @@ def gaussian_epsilon(sigma, delta):
 
 
 def test_architecture_sanity_figure():
-    # ARCHITECTURE §6: σ = 0.8, 1000 steps, one epoch, δ = 1e-5 -> Poisson ≈ 0.31, shuffle ≥ 5.2
+    # Chua et al. (ICML 2024): σ = 0.8, 1000 steps, one epoch, δ = 1e-5 -> Poisson ≈ 0.31, shuffle ≥ 5.2
     lower = shuffle_lower_bound(1e-3, 0.8, 1000, 1e-5)
     assert lower == pytest.approx(5.2, abs=0.06)
     assert epsilon_poisson(1e-3, 0.8, 1000, 1e-5, "pld") == pytest.approx(0.30, abs=0.015)

@@ -3,7 +3,7 @@
 Trained runs are tiny digits-MLP runs (a few steps, a checkpoint after every
 step so every step can be replayed), trained once per module.  Sampler
 shortcuts need a realistic size for the battery to have power (N = 10⁴,
-q = 0.01, T = 500, as in ARCHITECTURE.md §5), so their ledgers are written
+q = 0.01, T = 500, as in docs/statistics.md), so their ledgers are written
 directly with ``LedgerWriter`` from the shortcut samplers, without training.
 
 False-positive rates: every ledger uses a fixed seed, so each test is

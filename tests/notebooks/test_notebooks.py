@@ -8,6 +8,7 @@ Both run in about 30 s on 2 CPU cores, so they run in CI (not marked slow).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -46,13 +47,16 @@ def test_valid_nbformat_without_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_code_cells_run(path, tmp_path):
+    temp = tmp_path / "tmp"  # the notebook's temporary folders land here, and must be gone
+    temp.mkdir()
     result = subprocess.run(
         [sys.executable, "-c", _code(_load(path))],
         cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=240,
-        env=None,
+        env={**os.environ, "TMPDIR": str(temp)},
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Traceback" not in result.stderr
+    assert not [p.name for p in temp.iterdir() if p.name.startswith("dpverify")]

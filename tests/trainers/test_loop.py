@@ -189,7 +189,7 @@ def test_data_path_is_recorded_absolute(tmp_path, monkeypatch):
 
 
 def test_write_ahead_steps_are_on_disk_before_each_checkpoint_file(tmp_path, monkeypatch):
-    """ARCHITECTURE §4: step t's record is durable before the parameters after t are saved.
+    """docs/ledger-format.md §6 (write-ahead): step t's record is durable before the parameters after t are saved.
 
     A second reader opens the ledger from disk at the moment each checkpoint
     file is about to be written: every step before it must already be there

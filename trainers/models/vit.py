@@ -6,8 +6,8 @@ position embedding is added, pre-norm encoder blocks follow, then a final
 LayerNorm, mean pooling over tokens (instead of a class token, as in Zhai et
 al. 2022 "Scaling Vision Transformers") and a Dense head.
 
-The ViT-Small-like configuration of the throughput anchors (ARCHITECTURE.md
-§9) is ``ViT(num_classes=10, patch_size=4, width=384, depth=6, num_heads=6,
+The ViT-Small-like configuration of the throughput benchmark
+(benchmarks/throughput.py) is ``ViT(num_classes=10, patch_size=4, width=384, depth=6, num_heads=6,
 mlp_dim=1536)`` on 32×32 inputs; :data:`VIT_SMALL` holds it.
 """
 
@@ -80,7 +80,7 @@ class ViT(nn.Module):
 #: Keyword arguments of a tiny ViT for CPU tests and digits.
 VIT_TINY: dict[str, int] = {"patch_size": 2, "width": 32, "depth": 2, "num_heads": 2, "mlp_dim": 64}
 
-#: Keyword arguments of the ViT-Small-like model of ARCHITECTURE.md §9 (32×32 input).
+#: Keyword arguments of the ViT-Small-like benchmark model (32×32 input).
 VIT_SMALL: dict[str, int] = {
     "patch_size": 4,
     "width": 384,
