@@ -1,4 +1,7 @@
-"""Matplotlib figures for the audit report (PNG bytes; Agg backend, no display).
+"""Matplotlib figures for the audit report (PNG bytes; Agg canvas, no display).
+
+Figures are ``matplotlib.figure.Figure`` objects of their own: importing or
+using this module never touches pyplot or the global backend.
 
 * batch sizes of the logical steps against Binomial(N, q) — fixed-size batches
   show as a spike, truncation as a missing right tail;
@@ -29,43 +32,91 @@ __all__ = [
 
 
 def _png(fig: Any) -> bytes:
-    import matplotlib.pyplot as plt
-
     buf = io.BytesIO()
     fig.tight_layout()
     fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
     return buf.getvalue()
 
 
 def _figure() -> tuple[Any, Any]:
-    import matplotlib
+    """A figure of its own (no pyplot, no global backend switch: Agg canvas)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
+    fig = Figure(figsize=(6.4, 3.6))
+    FigureCanvasAgg(fig)
+    return fig, fig.add_subplot()
 
-    return plt.subplots(figsize=(6.4, 3.6))
+
+def _bin_width(span: int, total: int) -> int:
+    """Integers per bar: about √total bars (5 to 40), so a short run's bars are
+    not mostly empty or 1-high next to a smooth expected curve."""
+    bars = int(np.clip(round(np.sqrt(max(total, 1))), 5, 40))
+    return max(1, -(-span // bars))
+
+
+@dataclasses.dataclass(frozen=True)
+class Binned:
+    """Observed and expected counts per bin of equal ``width`` starting at ``starts``."""
+
+    starts: np.ndarray
+    width: int
+    observed: np.ndarray
+    expected: np.ndarray
+    spread: np.ndarray  # 2 standard deviations of each bin's count
+
+
+def binned_against_binomial(observed: np.ndarray, trials: int, p: float, total: int) -> Binned:
+    """Group a histogram over integer values into bins, with Binomial expectations.
+
+    ``observed[v]`` is how many of the ``total`` draws had value ``v``.  The bins
+    cover the Binomial(trials, p) support up to tail mass 1e-6 on each side and
+    every observed value.  A bin's count is Binomial(total, P(bin)) for an
+    honest run: ``expected = total·P(bin)``, ``spread = 2·sqrt(total·P(1−P))``.
+    """
+    seen = np.flatnonzero(observed)
+    lo = int(stats.binom.ppf(1e-6, trials, p))
+    hi = int(stats.binom.ppf(1 - 1e-6, trials, p))
+    if seen.size:
+        lo, hi = min(lo, int(seen[0])), max(hi, int(seen[-1]))
+    lo = max(lo, 0)
+    width = _bin_width(hi - lo + 1, total)
+    starts = np.arange(lo, hi + 1, width)
+    counts = np.zeros(starts.size)
+    values = np.arange(observed.size)
+    inside = (values >= lo) & (values <= hi)
+    np.add.at(counts, (values[inside] - lo) // width, observed[inside])
+    p_bin = stats.binom.cdf(starts + width - 1, trials, p) - stats.binom.cdf(starts - 1, trials, p)
+    return Binned(
+        starts=starts,
+        width=width,
+        observed=counts,
+        expected=total * p_bin,
+        spread=2 * np.sqrt(total * p_bin * (1 - p_bin)),
+    )
 
 
 def _against_binomial(observed: np.ndarray, trials: int, p: float, total: int, ax: Any) -> None:
-    """Bars of ``observed`` counts per value vs the expected counts under Binomial(trials, p)."""
-    values = np.arange(observed.size)
-    ax.bar(values, observed, width=1.0, color="#7fa7d1", label="observed")
-    lo = max(0, int(stats.binom.ppf(1e-6, trials, p)))
-    hi = max(int(stats.binom.ppf(1 - 1e-6, trials, p)), observed.size)
-    grid = np.arange(lo, hi + 1)
-    ax.plot(
-        grid,
-        total * stats.binom.pmf(grid, trials, p),
+    """Bars of observed counts per bin; expected count ± 2 s.d. per bin in red
+    (the scatter an honest run shows, so a short run does not look like a mismatch)."""
+    b = binned_against_binomial(observed, trials, p, total)
+    unit = "" if b.width == 1 else f" (bins of {b.width})"
+    ax.bar(b.starts, b.observed, width=b.width, align="edge", color="#7fa7d1",
+           label=f"observed{unit}")  # fmt: skip
+    ax.errorbar(
+        b.starts + b.width / 2,
+        b.expected,
+        yerr=b.spread,
+        fmt="_",
+        ms=max(4.0, 180.0 / b.starts.size),
         color="#c0392b",
-        lw=1.5,
-        label=f"Binomial({trials}, {p:.3g})",
+        lw=1.2,
+        capsize=0,
+        label=f"expected ± 2 s.d., Binomial({trials}, {p:.3g})",
     )
-    seen = np.flatnonzero(observed)
-    left = min(lo, int(seen[0])) if seen.size else lo
-    right = max(int(stats.binom.ppf(1 - 1e-6, trials, p)), int(seen[-1]) if seen.size else 0)
-    ax.set_xlim(left - 1, right + 1)
-    ax.legend(frameon=False)
+    ax.set_xlim(b.starts[0] - b.width / 2, b.starts[-1] + 1.5 * b.width)
+    ax.set_ylim(bottom=0)
+    ax.legend(frameon=False, fontsize="small")
 
 
 def batch_size_figure(evidence: AuditEvidence) -> bytes:

@@ -18,6 +18,7 @@ from __future__ import annotations
 from typing import Any
 
 from audits.check import CheckResult
+from dpverify.accounting import NO_UPPER_BOUND_SAMPLERS
 
 __all__ = ["NO_UPPER_BOUND_SAMPLERS", "POISSON_SAMPLERS", "check_configuration"]
 
@@ -26,8 +27,8 @@ _NAME = "configuration"
 #: Declared samplers the Poisson battery tests (the second with its cap).
 POISSON_SAMPLERS = ("poisson", "truncated_poisson")
 
-#: Samplers with no valid ε upper bound in the accountant libraries.
-NO_UPPER_BOUND_SAMPLERS = ("shuffle", "balls_in_bins", "shuffle_binomial")
+# NO_UPPER_BOUND_SAMPLERS (re-exported): samplers with no valid ε upper bound in
+# the accountant libraries; one definition, in dpverify.accounting.support.
 
 #: Relative mismatch of expected batch size vs q·N tolerated.
 BATCH_SIZE_TOLERANCE = 0.01

@@ -22,7 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from audits.check import CheckResult
-from audits.configuration import NO_UPPER_BOUND_SAMPLERS
+from dpverify.accounting import NO_UPPER_BOUND_SAMPLERS
 
 __all__ = ["check_privacy", "claimed_privacy"]
 

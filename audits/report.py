@@ -23,7 +23,20 @@ from dpverify.errors import InvalidArgument, UnusableInput
 
 __all__ = ["render_markdown", "write_report"]
 
-_STATUS_MARK = {"pass": "✅ pass", "fail": "❌ fail", "warn": "⚠️ warn", "skip": "➖ skip"}
+
+
+class _Status(str):
+    """A check status cell: a text badge (no emoji: readable without an emoji font)."""
+
+
+class _Code(str):
+    """Literal text (a hash, a command): Markdown backticks, HTML ``<code>``."""
+
+
+#: Paragraph = pieces of plain text and literal text.
+_Paragraph = list[str]
+
+_BADGE_COLOUR = {"pass": "#1e8449", "fail": "#c0392b", "warn": "#b9770e", "skip": "#7f8c8d"}
 
 
 def _num(x: Any, fmt: str = ".4g") -> str:
@@ -81,11 +94,11 @@ def _plots_for(cert: Certificate, *, epsilon_points: int) -> list[tuple[str, str
     return out + _canary_plot(cert)
 
 
-def _sections(cert: Certificate) -> list[tuple[str, list[list[str]] | str]]:
-    """The report's content as (heading, table rows or paragraph)."""
+def _sections(cert: Certificate) -> list[tuple[str, list[list[str]] | _Paragraph]]:
+    """The report's content as (heading, table rows or a paragraph's pieces)."""
     eps = cert.epsilon or {}
     checks = [["check", "status", "p-value", "reason"]] + [
-        [c.name, _STATUS_MARK[c.status], _num(c.p_value, ".3g"), c.reason] for c in cert.checks
+        [c.name, _Status(c.status), _num(c.p_value, ".3g"), c.reason] for c in cert.checks
     ]
     claim = [
         ["claimed ε", "δ", "executed steps", "logical steps", "sealed"],
@@ -114,9 +127,9 @@ def _sections(cert: Certificate) -> list[tuple[str, list[list[str]] | str]]:
         else:
             acc.append([name.upper(), _num(entry.get("epsilon")), reason])
     emp = cert.empirical
-    empirical: list[list[str]] | str = (
+    empirical: list[list[str]] | _Paragraph = [
         "The run has no canaries, or their secret design was not given to the auditor."
-    )
+    ]
     if emp:
         empirical = [
             ["ε lower bound", "confidence", "canaries", "correct / guesses", "method", "source"],
@@ -135,21 +148,34 @@ def _sections(cert: Certificate) -> list[tuple[str, list[list[str]] | str]]:
     return [
         ("Claim", claim),
         ("Checks", checks),
-        ("ε recomputed from the executed steps", acc if eps else "ε was not computed."),
+        ("ε recomputed from the executed steps", acc if eps else ["ε was not computed."]),
         ("Empirical lower bound on ε from canaries (one run)", empirical),
         ("Run configuration (public header fields)", run),
         (
             "Ledger commitment",
-            f"Hash-chain head: `{cert.ledger_head}`. Anyone holding the "
-            "ledger can recompute it with `dpverify ledger verify` and confirm this is the "
-            "ledger that was audited.",
+            [
+                "Hash-chain head: ",
+                _Code(cert.ledger_head),
+                ". Anyone holding the ledger can recompute it with ",
+                _Code("dpverify ledger verify"),
+                " and confirm this is the ledger that was audited.",
+            ],
         ),
     ]
 
 
+def _md_cell(s: str) -> str:
+    if isinstance(s, _Status):
+        return f"**{s.upper()}**" if s == "fail" else s.upper()
+    return s.replace("|", "\\|")
+
+
+def _md_paragraph(pieces: _Paragraph) -> str:
+    return "".join(f"`{p}`" if isinstance(p, _Code) else p for p in pieces)
+
+
 def _md_table(rows: list[list[str]]) -> str:
-    def cell(s: str) -> str:
-        return s.replace("|", "\\|")
+    cell = _md_cell
 
     head, *body = rows
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -167,17 +193,31 @@ def render_markdown(cert: Certificate, *, plot_links: list[tuple[str, str]] = ()
     ]
     for heading, body in _sections(cert):
         parts.append(f"## {heading}")
-        parts.append(body if isinstance(body, str) else _md_table(body))
+        is_table = bool(body) and isinstance(body[0], list)
+        parts.append(_md_table(body) if is_table else _md_paragraph(body))  # type: ignore[arg-type]
     if plot_links:
         parts.append("## Plots")
         parts += [f"![{cap}]({rel})\n\n_{cap}_" for cap, rel in plot_links]
     return "\n\n".join(parts) + "\n"
 
 
+def _html_cell(x: str) -> str:
+    if isinstance(x, _Status):
+        return f'<span class="badge {html.escape(x)}">{html.escape(x.upper())}</span>'
+    return html.escape(x)
+
+
+def _html_paragraph(pieces: _Paragraph) -> str:
+    return "".join(
+        f"<code>{html.escape(p)}</code>" if isinstance(p, _Code) else html.escape(p)
+        for p in pieces
+    )
+
+
 def _html_table(rows: list[list[str]]) -> str:
     head, *body = rows
     th = "".join(f"<th>{html.escape(x)}</th>" for x in head)
-    trs = "".join("<tr>" + "".join(f"<td>{html.escape(x)}</td>" for x in r) + "</tr>" for r in body)
+    trs = "".join("<tr>" + "".join(f"<td>{_html_cell(x)}</td>" for x in r) + "</tr>" for r in body)
     return f"<table><thead><tr>{th}</tr></thead><tbody>{trs}</tbody></table>"
 
 
@@ -192,8 +232,11 @@ def _render_html(cert: Certificate, plots: list[tuple[str, str, bytes]]) -> str:
     ]
     for heading, content in _sections(cert):
         body.append(f"<h2>{html.escape(heading)}</h2>")
+        is_table = bool(content) and isinstance(content[0], list)
         body.append(
-            f"<p>{html.escape(content)}</p>" if isinstance(content, str) else _html_table(content)
+            _html_table(content)  # type: ignore[arg-type]
+            if is_table
+            else f"<p>{_html_paragraph(content)}</p>"  # type: ignore[arg-type]
         )
     if plots:
         body.append("<h2>Plots</h2>")
@@ -207,6 +250,10 @@ def _render_html(cert: Certificate, plots: list[tuple[str, str, bytes]]) -> str:
         "body{font-family:sans-serif;max-width:60em;margin:2em auto}"
         "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:.3em .6em;"
         "text-align:left;vertical-align:top}.verdict{font-size:1.4em}"
+        "code{font-family:monospace;background:#f4f4f4;padding:0 .2em;word-break:break-all}"
+        ".badge{display:inline-block;padding:.05em .5em;border-radius:.3em;color:#fff;"
+        "font-weight:bold;font-size:.85em;letter-spacing:.03em}"
+        + "".join(f".badge.{k}{{background:{v}}}" for k, v in _BADGE_COLOUR.items())
     )
     return (
         '<!DOCTYPE html><html><head><meta charset="utf-8"><title>dpverify audit report'

@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 
+from dpverify._json import finite
 from dpverify.errors import InvalidArgument, UnusableInput
 from trainers.run_plan import RunPlan, TrainConfig, plan_run
 from trainers.session import Session, open_new, open_resume
@@ -279,20 +280,9 @@ def _accuracy(model_apply: Any, params: Any, dataset: Any, *, batch: int = 1024)
 def _write_json(path: Path, obj: Any) -> None:
     from trainers.noise_key import write_private_file
 
-    text = json.dumps(_finite(obj), indent=2, sort_keys=False, default=_json_default)
+    text = json.dumps(finite(obj), indent=2, sort_keys=False, default=_json_default)
     write_private_file(path, text.encode() + b"\n")
     path.chmod(0o644)
-
-
-def _finite(obj: Any) -> Any:
-    """Non-finite floats become ``None`` (strict JSON has no Infinity/NaN)."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _json_default(obj: Any) -> Any:

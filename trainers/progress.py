@@ -8,7 +8,6 @@ bounded number of times per run so accounting never dominates the step time.
 
 from __future__ import annotations
 
-import logging
 import math
 import sys
 from typing import Any
@@ -72,19 +71,16 @@ class TrainingProgress:
     def _epsilon_so_far(self, steps: int) -> float | None:
         if self._sigma <= 0:
             return math.inf
-        absl = logging.getLogger("absl")
-        level = absl.level
-        absl.setLevel(logging.ERROR)  # dp-accounting's order-by-order warnings would break the bar
-        try:
-            from dpverify.accounting import epsilon_poisson
+        from dpverify._logs import quiet_accounting_logs
+        from dpverify.accounting import epsilon_poisson
 
-            return float(
-                epsilon_poisson(self._q, self._sigma, steps, self._delta, accountant="rdp")
-            )
+        try:
+            with quiet_accounting_logs():  # order-by-order warnings would break the bar
+                return float(
+                    epsilon_poisson(self._q, self._sigma, steps, self._delta, accountant="rdp")
+                )
         except Exception:  # accounting unavailable: show the bar without ε
             return None
-        finally:
-            absl.setLevel(level)
 
     def close(self) -> None:
         """Close the bar."""

@@ -52,10 +52,8 @@ _DEFAULT_MEMORY_BUDGET = 1 << 30
 
 
 def _sampler_names() -> tuple[str, ...]:
-    try:
-        from dpverify.samplers import SAMPLER_NAMES
-    except ImportError:  # before the shortcut samplers land
-        return ("poisson",)
+    from dpverify.samplers import SAMPLER_NAMES
+
     return tuple(SAMPLER_NAMES)
 
 
@@ -163,10 +161,8 @@ class TrainConfig:
 
 
 def _check_mutation(name: str) -> None:
-    try:
-        from trainers.mutations import MUTATIONS
-    except ImportError:
-        return
+    from trainers.mutations import MUTATIONS
+
     check_choice("mutation", name, tuple(MUTATIONS))
 
 

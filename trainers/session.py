@@ -133,19 +133,13 @@ def load_dataset(task_name: str, data_path: str | None) -> Any:
 
 
 def make_sampler(name: str, dataset_size: int, sampling_rate: float, seed: int, params: dict):
-    """The sampler called ``name`` (``dpverify.samplers.make_sampler`` when present)."""
+    """The sampler called ``name`` (:func:`dpverify.samplers.make_sampler`)."""
     if name == "truncated_poisson" and "cap" not in params:
         raise InvalidArgument(
             "sampler='truncated_poisson' needs its cap: pass --sampler-param cap=K"
         )
-    try:
-        from dpverify.samplers import make_sampler as _make
-    except ImportError:
-        from dpverify.samplers import PoissonSampler
+    from dpverify.samplers import make_sampler as _make
 
-        if name != "poisson" or params:
-            raise InvalidArgument(f"sampler={name!r} is not available") from None
-        return PoissonSampler(dataset_size, sampling_rate, seed)
     return _make(name, dataset_size, sampling_rate, seed, **dict(params))
 
 

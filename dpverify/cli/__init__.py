@@ -59,8 +59,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "handler", None) is None:
         parser.print_help(sys.stderr)
         return 2
+    from dpverify._logs import quiet_accounting_logs
+
     try:
-        return int(args.handler(args))
+        with quiet_accounting_logs():  # dp-accounting's per-order RDP warnings, every command
+            return int(args.handler(args))
     except DpverifyError as exc:
         if os.environ.get("DPVERIFY_DEBUG"):
             raise

@@ -71,12 +71,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _audit(args: argparse.Namespace) -> int:
-    import logging
-
     import audits
 
     _check_outputs(args)
-    logging.getLogger("absl").setLevel(logging.ERROR)  # dp-accounting's RDP-order warnings
     cert = audits.run_audit(
         args.path,
         alpha=args.alpha,

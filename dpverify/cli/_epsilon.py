@@ -87,17 +87,9 @@ def _steps(args: argparse.Namespace) -> int | None:
     return check_int("steps", args.steps, minimum=1)
 
 
-def _quiet_library_warnings() -> None:
-    """dp-accounting logs RDP-order convergence warnings via absl; the result already says enough."""
-    import logging
-
-    logging.getLogger("absl").setLevel(logging.ERROR)
-
-
 def _epsilon(args: argparse.Namespace) -> int:
     from dpverify import accounting
 
-    _quiet_library_warnings()
 
     if args.run_dir is not None:
         given = [
@@ -184,7 +176,6 @@ def _noise(args: argparse.Namespace) -> int:
     from dpverify import accounting
     from dpverify._validate import check_positive, check_probability
 
-    _quiet_library_warnings()
     q = check_probability("sampling_rate", args.sampling_rate)
     delta = check_probability("delta", args.delta, allow_one=False)
     target = check_positive("target_epsilon", args.target_epsilon)

@@ -9,12 +9,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from dpverify._json import finite
 from dpverify.cli._common import integer, positive_float, print_json
 from dpverify.errors import InvalidArgument, UnusableInput
 
@@ -167,24 +167,9 @@ def _config(args: argparse.Namespace) -> Any:
     )
 
 
-def _quiet_accounting_logs() -> None:
-    """Silence dp-accounting's per-order RDP warnings (absl) on the terminal.
-
-    At small σ or large q the RDP accountant logs one WARNING per Rényi order
-    it drops; they say nothing a user can act on and bury the progress bar,
-    the summary and one-line errors.  Errors are still shown.
-    """
-    try:
-        from absl import logging as absl_logging
-    except ImportError:
-        return
-    absl_logging.set_verbosity(absl_logging.ERROR)
-
-
 def _train(args: argparse.Namespace) -> int:
     from trainers.loop import train
 
-    _quiet_accounting_logs()
     config = _config(args)
     with _second_ctrl_c_exits():
         summary = train(config, args.out, resume=args.resume, progress=not args.quiet)
@@ -194,7 +179,7 @@ def _train(args: argparse.Namespace) -> int:
             "sealed); nothing to resume — its summary:\n"
         )
     if args.json:
-        print_json(_finite(summary))
+        print_json(finite(summary))
     else:
         sys.stdout.write(summary_text(summary, args.out) + "\n")
     return 0
@@ -215,16 +200,6 @@ def _second_ctrl_c_exits() -> Iterator[None]:
         yield
     finally:
         exit_process_on_second_interrupt(False)
-
-
-def _finite(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    return obj
 
 
 def _fmt(value: Any, spec: str = ".3g") -> str:
@@ -294,7 +269,6 @@ def _demo(args: argparse.Namespace) -> int:
 
     if args.replay_steps < 0:
         raise InvalidArgument(f"replay_steps={args.replay_steps!r} must be >= 0")
-    _quiet_accounting_logs()
     out = _demo_dir(args.out)
     if (out / "ledger").exists():
         raise UnusableInput(
@@ -313,11 +287,8 @@ def _demo(args: argparse.Namespace) -> int:
             TrainConfig(task="digits-mlp", seed=args.seed), out, progress=not args.quiet
         )
     sys.stdout.write(summary_text(summary, out) + "\n")
-    try:
-        from audits import run_audit
-    except ImportError:
-        sys.stdout.write("audit:       the auditor (audits.run_audit) is not installed yet\n")
-        return 0
+    from audits import run_audit
+
     err.write("dpverify demo: auditing the run ...\n")
     cert = run_audit(
         out,
@@ -334,10 +305,8 @@ def _write_certificate(cert: Any, out: Path) -> str:
     except Exception:  # the verdict line is enough
         text = ""
     lines = text.splitlines() if text else [f"verdict:     {str(cert.verdict).upper()}"]
-    try:
-        from audits import write_json, write_report
-    except ImportError:
-        return "\n".join(lines) + "\n"
+    from audits import write_json, write_report
+
     cert_path, report_path = out / "certificate.json", out / "report.md"
     write_json(cert, cert_path)
     lines.append(f"certificate: {cert_path}")

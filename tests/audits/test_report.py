@@ -150,3 +150,61 @@ def test_real_audit_of_a_written_ledger_never_shows_indices(tmp_path, sampler):
     for text in texts:
         assert not _integers(text) & big
     assert str(steps) in _integers(texts[0])  # the matcher does find whole numbers
+
+
+_EMOJI = re.compile("[\u2600-\u27bf\U0001f300-\U0001faff\ufe0f]")
+
+
+def test_html_report_shows_literals_as_code_and_statuses_as_text_badges(cert, tmp_path):
+    text = write_report(cert, tmp_path / "r.html", epsilon_points=0).read_text()
+    head = cert.ledger_head
+    assert f"<code>{head}</code>" in text and "<code>dpverify ledger verify</code>" in text
+    assert "`" not in text  # no Markdown syntax leaks into the HTML
+    assert '<span class="badge pass">PASS</span>' in text
+    assert not _EMOJI.search(text)  # readable without an emoji font
+    md = write_report(cert, tmp_path / "r.md", epsilon_points=0).read_text()
+    assert f"`{head}`" in md and "| PASS |" in md and not _EMOJI.search(md)
+
+
+def test_histograms_are_binned_for_short_runs_with_expected_counts_per_bin():
+    from scipy import stats
+
+    from audits._plots import binned_against_binomial
+
+    rng = np.random.default_rng(0)
+    sizes = rng.binomial(1437, 0.07, size=40)  # a 40-step honest run
+    b = binned_against_binomial(np.bincount(sizes), 1437, 0.07, sizes.size)
+    assert b.width > 1 and 5 <= b.starts.size <= 8  # ~√40 bars, not one per integer
+    assert b.observed.sum() == 40
+    assert b.expected.sum() == pytest.approx(40, rel=1e-4)
+    # Each bin's expected count is Binomial(total, P(bin)) mass: check one bin directly.
+    i = int(np.argmax(b.expected))
+    lo, hi = b.starts[i], b.starts[i] + b.width - 1
+    p_bin = stats.binom.cdf(hi, 1437, 0.07) - stats.binom.cdf(lo - 1, 1437, 0.07)
+    assert b.expected[i] == pytest.approx(40 * p_bin)
+    # A long run keeps one bar per integer where the support is narrow.
+    counts = np.bincount(rng.binomial(40, 0.07, size=1437))
+    assert binned_against_binomial(counts, 40, 0.07, 1437).width == 1
+    # Values outside the Binomial's support are still binned (a fixed-size spike far off).
+    spike = np.bincount(np.full(40, 300))
+    far = binned_against_binomial(spike, 1437, 0.07, 40)
+    assert far.observed.sum() == 40 and far.starts[-1] + far.width > 300
+
+
+def test_plots_never_switch_the_global_matplotlib_backend():
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, matplotlib\n"
+        "matplotlib.use('svg')\n"
+        "import numpy as np\n"
+        "from audits import _plots\n"
+        "from types import SimpleNamespace as NS\n"
+        "png = _plots.epsilon_figure({'rdp': [(1, 0.5), (2, 0.7)]}, delta=1e-5, claimed=1.0)\n"
+        "assert png[:4] == b'\\x89PNG'\n"
+        "assert matplotlib.get_backend() == 'svg', matplotlib.get_backend()\n"
+        "assert 'matplotlib.pyplot' not in sys.modules\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
