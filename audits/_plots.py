@@ -101,10 +101,11 @@ def _against_binomial(observed: np.ndarray, trials: int, p: float, total: int, a
     (the scatter an honest run shows, so a short run does not look like a mismatch)."""
     b = binned_against_binomial(observed, trials, p, total)
     unit = "" if b.width == 1 else f" (bins of {b.width})"
-    ax.bar(b.starts, b.observed, width=b.width, align="edge", color="#7fa7d1",
+    # A bin holds the integers starts .. starts + width - 1: drawn centred on them.
+    ax.bar(b.starts - 0.5, b.observed, width=b.width, align="edge", color="#7fa7d1",
            label=f"observed{unit}")  # fmt: skip
     ax.errorbar(
-        b.starts + b.width / 2,
+        b.starts + (b.width - 1) / 2,
         b.expected,
         yerr=b.spread,
         fmt="_",
@@ -114,7 +115,7 @@ def _against_binomial(observed: np.ndarray, trials: int, p: float, total: int, a
         capsize=0,
         label=f"expected ± 2 s.d., Binomial({trials}, {p:.3g})",
     )
-    ax.set_xlim(b.starts[0] - b.width / 2, b.starts[-1] + 1.5 * b.width)
+    ax.set_xlim(b.starts[0] - 0.5 - b.width / 2, b.starts[-1] + 1.5 * b.width - 0.5)
     ax.set_ylim(bottom=0)
     ax.legend(frameon=False, fontsize="small")
 
