@@ -187,7 +187,7 @@ class MaskedDPSGD:
     # -- compiled pieces ---------------------------------------------------------
 
     def _fused_impl(
-        self, params, opt_state, x_all, y_all, idx_buf, mask_buf, count, noise_key, step
+        self, params, opt_state, x_all, y_all, idx_buf, mask_buf, count, noise_key, step, extra
     ):
         """The whole logical step: the first ``count`` rows of the buffers, then finalize."""
         import jax
@@ -199,12 +199,12 @@ class MaskedDPSGD:
                 carry, params, x_all, y_all, idx_buf[j], mask_buf[j], noise_key, step, j
             )
 
-        carry = jax.lax.fori_loop(0, count, body, self._init_body(params))
+        carry = jax.lax.fori_loop(0, count, body, self._init_body(params, extra))
         return self._finalize_body(params, opt_state, carry, noise_key, step)
 
-    def _init_impl(self, params):
+    def _init_impl(self, params, extra):
         self.trace_counts["init"] += 1
-        return self._init_body(params)
+        return self._init_body(params, extra)
 
     def _accumulate_impl(self, carry, params, x_all, y_all, idx, mask, noise_key, step, batch):
         self.trace_counts["accumulate"] += 1
@@ -214,8 +214,14 @@ class MaskedDPSGD:
         self.trace_counts["finalize"] += 1
         return self._finalize_body(params, opt_state, carry, noise_key, step)
 
-    def _init_body(self, params):
-        return init_carry(params)
+    def _init_body(self, params, extra=None):
+        carry = init_carry(params)
+        if extra is not None:  # clipped sum the host adds itself (canaries), before the noise
+            import jax
+            import jax.numpy as jnp
+
+            carry["sum"] = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), extra)
+        return carry
 
     def _per_example_grads(self, params, xb, yb):
         return per_example_grads(
@@ -295,6 +301,7 @@ class MaskedDPSGD:
         step: int,
         *,
         pad_index: int | None = None,
+        extra_sum: Any = None,
     ) -> tuple[Any, Any, StepStats]:
         """Run logical step ``step`` on the examples ``indices`` of ``(x, y)``.
 
@@ -310,6 +317,10 @@ class MaskedDPSGD:
             step: the logical step index t (selects the noise).
             pad_index: data set index used for padding rows (default: the
                 first sampled index); padding never affects the update.
+            extra_sum: a pytree like ``params`` that starts the clipped sum
+                (so it is noised and divided like the examples' clipped
+                gradients): the sampled canaries of :mod:`trainers.canaries`.
+                Pass it at every step of a run or at none (one compilation).
 
         Returns:
             ``(new_params, new_opt_state, StepStats)``.
@@ -344,9 +355,10 @@ class MaskedDPSGD:
                     np.int32(k),
                     noise_key,
                     step_arr,
+                    extra_sum,
                 )
             else:  # L > K·p (or K = 0): k + 2 dispatches, nothing truncated
-                carry = self._init(params)
+                carry = self._init(params, extra_sum)
                 for j, (idx, m) in enumerate(batches):
                     carry = self._accumulate(
                         carry, params, x_dev, y_dev, idx, m, noise_key, step_arr, np.int32(j)

@@ -23,7 +23,7 @@ Run directory::
     RUN_DIR/ledger/        the ledger (0600)
     RUN_DIR/checkpoints/   step-NNNNNNNN.msgpack (kept: the auditor replays from them)
     RUN_DIR/noise.key      secret noise key (0600); the header holds its SHA-256
-    RUN_DIR/private.json   secret sampler seed (0600)
+    RUN_DIR/private.json   secret sampler seed and canary key (0600)
     RUN_DIR/config.json    the resolved public plan (task, data path, hyperparameters)
     RUN_DIR/summary.json   the run summary (no indices, no secrets)
 """
@@ -140,7 +140,9 @@ def _run(
         interrupt.check()  # Ctrl-C during setup: stop before the first step
         for t in range(session.start_step, plan.steps):
             indices = session.sampler.sample(t)
-            params, opt_state, stats = trainer.step(params, opt_state, x, y, indices, noise_key, t)
+            params, opt_state, stats = _step(
+                trainer, session, params, opt_state, x, y, indices, noise_key, t
+            )
             record = _step_record(t, indices, plan, stats)
             with interrupt.critical():
                 writer.append(record)
@@ -197,6 +199,7 @@ def _run(
         "expected_batch_size": plan.expected_batch_size,
         "noise_multiplier": plan.noise_multiplier,
         "clip_norm": plan.clip_norm,
+        "canaries": plan.canaries,
         "sampler": session.sampler.name,
         "declared_sampler": plan.declared_sampler,
         "shortcut": not bool(getattr(session.sampler, "is_poisson", False)),
@@ -210,6 +213,16 @@ def _run(
         )
     _write_json(run_dir / SUMMARY_FILE, summary)
     return summary
+
+
+def _step(trainer, session, params, opt_state, x, y, indices, noise_key, t):
+    """One masked step; canary slots (indices ≥ N₀) enter as an extra clipped sum."""
+    canaries = session.canaries
+    if canaries is None:
+        return trainer.step(params, opt_state, x, y, indices, noise_key, t)
+    real, slots = canaries.split(indices)
+    extra = canaries.clipped_sum(slots)
+    return trainer.step(params, opt_state, x, y, real, noise_key, t, extra_sum=extra)
 
 
 def _step_record(t: int, indices: np.ndarray, plan: RunPlan, stats: Any) -> Any:

@@ -175,6 +175,11 @@ def _load_context(run_dir: Path, ledger: Any, noise_key_path: Any) -> tuple[Any,
         plan = RunPlan.from_json(json.loads(cfg_path.read_text()))
     except (ValueError, DpverifyError) as exc:
         return None, f"{cfg_path} is unusable: {exc}"
+    if plan.canaries:
+        return None, (
+            f"the run has {plan.canaries} canaries and the float64 reference does not add "
+            "canary gradients, so replay is not run (the empirical check audits the canaries)"
+        )
     key_path = Path(noise_key_path) if noise_key_path is not None else run_dir / "noise.key"
     if not key_path.exists():
         return None, f"no noise key at {key_path} (the auditor needs it for replay)"

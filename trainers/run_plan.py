@@ -96,6 +96,8 @@ class TrainConfig:
         mutation: name of a deliberate bug (``trainers.mutations``; testing only).
         devices: run each physical batch data-parallel over this many devices
             (:mod:`trainers.sharding`; p must be divisible by it); ``None`` = 1.
+        canaries: M ≥ 0 white-box gradient canaries (:mod:`trainers.canaries`);
+            their M slots count in N.
     """
 
     task: str | None = None
@@ -119,6 +121,7 @@ class TrainConfig:
     data_path: str | None = None
     mutation: str | None = None
     devices: int | None = None
+    canaries: int = 0
 
     def __post_init__(self) -> None:
         from trainers.tasks import get_task
@@ -158,6 +161,7 @@ class TrainConfig:
         if self.mutation is not None:
             _check_mutation(self.mutation)
         _optional(check_int, "devices", self.devices, minimum=1)
+        check_int("canaries", self.canaries, minimum=0)
 
 
 def _check_mutation(name: str) -> None:
@@ -172,7 +176,8 @@ class RunPlan:
 
     Attributes mirror :class:`TrainConfig` with every value concrete, plus
     ``dataset_size`` (N), ``expected_batch_size`` (q·N, the denominator) and
-    ``declared_sampler`` (what the header says).  Secrets (seed, true sampler
+    ``declared_sampler`` (what the header says).  With ``canaries`` M > 0,
+    N counts the M canary slots (indices N − M … N − 1).  Secrets (seed, true sampler
     when a different one is declared, mutation) are not part of the plan.
     """
 
@@ -192,6 +197,7 @@ class RunPlan:
     learning_rate: float
     optimizer: str
     checkpoint_every: int
+    canaries: int = 0
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable dict (``config.json``)."""
@@ -204,7 +210,8 @@ class RunPlan:
         unknown = sorted(set(data) - names)
         if unknown:
             raise InvalidArgument(f"config.json has unknown fields: {', '.join(unknown)}")
-        missing = sorted(names - set(data))
+        optional = {f.name for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING}
+        missing = sorted(names - set(data) - optional)
         if missing:
             raise InvalidArgument(f"config.json lacks fields: {', '.join(missing)}")
         return cls(**dict(data))
@@ -315,6 +322,9 @@ def plan_run(
 ) -> RunPlan:
     """Resolve ``config`` against the task defaults and the data set size.
 
+    ``dataset_size`` is the number of real examples; the plan's N adds the
+    ``config.canaries`` canary slots.
+
     σ from ``target_epsilon`` uses
     ``dpverify.accounting.calibrate_noise_multiplier`` (PLD, Poisson).
     ``example_bytes`` (one input row) enters the physical batch's memory
@@ -328,7 +338,10 @@ def plan_run(
 
     task = get_task(config.task or DEFAULT_TASK)
     d = dict(task.defaults)
-    n = check_int("dataset_size", dataset_size, minimum=1)
+    canaries = check_int("canaries", config.canaries, minimum=0)
+    if canaries > num_params:
+        raise InvalidArgument(f"canaries={canaries} must be <= the model's {num_params} parameters")
+    n = check_int("dataset_size", dataset_size, minimum=1) + canaries
     if config.sampling_rate is not None:
         q = config.sampling_rate
     else:
@@ -397,4 +410,5 @@ def plan_run(
         ),
         optimizer=config.optimizer or d.get("optimizer", "adam"),
         checkpoint_every=config.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
+        canaries=canaries,
     )

@@ -52,6 +52,7 @@ class Session:
     resumed: bool
     sealed_summary: dict | None = None
     devices: int | None = None
+    canaries: Any = None  # trainers.canaries.TrainingCanaries when the run has canaries
 
     @property
     def sampler_label(self) -> str:
@@ -275,6 +276,11 @@ def _create_run(
         "sampler_params": dict(config.sampler_params),
         "mutation": config.mutation,
     }
+    canary_header: dict = {}
+    if plan.canaries:
+        from trainers.canaries import setup_canaries
+
+        private["canaries"], canary_header = setup_canaries(plan.canaries)
     write_private(run_dir, private)
     config_path = run_dir / _CONFIG_FILE
     write_private_file(config_path, (json.dumps(plan.to_json(), indent=2) + "\n").encode())
@@ -310,6 +316,7 @@ def _create_run(
             "devices": config.devices or 1,
             "framework": "jax",
             "prng": prng_record(),
+            **canary_header,
         },
     )
     writer = LedgerWriter.create(run_dir / _LEDGER_DIR, header)
@@ -331,6 +338,7 @@ def _create_run(
         executed_before=0,
         resumed=False,
         devices=config.devices,
+        canaries=_canaries(private, comps.params, plan),
     )
     session.checkpoint(0, comps.params, comps.opt_state)
     return session
@@ -390,6 +398,11 @@ def _check_resume_config(config: TrainConfig, plan: RunPlan, private: dict) -> N
         )
     if config.mutation is not None and config.mutation != private.get("mutation"):
         raise InvalidArgument(f"mutation={config.mutation!r} differs from the run being resumed")
+    if config.canaries and config.canaries != plan.canaries:
+        raise InvalidArgument(
+            f"canaries={config.canaries!r} differs from the run being resumed "
+            f"(canaries={plan.canaries!r})"
+        )
     if config.seed is not None and config.seed != private.get("seed"):
         raise InvalidArgument(f"seed={config.seed!r} differs from the run being resumed")
     if config.sampler is not None and config.sampler != private.get("sampler"):
@@ -474,6 +487,21 @@ def open_resume(run_dir: Path, config: TrainConfig | None) -> Session:
         executed_before=len(ledger.steps),
         resumed=True,
         devices=None if config is None else config.devices,
+        canaries=_canaries(private, params, plan),
+    )
+
+
+def _canaries(private: dict, params: Any, plan: RunPlan) -> Any:
+    """The run's :class:`trainers.canaries.TrainingCanaries` (``None`` without canaries)."""
+    if not plan.canaries:
+        return None
+    from trainers.canaries import load_canaries
+
+    return load_canaries(
+        private,
+        params,
+        real_size=plan.dataset_size - plan.canaries,
+        clip_norm=plan.clip_norm,
     )
 
 

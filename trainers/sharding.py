@@ -198,8 +198,8 @@ def jit_shardings(placement: DataParallel | None) -> dict[str, dict[str, Any]]:
     r, b = placement.replicated, placement.batch
     rows = NamedSharding(placement.mesh, PartitionSpec(None, AXIS))
     return {
-        "fused": {"in_shardings": (r, r, r, r, rows, rows, r, r, r), "out_shardings": r},
-        "init": {"in_shardings": (r,), "out_shardings": r},
+        "fused": {"in_shardings": (r, r, r, r, rows, rows, r, r, r, r), "out_shardings": r},
+        "init": {"in_shardings": (r, r), "out_shardings": r},
         "accumulate": {"in_shardings": (r, r, r, r, b, b, r, r, r), "out_shardings": r},
         "finalize": {"in_shardings": (r,) * 5, "out_shardings": r},
     }

@@ -116,6 +116,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--devices", type=integer, metavar="N", help="split each physical batch over N devices"
     )
+    p.add_argument(
+        "--canaries",
+        type=integer,
+        metavar="M",
+        default=0,
+        help="insert M secret gradient canaries (each included with probability 1/2; "
+        "the auditor derives an empirical lower bound on ε from them)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_train)
@@ -164,6 +172,7 @@ def _config(args: argparse.Namespace) -> Any:
         data_path=args.data,
         mutation=args.mutation,
         devices=args.devices,
+        canaries=args.canaries,
     )
 
 

@@ -154,7 +154,7 @@ def _worker() -> dict:
     b = split_physical_batches(np.arange(10), _P)
     hlo = (
         tr._accumulate.lower(
-            tr._init(sharded_params),
+            tr._init(sharded_params, None),
             sharded_params,
             tr._data[2],
             tr._data[3],
@@ -178,6 +178,7 @@ def _worker() -> dict:
             np.int32(1),
             key,
             np.uint32(0),
+            None,
         )
         .compile()
         .as_text()
