@@ -12,7 +12,7 @@ import pytest
 def opacus_run():
     """``opacus_run(run_dir, poisson=True, optimizer_class=None, steps=None, **record_kw)``.
 
-    Trains a 64-16-10 MLP with Opacus on digits (σ = 1.1, C = 1, batch 64,
+    Trains a 64-16-10 MLP with Opacus on digits (σ = 1.1, C = 1, batch 64 by default,
     SGD with momentum) for ``steps`` steps (default one epoch) inside
     ``record``; ``optimizer_class`` swaps the DPOptimizer's class (for broken
     steps).  Returns the :class:`Recording`.
@@ -32,11 +32,12 @@ def opacus_run():
     )
 
     def make(run_dir: Path, *, poisson: bool = True, optimizer_class=None, steps=None,
-             accountant: str = "prv", seed: int = 0, **record_kw):  # fmt: skip
+             accountant: str = "prv", seed: int = 0, batch_size: int = 64,
+             **record_kw):  # fmt: skip
         torch.manual_seed(seed)
         model = nn.Sequential(nn.Linear(64, 16), nn.ReLU(), nn.Linear(16, 10))
         opt = torch.optim.SGD(model.parameters(), lr=0.5, momentum=0.5)
-        loader = torch.utils.data.DataLoader(data, batch_size=64, shuffle=True)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, shuffle=True)
         engine = PrivacyEngine(accountant=accountant)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

@@ -241,3 +241,33 @@ def test_accountant_with_history_is_refused(tmp_path):
         with record(tmp_path / "run", privacy_engine=engine, model=model, optimizer=opt,
                     data_loader=loader, delta=1e-5):  # fmt: skip
             pass
+
+
+
+def test_secure_mode_and_ghost_clipping_are_refused(tmp_path):
+    from opacus import PrivacyEngine
+
+    data = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.randint(0, 2, (40,)))
+    model = torch.nn.Linear(4, 2)
+    engine = PrivacyEngine()
+    model, opt, _criterion, loader = engine.make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        data_loader=torch.utils.data.DataLoader(data, batch_size=8), noise_multiplier=1.0,
+        max_grad_norm=1.0, grad_sample_mode="ghost", criterion=torch.nn.CrossEntropyLoss(),
+    )  # fmt: skip
+    with pytest.raises(UnsupportedRun, match="ghost clipping"):
+        with record(tmp_path / "ghost", privacy_engine=engine, model=model, optimizer=opt,
+                    data_loader=loader, delta=1e-5):  # fmt: skip
+            pass
+    model = torch.nn.Linear(4, 2)
+    engine = PrivacyEngine()
+    model, opt, loader = engine.make_private(
+        module=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1),
+        data_loader=torch.utils.data.DataLoader(data, batch_size=8), noise_multiplier=1.0,
+        max_grad_norm=1.0,
+    )  # fmt: skip
+    opt.secure_mode = True  # as PrivacyEngine(secure_mode=True) sets it (needs torchcsprng)
+    with pytest.raises(UnsupportedRun, match="secure_mode"):
+        with record(tmp_path / "secure", privacy_engine=engine, model=model, optimizer=opt,
+                    data_loader=loader, delta=1e-5):  # fmt: skip
+            pass

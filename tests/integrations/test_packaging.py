@@ -141,5 +141,15 @@ def test_fresh_venv_audits_a_jsonl_run_without_jax(wheel, tmp_path):
     cert = json.loads((tmp_path / "c.json").read_text())
     (replay,) = [c for c in cert["checks"] if c["name"] == "replay"]
     assert replay["status"] == "skip" and replay["reason"]
+    for command in (
+        ("ledger", "verify", str(tmp_path / "run")),
+        ("ledger", "show", str(tmp_path / "run")),
+        ("epsilon", str(tmp_path / "run"), "--accountant", "rdp"),
+        ("noise", "--sampling-rate", "0.01", "--steps", "100", "--delta", "1e-5",
+         "--target-epsilon", "2", "--accountant", "rdp"),
+        ("check-sampler", "poisson", "--config", "500,0.05,60", "--quiet"),
+    ):  # fmt: skip
+        done = run(dpverify, *command)
+        assert done.returncode == 0, (command, done.stdout[-500:], done.stderr[-500:])
     demo = run(dpverify, "demo", "--quiet", "--out", str(tmp_path / "demo"))
     assert demo.returncode == 2 and "pip install 'dpverify[jax]'" in demo.stderr, demo.stderr
