@@ -309,12 +309,11 @@ def test_pessimistic_groups_round_the_safe_way():
 
 
 def test_tiny_noise_skips_the_tight_accountants():
-    """PLD/PRV grids grow like 1/σ²: below σ = 0.1 they are not run (RDP still answers)."""
-    import time
+    """PLD/PRV grids grow like 1/σ²: below σ = 0.1 they are not run (RDP still answers).
 
-    start = time.perf_counter()
+    The reasons show the skip path was taken; its speed is measured in
+    benchmarks/accounting_guards.py, not here (no wall-clock limits in tests)."""
     r = compute_epsilon(Segment(sampling_rate=0.01, noise_multiplier=0.02, steps=1000), DELTA)
-    assert time.perf_counter() - start < 20
     assert r.rdp.epsilon > 1e5
     for res in (r.pld, r.prv):
         assert res.epsilon is None and "noise_multiplier 0.02 < 0.1" in res.reason
@@ -335,12 +334,9 @@ def test_infinite_pld_at_tiny_delta_says_why():
 
 
 def test_astronomical_epsilon_skips_the_tight_accountants():
-    """10⁹ steps: PLD ran for minutes; with RDP alongside (the default) it is not run."""
-    import time
-
-    start = time.perf_counter()
+    """10⁹ steps: PLD ran for minutes; with RDP alongside (the default) it is not run
+    (speed: benchmarks/accounting_guards.py)."""
     r = compute_epsilon(Segment(sampling_rate=0.01, noise_multiplier=1.0, steps=10**9), DELTA)
-    assert time.perf_counter() - start < 20
     assert r.rdp.epsilon > 1e4
     for res in (r.pld, r.prv):
         assert res.epsilon is None and "RDP bounds ε by" in res.reason

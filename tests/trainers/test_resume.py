@@ -32,12 +32,37 @@ ARGS = [
 ]  # fmt: skip
 
 
+# The trainer pauses (blocks on its stdin) before recording step PAUSE_AT: by
+# then the group commit of steps EVERY .. EVERY + 63 has been handed to the
+# writer's sync thread, and the run cannot finish before the kill — no race.
+PAUSE_AT = EVERY + 80
+
+_CHILD = """
+import sys
+import trainers.loop as loop
+from dpverify.cli import main
+
+pause_at, argv = int(sys.argv[1]), sys.argv[2:]
+step_record = loop._step_record
+
+def hooked(t, *a, **k):
+    if t == pause_at:
+        print("PAUSE", flush=True)
+        sys.stdin.readline()
+    return step_record(t, *a, **k)
+
+loop._step_record = hooked
+raise SystemExit(main(argv))
+"""
+
+
 def _start(out: Path) -> subprocess.Popen:
-    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=os.pathsep.join(sys.path))
     return subprocess.Popen(
-        [sys.executable, "-m", "dpverify", "train", "--out", str(out), *ARGS],
+        [sys.executable, "-c", _CHILD, str(PAUSE_AT), "train", "--out", str(out), *ARGS],
         env=env,
-        stdout=subprocess.DEVNULL,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
     )
 
@@ -50,14 +75,16 @@ def _durable_steps(out: Path) -> int:
 
 
 def _kill_between_checkpoints(proc: subprocess.Popen, out: Path) -> None:
-    """SIGKILL once some steps after checkpoint EVERY are durable (a group commit)."""
-    deadline = time.monotonic() + 240
+    """SIGKILL at the pause, once the group commit after checkpoint EVERY is durable."""
+    line = proc.stdout.readline()
+    if line.strip() != b"PAUSE":
+        proc.kill()
+        pytest.fail(f"trainer never paused: {proc.stderr.read().decode()[-2000:]}")
+    # The sync thread finishes its write while the trainer waits; this only
+    # bounds a hang, it races nothing (the trainer cannot move on).
+    deadline = time.monotonic() + 120
     while _durable_steps(out) <= EVERY:
-        if proc.poll() is not None:
-            pytest.fail(f"trainer exited early: {proc.stderr.read().decode()[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("trainer made no progress")
+        assert time.monotonic() < deadline, "the group commit never became durable"
         time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
@@ -70,7 +97,7 @@ def resumed(tmp_path_factory):
     proc = _start(out)
     _kill_between_checkpoints(proc, out)
     before = read_ledger(out / "ledger")
-    assert before.seal is None, "the run finished before it was killed; raise STEPS"
+    assert before.seal is None and EVERY < len(before.steps) <= PAUSE_AT
     killed = out.parent / "killed"
     shutil.copytree(out, killed)  # the killed run as it was, for the audit below
     summary = train(None, out, resume=True, progress=False)
