@@ -67,7 +67,8 @@ class SegmentOutcome:
         start: step of the checkpoint restored.
         end: step of the checkpoint compared with.
         max_abs_deviation: largest |θ_ref − θ_rec| over all parameters.
-        rel_deviation: ‖θ_ref − θ_rec‖₂ / ‖θ_rec(end) − θ_rec(start)‖₂.
+        rel_deviation: ‖θ_ref − θ_rec‖₂ / ‖θ_rec(end) − θ_rec(start)‖₂, or the
+            optimiser state's ‖s_ref − s_rec‖₂ / ‖s_rec‖₂ where larger.
         tolerance: the relative tolerance.
         ok: ``rel_deviation <= tolerance`` (and finite).
         reason: one line naming the segment and the deviation.
@@ -343,7 +344,37 @@ class _Context:
                 den += float((rec_end - state[n]).pow(2).sum())
                 worst = max(worst, float(diff.abs().max()) if diff.numel() else 0.0)
         rel = (num**0.5) / max(den**0.5, 1e-12)
+        rel = max(rel, self._state_deviation(opt, leaves, last["optimizer"]))
         return (rel if rel == rel else float("inf")), worst
+
+    def _state_deviation(self, opt: Any, leaves: dict, recorded: dict) -> float:
+        """Largest ‖s_ref − s_rec‖ / ‖s_rec‖ over the optimiser's state tensors.
+
+        The optimiser state a checkpoint records (momentum, Adam's moments) is
+        the starting point of the next segment's replay, so it is checked too:
+        a state that differs from the reference's could hide a wrong update.
+        """
+        torch = self.torch
+        worst = 0.0
+        for i, name in enumerate(self.names):
+            if name not in leaves:
+                continue
+            ref_state, rec_state = opt.state.get(leaves[name], {}), recorded["state"].get(i, {})
+            if set(ref_state) != set(rec_state):
+                return float("inf")
+            for key, ref in ref_state.items():
+                rec = rec_state[key]
+                if not (torch.is_tensor(ref) and torch.is_tensor(rec)):
+                    if ref != rec:
+                        return float("inf")
+                    continue
+                ref, rec = ref.detach().double(), rec.detach().double()
+                if ref.shape != rec.shape:
+                    return float("inf")
+                scale = float(rec.norm())
+                diff = float((ref - rec).norm())
+                worst = max(worst, diff / scale if scale > 0 else (0.0 if diff == 0 else 1.0))
+        return worst
 
     def _optimizer(self, state: dict, leaves: dict) -> Any:
         torch = self.torch
