@@ -271,3 +271,31 @@ def test_secure_mode_and_ghost_clipping_are_refused(tmp_path):
         with record(tmp_path / "secure", privacy_engine=engine, model=model, optimizer=opt,
                     data_loader=loader, delta=1e-5):  # fmt: skip
             pass
+
+
+def test_empty_poisson_batches_are_recorded_and_adam_replays(tmp_path):
+    """N = 40 at q = 1/20: some steps sample nobody; they are steps all the same (noise only)."""
+    from opacus import PrivacyEngine
+
+    torch.manual_seed(1)
+    data = torch.utils.data.TensorDataset(torch.randn(40, 4), torch.randint(0, 2, (40,)))
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.Tanh(), torch.nn.Linear(3, 2))
+    engine = PrivacyEngine()
+    model, opt, loader = engine.make_private(
+        module=model, optimizer=torch.optim.Adam(model.parameters(), lr=0.05),
+        data_loader=torch.utils.data.DataLoader(data, batch_size=2),
+        noise_multiplier=1.0, max_grad_norm=0.5,
+    )  # fmt: skip
+    with record(tmp_path / "run", privacy_engine=engine, model=model, optimizer=opt,
+                data_loader=loader, delta=1e-3, checkpoint_every=7):  # fmt: skip
+        for xb, yb in loader:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(model(xb), yb).backward()
+            opt.step()
+    ledger = read_ledger(tmp_path / "run" / "ledger")
+    sizes = [s.batch_size for s in ledger.steps]
+    assert len(sizes) == 20 and 0 in sizes  # seed 1: two empty batches
+    empty = next(s for s in ledger.steps if s.batch_size == 0)
+    assert empty.noise_draws == 1 and empty.max_grad_norm is None and empty.num_clipped == 0
+    report = opacus_replay.replay_segments(tmp_path / "run", ledger)
+    assert len(report.outcomes) == 3 and all(o.ok for o in report.outcomes), report
