@@ -61,9 +61,9 @@ class SamplerConfig:
 def _hypothesis() -> Any:
     try:
         from hypothesis import strategies
-    except ImportError:  # pragma: no cover - hypothesis is a test dependency
-        raise InvalidArgument(
-            "dpverify.testing strategies need hypothesis: pip install hypothesis"
+    except ImportError:  # the [testing] extra installs it
+        raise ImportError(
+            "dpverify.testing's strategies need Hypothesis: pip install 'dpverify[testing]'"
         ) from None
     return strategies
 

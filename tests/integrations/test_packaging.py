@@ -118,8 +118,11 @@ def test_fresh_venv_audits_a_jsonl_run_without_jax(wheel, tmp_path):
         return subprocess.run(args, capture_output=True, text=True, cwd=tmp_path, env=CLEAN_ENV,
                               timeout=300)  # fmt: skip
 
-    for heavy in ("jax", "torch", "flax", "optax"):
+    for heavy in ("jax", "torch", "flax", "optax", "hypothesis"):
         assert run(str(py), "-c", f"import {heavy}").returncode != 0, heavy
+    strategies = run(str(py), "-c", "import dpverify.testing as t; t.dataset_sizes()")
+    assert "ImportError: dpverify.testing's strategies need Hypothesis: pip install " \
+           "'dpverify[testing]'" in strategies.stderr, strategies.stderr  # fmt: skip
 
     rng = np.random.default_rng(0)
     n, q, steps = 2000, 0.02, 60
