@@ -174,6 +174,7 @@ def test_batch_memory_manager_records_logical_steps_and_replays(tmp_path):
     ledger = read_ledger(rec.run_dir / "ledger")
     assert len(ledger.steps) == 15 < physical  # ceil(1797/128) logical steps
     assert max(s.batch_size for s in ledger.steps) > 32
+    assert sum(s.physical_batches for s in ledger.steps) == physical
     report = opacus_replay.replay_segments(rec.run_dir, ledger)
     assert report.outcomes and all(o.ok for o in report.outcomes), report
 

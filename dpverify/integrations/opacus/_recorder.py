@@ -207,6 +207,7 @@ class _Recorder:
 
     def _reset_step_stats(self) -> None:
         self.seen = 0
+        self.passes = 0
         self.num_clipped = 0
         self.max_norm = 0.0
         self.draws = 0
@@ -255,6 +256,7 @@ class _Recorder:
                 self.num_clipped += int((norms > float(opt.max_grad_norm)).sum())
                 self.max_norm = max(self.max_norm, float(norms.max()))
             self.seen += n
+            self.passes += 1
 
     def _record_step(self) -> None:
         if not self.tap.queue:
@@ -281,7 +283,7 @@ class _Recorder:
                 num_clipped=self.num_clipped,
                 max_grad_norm=self.max_norm if self.seen else None,
                 denominator=header.expected_batch_size,
-                physical_batches=1,
+                physical_batches=self.passes,
             )
         )
         self.step += 1
