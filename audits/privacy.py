@@ -3,18 +3,31 @@
 ε is recomputed at the claimed δ with RDP, PLD and PRV
 (:func:`dpverify.accounting.compute_epsilon`) over the segments of *executed*
 steps (:func:`dpverify.accounting.segments_from_ledger`), so steps repeated
-after a resume count twice — as they were executed twice.  The claim holds when
-:func:`dpverify.accounting.check_claim` says so (claimed ε ≥ the tight estimate,
-PLD or PRV's upper bound, within its tolerance).
+after a resume count twice — as they were executed twice.  The claim is judged
+by :func:`dpverify.accounting.check_claim`: it holds when it is at least any
+valid upper bound (or within the tolerance below the tight estimate), it is
+refuted only below what the tight accountants establish with their error
+bounds, and in between it is unverifiable.
 
 The claim audited is the seal's (``Seal.claimed_epsilon`` at ``Seal.delta``)
-when the run was sealed with one, else the header's.
+when the run was sealed with one, else the header's.  A claim at δ ≥ 1/N is
+not a meaningful guarantee (it permits publishing an example outright): it is
+unverifiable, whatever ε it states.
+
+Per-step sampling rates are used only when the sampling check verified them
+(``rates_verified``); otherwise each step is accounted at the larger of its
+recorded rate and the header's, so a rate recorded below the truth never
+lowers ε.
 
 Samplers without a valid ε upper bound (shuffled fixed-size batches,
-balls-in-bins, shuffle cut into Binomial chunks) are refuted: the Poisson ε
-does not apply to them, and the known lower bound for shuffling is shown so
-the gap is visible (Chua et al., "How Private are DP-SGD Implementations?",
-ICML 2024).
+balls-in-bins, shuffle cut into Binomial chunks) are unverifiable, not
+refuted: the Poisson ε does not apply to them, and the known lower bound for
+shuffling is shown so the gap is visible (Chua et al., "How Private are DP-SGD
+Implementations?", ICML 2024); a claim below that lower bound is refuted.
+
+A result that can neither confirm nor refute the claim has status ``fail``
+with ``details["unverifiable"] = True``: the runner's verdict is then
+``unverifiable``, not ``refuted``.
 """
 
 from __future__ import annotations
@@ -22,7 +35,7 @@ from __future__ import annotations
 from typing import Any
 
 from audits.check import CheckResult
-from dpverify.accounting import NO_UPPER_BOUND_SAMPLERS
+from dpverify.accounting.support import NO_UPPER_BOUND_SAMPLERS, accounting_kind
 
 __all__ = ["check_privacy", "claimed_privacy"]
 
@@ -46,28 +59,64 @@ def _fmt(x: float | None) -> str:
     return "n/a" if x is None else f"{x:.4g}"
 
 
-def check_privacy(ledger: Any) -> tuple[CheckResult, Any | None]:
+def _unverifiable(reason: str, details: dict[str, Any]) -> CheckResult:
+    return CheckResult(
+        name=_NAME, status="fail", reason=reason, details={**details, "unverifiable": True}
+    )
+
+
+def _accounted_steps(ledger: Any, rates_verified: bool | None) -> tuple[Any, int]:
+    """The steps to account, and how many recorded a rate that was not trusted."""
+    import types
+
+    header = ledger.header
+    q0 = header.sampling_rate
+    if rates_verified:
+        return ledger.steps, 0
+    raised = 0
+    steps = []
+    for s in ledger.steps:
+        rate = s.sampling_rate
+        if rate is not None and rate != q0:
+            raised += rate < q0
+            rate = max(q0, rate)
+        steps.append(
+            types.SimpleNamespace(step=s.step, sampling_rate=rate, noise_multiplier=s.noise_multiplier)
+        )
+    return steps, raised
+
+
+def check_privacy(ledger: Any, *, rates_verified: bool | None = None) -> tuple[CheckResult, Any | None]:
     """Recompute ε for the executed steps and judge the claim.
 
     Args:
         ledger: a read :class:`dpverify.ledger.Ledger`.
+        rates_verified: the sampling check's verdict on the recorded per-step
+            rates (``details["rates_verified"]``); unless True, no step is
+            accounted below the header's rate.
 
     Returns:
         ``(result, epsilon_report)``; ``epsilon_report`` is the
         :class:`dpverify.accounting.EpsilonReport` (``None`` when nothing could
-        be computed).  ``result`` is ``fail`` when the claim is below the
-        recomputed ε, when no accountant can bound ε for the declared sampler
-        and relation, or for a shuffling sampler; ``skip`` when the run claims
-        no ε (the recomputed ε is still reported); else ``pass``.
+        be computed).  ``result`` is ``fail`` when the claim is below what the
+        accountants establish; ``fail`` with ``details["unverifiable"]`` when it
+        can be neither confirmed nor refuted (δ ≥ 1/N, no accountant bounds ε
+        for the sampler and relation, a claim inside the accountants'
+        interval); ``skip`` when the run claims no ε (the recomputed ε is still
+        reported); else ``pass``.
     """
+    import types
+
     from dpverify import accounting
 
     header = ledger.header
     claimed, delta = claimed_privacy(ledger)
-    segments = accounting.segments_from_ledger(ledger)
+    steps, raised = _accounted_steps(ledger, rates_verified)
+    segments = accounting.segments_from_ledger(types.SimpleNamespace(header=header, steps=steps))
     executed = sum(seg.steps for seg in segments)
     logical = len({s.step for s in ledger.steps})
     repeated = executed - logical
+    n = header.dataset_size
     # the declared sampler, its parameters plus N, and the neighbouring relation
     report = accounting.compute_epsilon(segments, delta, **accounting.accounting_kwargs(header))
     eps = {name: getattr(report, name).epsilon for name in ("rdp", "pld", "prv")}
@@ -81,38 +130,59 @@ def check_privacy(ledger: Any) -> tuple[CheckResult, Any | None]:
         "neighbouring": header.neighbouring,
         "sampler": header.sampler,
         "epsilon": eps,
+        "rates_verified": bool(rates_verified),
+        "steps_raised_to_header_rate": raised,
+        "rounding": report.rounding,
+        "disagreements": list(report.disagreements),
     }
     steps_txt = f"{executed} executed steps" + (
         f" ({repeated} repeated after resumes)" if repeated else ""
     )
+    if raised:
+        steps_txt += (
+            f"; {raised} steps recorded a rate below the header's that the sampling check did "
+            "not verify: accounted at the header's rate"
+        )
     eps_txt = f"RDP {_fmt(eps['rdp'])}, PLD {_fmt(eps['pld'])}, PRV upper {_fmt(eps['prv'])}"
-    if header.sampler in NO_UPPER_BOUND_SAMPLERS:
+    if report.disagreements:
+        eps_txt += f" ({'; '.join(report.disagreements)})"
+    if claimed is not None and delta >= 1.0 / n:
+        return (
+            _unverifiable(
+                f"claimed ε = {claimed:g} at δ = {delta:g} is not a meaningful guarantee: "
+                f"δ ≥ 1/N = {1.0 / n:.3g} permits publishing an example outright "
+                f"(recomputed: {eps_txt})",
+                details,
+            ),
+            report,
+        )
+    if accounting_kind(header.sampler) in NO_UPPER_BOUND_SAMPLERS:
         # The accounting layer computes the shuffle lower bound only where the
         # construction is valid (plain shuffling, one (q, σ)), with the run's
         # real epoch length; other shuffle-type samplers get no number.
         lower = report.lower_bound
-        as_poisson = accounting.compute_epsilon(
-            segments, delta, neighbouring=header.neighbouring, sampler="poisson"
-        )
-        poisson = as_poisson.tight
-        details.update(shuffle_lower_bound=lower, poisson_epsilon=poisson)
+        details.update(shuffle_lower_bound=lower)
         bound_txt = (
             f"shuffled DP-SGD has ε ≥ {_fmt(lower)} at δ = {delta:g} (Chua et al. 2024)"
             if lower is not None
             else "no lower bound is computed for this sampler"
         )
-        return (
-            CheckResult(
-                name=_NAME,
-                status="fail",
-                reason=(
-                    f"sampler {header.sampler!r} (shuffling) has no valid ε upper bound: the "
-                    f"Poisson ε {_fmt(poisson)} does not apply; {bound_txt}"
-                ),
-                details=details,
-            ),
-            report,
+        head = (
+            f"no accountant gives an upper bound for sampler {header.sampler!r} "
+            f"(batches are not independently subsampled; the Poisson ε does not apply); "
+            f"{bound_txt}"
         )
+        if claimed is not None and lower is not None and claimed < lower:
+            return (
+                CheckResult(
+                    name=_NAME,
+                    status="fail",
+                    reason=f"claimed ε = {claimed:g} is below the lower bound: {head}",
+                    details=details,
+                ),
+                report,
+            )
+        return _unverifiable(head, details), report
     if all(v is None for v in eps.values()):
         reasons = "; ".join(
             f"{name}: {getattr(report, name).reason}"
@@ -120,14 +190,10 @@ def check_privacy(ledger: Any) -> tuple[CheckResult, Any | None]:
             if getattr(report, name).reason
         )
         return (
-            CheckResult(
-                name=_NAME,
-                status="fail",
-                reason=(
-                    f"no accountant bounds ε for sampler {header.sampler!r} under "
-                    f"{header.neighbouring} neighbouring ({reasons or 'no reason given'})"
-                ),
-                details=details,
+            _unverifiable(
+                f"no accountant bounds ε for sampler {header.sampler!r} under "
+                f"{header.neighbouring} neighbouring ({reasons or 'no reason given'})",
+                details,
             ),
             report,
         )
@@ -144,8 +210,13 @@ def check_privacy(ledger: Any) -> tuple[CheckResult, Any | None]:
     claim = accounting.check_claim(report, claimed)
     details.update(reference=claim.reference, reference_epsilon=claim.reference_epsilon)
     if claim.holds:
-        reason = f"claimed ε = {claimed:g} at δ = {delta:g} holds: {eps_txt} over {steps_txt}"
+        reason = (
+            f"claimed ε = {claimed:g} at δ = {delta:g} holds ({claim.reason}): {eps_txt} "
+            f"over {steps_txt}"
+        )
         return CheckResult(name=_NAME, status="pass", reason=reason, details=details), report
+    if not claim.verifiable:
+        return _unverifiable(f"{claim.reason}: {eps_txt} over {steps_txt}", details), report
     reason = (
         f"claimed ε = {claimed:g} is below the recomputed {claim.reference} "
         f"ε = {claim.reference_epsilon:.4g} at δ = {delta:g} over {steps_txt}: {claim.reason}"

@@ -1,14 +1,25 @@
 """Does a claimed (ε, δ) hold for the run?
 
-A claim holds when ``claimed ε ≥ reference ε − tolerance`` at the claim's δ,
-where the reference is the *tight* estimate: PLD (pessimistic), else PRV's
-upper bound.  The tolerance absorbs the disagreement between numerically tight
-accountants (PLD discretisation, PRV's ``eps_error``): a claim computed with
-another tight accountant should not be refuted for its last digits.  RDP is an
-upper bound: it is reported, never used to refute; a claim at or above RDP
-holds even where no tight accountant answered.  When nothing gives an upper
-bound (shuffled batches), the claim cannot be verified; if it is below a known
-lower bound it is refuted outright.
+The accountants establish an interval for the run's ε at the claim's δ:
+
+* **upper** — the smallest valid upper bound any of them gives (RDP,
+  pessimistic PLD, PRV's ``upper``; for bracketed schedules each is computed
+  on groups that dominate the run).  A claim at or above it *holds*.
+* **tight** — the tight estimate when every (q, σ) pair was composed exactly:
+  PLD (unless it disagrees with a valid upper bound), else PRV's estimate.  A
+  claim within the tolerance below it also holds (the tolerance absorbs the
+  last digits of another tight accountant), and a claim below it by more than
+  the tolerance is *refuted*.
+* **lower** — what the tight accountants establish with their error bounds
+  (PRV's ``lower``; for bracketed schedules computed on groups the run
+  dominates), or a known lower bound (shuffled batches).  A claim below it is
+  refuted.
+
+A claim in between — above every lower bound, below every upper bound and
+without a tight estimate to settle it — is neither confirmed nor refuted: it
+is *unverifiable* (``verifiable=False``), and the reason gives the interval.
+So a claim is never refuted while it is at least some valid upper bound, and
+never refuted on the strength of a rounding.
 """
 
 from __future__ import annotations
@@ -26,20 +37,24 @@ DEFAULT_TOLERANCE = 1e-3
 #: Relative slack in ε.
 DEFAULT_RELATIVE_TOLERANCE = 1e-3
 
+_LABELS = {"pld": "PLD", "prv": "PRV", "rdp": "RDP"}
+
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class ClaimResult:
     """The verdict on a claimed ε.
 
     Attributes:
-        holds: the claim is at least the reference ε (within the tolerance).
+        holds: the claim is at least a valid upper bound (or within the
+            tolerance below the tight estimate).
         reason: one plain-words sentence.
-        reference: accountant used (``"pld"``, ``"prv"``, ``"rdp"``,
-            ``"shuffle_lower_bound"`` or ``"none"``).
+        reference: accountant the decision rests on (``"pld"``, ``"prv"``,
+            ``"rdp"``, ``"shuffle_lower_bound"`` or ``"none"``).
         reference_epsilon: its ε (NaN when there is none).
         tolerance: the absolute slack applied.
-        verifiable: False when no accountant bounds ε from above, so ``holds``
-            is False for want of evidence rather than because of a finding.
+        verifiable: False when the claim can be neither confirmed nor refuted
+            (no upper bound, or the claim lies inside the accountants' interval),
+            so ``holds`` is False for want of evidence rather than because of a finding.
     """
 
     holds: bool
@@ -64,70 +79,86 @@ def check_claim(
         claimed_epsilon: the run's claim, >= 0.
         tolerance: absolute slack in ε.
         relative_tolerance: relative slack; the slack is
-            ``max(tolerance, relative_tolerance · reference)``.
+            ``max(tolerance, relative_tolerance · tight)``.
 
     Returns:
-        A :class:`ClaimResult`.
+        A :class:`ClaimResult` (module docstring for the rules).
     """
     claimed = check_positive("claimed_epsilon", claimed_epsilon, allow_zero=True)
     tolerance = check_positive("tolerance", tolerance, allow_zero=True)
     relative_tolerance = check_positive("relative_tolerance", relative_tolerance, allow_zero=True)
     delta = report.delta
+    at = f"at δ = {delta:g}"
+    rounding = f"; {report.rounding}" if report.rounding else ""
 
-    name = report.tight_name
-    if name is not None:
-        ref = float(report.tight)
-        slack = max(tolerance, relative_tolerance * ref) if math.isfinite(ref) else 0.0
-        label = "PLD" if name == "pld" else "PRV upper bound"
-        if claimed >= ref - slack:
+    upper, upper_name = report.upper, report.upper_name
+    if upper is not None and claimed >= upper:
+        label = _LABELS[upper_name or "rdp"]
+        return ClaimResult(
+            holds=True,
+            reason=f"claimed ε = {claimed:g} ≥ the {label} upper bound {upper:.6g} {at}{rounding}",
+            reference=upper_name or "none",
+            reference_epsilon=float(upper),
+        )
+
+    tight, tight_name = report.tight, report.tight_name
+    if tight is not None and tight_name is not None:
+        slack = max(tolerance, relative_tolerance * tight) if math.isfinite(tight) else 0.0
+        label = "PLD" if tight_name == "pld" else "PRV estimate"
+        if claimed >= tight - slack:
             return ClaimResult(
                 holds=True,
-                reason=f"claimed ε = {claimed:g} ≥ {label} ε = {ref:.6g} at δ = {delta:g} "
+                reason=f"claimed ε = {claimed:g} ≥ {label} ε = {tight:.6g} {at} "
                 f"(tolerance {slack:.2g})",
-                reference=name,
-                reference_epsilon=ref,
+                reference=tight_name,
+                reference_epsilon=float(tight),
                 tolerance=slack,
             )
         return ClaimResult(
             holds=False,
-            reason=f"claimed ε = {claimed:g} < {label} ε = {ref:.6g} at δ = {delta:g} "
-            f"by {ref - claimed:.3g} (tolerance {slack:.2g})",
-            reference=name,
-            reference_epsilon=ref,
+            reason=f"claimed ε = {claimed:g} < {label} ε = {tight:.6g} {at} "
+            f"by {tight - claimed:.3g} (tolerance {slack:.2g})",
+            reference=tight_name,
+            reference_epsilon=float(tight),
             tolerance=slack,
         )
 
-    rdp = report.rdp.epsilon
-    if rdp is not None:
-        if claimed >= rdp:
+    lower = report.lower
+    if lower is not None and claimed < lower:
+        if report.lower_bound is not None and lower == report.lower_bound and upper is None:
             return ClaimResult(
-                holds=True,
-                reason=f"claimed ε = {claimed:g} ≥ the RDP upper bound {rdp:.6g} at δ = {delta:g}",
-                reference="rdp",
-                reference_epsilon=float(rdp),
+                holds=False,
+                reason=(
+                    f"claimed ε = {claimed:g} is below a valid lower bound ε ≥ {lower:.4g} "
+                    f"{at} for sampler {report.sampler!r}: the claim is false"
+                ),
+                reference="shuffle_lower_bound",
+                reference_epsilon=float(lower),
             )
         return ClaimResult(
             holds=False,
             reason=(
-                f"claimed ε = {claimed:g} is below the RDP upper bound {rdp:.6g} at δ = {delta:g} "
-                "and no tight accountant supports this run, so it cannot be confirmed"
+                f"claimed ε = {claimed:g} is below PRV's lower bound {lower:.6g} {at} "
+                f"(eps_error {report.prv.details.get('eps_error', 0):g}){rounding}"
             ),
-            reference="rdp",
-            reference_epsilon=float(rdp),
-            verifiable=False,
+            reference="prv",
+            reference_epsilon=float(lower),
         )
 
-    lower = report.lower_bound
-    if lower is not None and claimed < lower:
+    if upper is not None:
+        low_txt = f"{lower:.6g}" if lower is not None else "none established"
         return ClaimResult(
             holds=False,
             reason=(
-                f"claimed ε = {claimed:g} is below a valid lower bound ε ≥ {lower:.4g} at "
-                f"δ = {delta:g} for sampler {report.sampler!r}: the claim is false"
+                f"cannot confirm claimed ε = {claimed:g} {at}: it is below the smallest valid "
+                f"upper bound ({_LABELS[upper_name or 'rdp']} {upper:.6g}) and not below "
+                f"what the tight accountants establish (lower bound {low_txt}){rounding}"
             ),
-            reference="shuffle_lower_bound",
-            reference_epsilon=float(lower),
+            reference=upper_name or "none",
+            reference_epsilon=float(upper),
+            verifiable=False,
         )
+
     why = report.pld.reason or "no accountant bounds ε for this run"
     return ClaimResult(
         holds=False,

@@ -10,7 +10,10 @@ from typing import Any
 from dpverify._validate import check_choice
 from dpverify.accounting.support import ACCOUNTANTS
 
-__all__ = ["AccountantResult", "DeltaReport", "EpsilonReport"]
+__all__ = ["TIGHT_SLACK", "AccountantResult", "DeltaReport", "EpsilonReport"]
+
+#: Relative (and absolute) slack within which a tight accountant's ε is taken as agreeing.
+TIGHT_SLACK = 1e-3
 
 
 def _finite_or_none(value: float | None) -> float | None:
@@ -89,6 +92,8 @@ class EpsilonReport:
         lower_bound: a valid *lower* bound on ε where one is known and no upper
             bound is (shuffled batches; see :func:`shuffle_lower_bound`), else ``None``.
         notes: plain-words remarks (e.g. why the Poisson ε does not apply).
+        rounding: how a schedule with many distinct (q, σ) pairs was bracketed
+            (``None`` when every pair was composed exactly).
     """
 
     rdp: AccountantResult
@@ -100,6 +105,7 @@ class EpsilonReport:
     neighbouring: str = "add_remove"
     lower_bound: float | None = None
     notes: tuple[str, ...] = ()
+    rounding: str | None = None
 
     def __post_init__(self) -> None:
         for name in ACCOUNTANTS:
@@ -108,26 +114,84 @@ class EpsilonReport:
                 raise ValueError(f"{name} must be the {name} AccountantResult")
 
     @property
+    def upper(self) -> float | None:
+        """The smallest ε any accountant establishes as an upper bound (``None`` if none).
+
+        RDP, pessimistic PLD and PRV's ``upper`` are each a valid upper bound
+        (bracketed runs: computed on dominating groups), so the run's ε is at
+        most the smallest of them.
+        """
+        values = [r.epsilon for r in self.results() if r.epsilon is not None]
+        return min(values) if values else None
+
+    @property
+    def upper_name(self) -> str | None:
+        """Which accountant :attr:`upper` comes from."""
+        answered = [r for r in self.results() if r.epsilon is not None]
+        return min(answered, key=lambda r: r.epsilon).name if answered else None
+
+    @property
+    def disagreements(self) -> tuple[str, ...]:
+        """Accountants whose ε exceeds another's valid upper bound beyond their stated errors.
+
+        PLD's pessimistic estimate above RDP's or PRV's upper bound (by more than
+        its relative discretisation slack) means its discretisation failed to
+        resolve the run (tiny q, tiny δ): PLD is then set aside as a reference.
+        """
+        out = []
+        pld = self.pld.epsilon
+        if pld is not None and math.isfinite(pld):
+            for other in (self.rdp, self.prv):
+                bound = other.epsilon
+                if bound is not None and pld > bound * (1 + TIGHT_SLACK) + TIGHT_SLACK:
+                    label = "RDP" if other.name == "rdp" else "PRV's upper bound"
+                    out.append(
+                        f"PLD ε = {pld:.4g} exceeds {label} {bound:.4g}, a valid upper bound, "
+                        "beyond its discretisation error: PLD is set aside"
+                    )
+        return tuple(out)
+
+    @property
     def tight(self) -> float | None:
-        """The tight reference ε: PLD if it answered, else PRV's upper bound, else ``None``."""
-        if self.pld.epsilon is not None:
+        """The tight estimate ε, or ``None``.
+
+        PLD when every (q, σ) pair was composed exactly and it agrees with the
+        upper bounds (:attr:`disagreements`); else PRV's estimate when it was
+        composed exactly (error at most ``eps_error``, Gopi et al. 2021); else
+        ``None`` (a bracketed run has a range, see :attr:`lower`).
+        """
+        name = self.tight_name
+        if name == "pld":
             return self.pld.epsilon
-        return self.prv.epsilon
+        if name == "prv":
+            return float(self.prv.details["estimate"])
+        return None
 
     @property
     def tight_name(self) -> str | None:
-        """Which accountant :attr:`tight` comes from."""
-        if self.pld.epsilon is not None:
+        """Which accountant :attr:`tight` comes from (``"pld"``, ``"prv"`` or ``None``)."""
+        if self.rounding is not None:
+            return None
+        pld = self.pld.epsilon
+        if pld is not None and math.isfinite(pld) and not self.disagreements:
             return "pld"
-        if self.prv.epsilon is not None:
+        if self.prv.epsilon is not None and "estimate" in self.prv.details:
             return "prv"
         return None
 
     @property
-    def upper(self) -> float | None:
-        """The smallest ε any accountant certifies as an upper bound (``None`` if none)."""
-        values = [r.epsilon for r in self.results() if r.epsilon is not None]
-        return min(values) if values else None
+    def lower(self) -> float | None:
+        """The largest ε the accountants establish as a *lower* bound, with their errors.
+
+        PRV's ``lower`` (on groups the run dominates when bracketed), or a
+        shuffle :attr:`lower_bound`; ``None`` when there is none.
+        """
+        values = []
+        if self.prv.epsilon is not None and "lower" in self.prv.details:
+            values.append(float(self.prv.details["lower"]))
+        if self.lower_bound is not None:
+            values.append(float(self.lower_bound))
+        return max(values) if values else None
 
     def results(self) -> tuple[AccountantResult, ...]:
         """``(rdp, pld, prv)``."""
@@ -143,6 +207,10 @@ class EpsilonReport:
             if why:
                 reasons[res.name] = why
         out["reasons"] = reasons
+        if self.rounding:
+            out["rounding"] = self.rounding
+        if self.disagreements:
+            out["disagreements"] = list(self.disagreements)
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -154,6 +222,8 @@ class EpsilonReport:
             "neighbouring": self.neighbouring,
             "lower_bound": _finite_or_none(self.lower_bound),
             "notes": list(self.notes),
+            "rounding": self.rounding,
+            "disagreements": list(self.disagreements),
             "accountants": {
                 r.name: {
                     "epsilon": _finite_or_none(r.epsilon),

@@ -83,15 +83,22 @@ def segments_from_steps(
 
     Returns:
         Consecutive steps with equal (q, σ) merged; empty if there are no steps.
+        A segment is also cut where the step numbers do not follow on (a
+        resume), so each segment is a run of consecutive step numbers (cyclic
+        accounting relies on it).
     """
     out: list[Segment] = []
     cur_key: tuple[float, float] | None = None
     count = 0
+    prev_number = None
     for step in steps:
         q = step.sampling_rate if step.sampling_rate is not None else sampling_rate
         sigma = step.noise_multiplier if step.noise_multiplier is not None else noise_multiplier
         key = (float(q), float(sigma))
-        if key == cur_key:
+        number = getattr(step, "step", None)
+        follows = prev_number is None or number is None or number == prev_number + 1
+        prev_number = number
+        if key == cur_key and follows:
             count += 1
             continue
         if cur_key is not None:

@@ -10,6 +10,8 @@ sampler              relation     event                                      acc
 ===================  ===========  =========================================  ===============
 poisson              add_remove   PoissonSampled(q, Gaussian(σ))             RDP, PLD, PRV
 poisson              replace_one  PoissonSampled(q, Gaussian(σ))             PLD
+cyclic_poisson (b)   add_remove   PoissonSampled(b·q, Gaussian(σ)) ×⌈T/b⌉    RDP, PLD, PRV
+cyclic_poisson (b)   replace_one  PoissonSampled(b·q, Gaussian(σ)) ×⌈T/b⌉    PLD
 truncated_poisson    either       TruncatedSubsampledGaussian(N, q, cap, σ)  PLD
 fixed_size           replace_one  SampledWithoutReplacement(N, B, Gauss(σ))  RDP
 fixed_size           add_remove   —                                          none
@@ -53,6 +55,8 @@ NO_UPPER_BOUND_SAMPLERS: tuple[str, ...] = ("shuffle", "shuffle_binomial", "ball
 SUPPORTED: Mapping[tuple[str, str], tuple[str, ...]] = {
     ("poisson", "add_remove"): ("rdp", "pld", "prv"),
     ("poisson", "replace_one"): ("pld",),
+    ("cyclic_poisson", "add_remove"): ("rdp", "pld", "prv"),
+    ("cyclic_poisson", "replace_one"): ("pld",),
     ("truncated_poisson", "add_remove"): ("pld",),
     ("truncated_poisson", "replace_one"): ("pld",),
     ("fixed_size", "replace_one"): ("rdp",),
@@ -61,6 +65,7 @@ SUPPORTED: Mapping[tuple[str, str], tuple[str, ...]] = {
 
 _KINDS = {
     "poisson": "poisson",
+    "cyclic_poisson": "cyclic_poisson",
     "truncated_poisson": "truncated_poisson",
     "fixed_size": "fixed_size",
     "fixed_size_without_replacement": "fixed_size",
@@ -69,6 +74,8 @@ _KINDS = {
 
 def accounting_kind(sampler: str) -> str:
     """The accounting event family of a sampler name (``"unknown"`` if none applies)."""
+    if isinstance(sampler, str):
+        sampler = sampler.lower()
     if sampler in _KINDS:
         return _KINDS[sampler]
     if sampler in NO_UPPER_BOUND_SAMPLERS:
@@ -83,9 +90,9 @@ def unsupported_reason(accountant: str, sampler: str, neighbouring: str) -> str 
     kind = accounting_kind(sampler)
     if kind in NO_UPPER_BOUND_SAMPLERS:
         return (
-            f"no accountant in dp-accounting/prv-accountant gives an upper bound for "
-            f"sampler {sampler!r}: batches are not independently subsampled, so the "
-            f"Poisson ε does not apply"
+            f"no accountant gives an upper bound for sampler {sampler!r} "
+            f"(dp-accounting, prv-accountant): batches are not independently subsampled, "
+            f"so the Poisson ε does not apply"
         )
     if kind == "unknown":
         return f"sampler {sampler!r} declares no accounting event this accountant knows"

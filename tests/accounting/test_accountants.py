@@ -278,7 +278,7 @@ def test_many_distinct_pairs_are_rounded_pessimistically():
     r = compute_epsilon(
         segs, DELTA, accountants=("rdp", "pld"), pld_discretization=1e-3, max_groups=8
     )
-    assert "rounded pessimistically" in r.pld.details["grouping"]
+    assert "bracketed by 8 groups" in r.pld.details["grouping"] and r.rounding
     total = sum(s.steps for s in segs)
     worst = Segment(
         sampling_rate=max(s.sampling_rate for s in segs), noise_multiplier=1.0, steps=total
@@ -299,10 +299,10 @@ def test_pessimistic_groups_round_the_safe_way():
     from dpverify.accounting.accountants import pessimistic_groups
 
     groups = [((0.01 * (1 + i / 100), 1.0 + i / 50), 3) for i in range(50)]
-    merged, ratio = pessimistic_groups(groups, 10)
-    assert len(merged) <= 10 and ratio > 0
+    merged, rounded = pessimistic_groups(groups, 10)
+    assert len(merged) <= 10 and rounded
     assert sum(c for _, c in merged) == 150
-    assert pessimistic_groups(groups, 100) == (groups, 0.0)
+    assert pessimistic_groups(groups, 100) == (groups, False)
     lo_q = min(q for (q, _), _ in merged)
     hi_sigma = max(s for (_, s), _ in merged)
     assert lo_q >= 0.01 and hi_sigma <= 1.0 + 49 / 50
@@ -327,7 +327,9 @@ def test_infinite_pld_at_tiny_delta_says_why():
     r = compute_epsilon(
         Segment(sampling_rate=0.01, noise_multiplier=1.0, steps=10), 1e-300, accountants="pld"
     )
-    assert math.isinf(r.pld.epsilon) and "δ is below" in r.pld.reason
+    # ∞ from a tight accountant is "unavailable", never a bound (issue 10, item 4)
+    assert r.pld.epsilon is None and "unavailable" in r.pld.reason
+    assert "not a bound" in r.pld.reason
     assert (
         r.to_json()["pld"] is None and "noise_multiplier = 0" not in r.to_json()["reasons"]["pld"]
     )

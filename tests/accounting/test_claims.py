@@ -70,3 +70,48 @@ def test_tolerance_is_explicit():
     assert check_claim(r, 0.99, tolerance=0.02).holds
     with pytest.raises(ValueError, match="tolerance"):
         check_claim(r, 1.0, tolerance=-1)
+
+
+def _bracketed(rdp, prv_lower, prv_estimate, prv_upper):
+    return EpsilonReport(
+        rdp=AccountantResult(name="rdp", epsilon=rdp),
+        pld=AccountantResult(name="pld", epsilon=prv_upper + 0.02),
+        prv=AccountantResult(
+            name="prv",
+            epsilon=prv_upper,
+            details={"lower": prv_lower, "estimate": prv_estimate, "upper": prv_upper},
+        ),
+        delta=1e-5,
+        steps=1000,
+        rounding="1000 distinct (q, σ) pairs bracketed by 32 groups",
+    )
+
+
+def test_a_claim_at_any_valid_upper_bound_holds_even_when_pld_is_far_above():
+    """q = 1e-7, T = 1e6, δ = 1e-12: PLD 9.35 while RDP bounds ε by 3.49 and PRV's upper is 0.27."""
+    r = _report(rdp=3.49, pld=9.35, prv=0.27)
+    assert r.disagreements and "PLD ε = 9.35 exceeds" in r.disagreements[0]
+    assert r.tight_name == "prv"  # PLD is set aside
+    for claim in (0.27, 1.0, 3.49, 9.0):
+        res = check_claim(r, claim)
+        assert res.holds, res
+    assert check_claim(r, 0.27).reference == "prv"
+    low = check_claim(r, 0.2)  # below PRV's estimate (and lower bound): refuted
+    assert not low.holds and low.verifiable and low.reference == "prv"
+
+
+def test_bracketed_runs_refute_only_below_the_lower_bracket():
+    r = _bracketed(rdp=1.95, prv_lower=1.78, prv_estimate=1.81, prv_upper=1.83)
+    assert r.tight is None and r.lower == 1.78 and r.upper == 1.83
+    assert check_claim(r, 1.83).holds
+    between = check_claim(r, 1.80)
+    assert not between.holds and not between.verifiable
+    assert "bracketed" in between.reason and "1.78" in between.reason
+    below = check_claim(r, 1.7)
+    assert not below.holds and below.verifiable and "lower bound 1.78" in below.reason
+
+
+def test_unavailable_tight_accountants_leave_rdp_to_confirm():
+    r = _report(rdp=2.0)
+    assert check_claim(r, 2.0).holds
+    assert not check_claim(r, 1.9).verifiable
