@@ -5,11 +5,13 @@ What is checked:
 * the declared sampler is one dpverify knows, and its recorded parameters
   match it (truncated Poisson declares an integer ``cap`` ≥ 1; plain Poisson
   declares no cap);
-* the declared expected batch size (the denominator of the noisy mean) agrees
-  with q·N within 1 % — otherwise the q the accountant uses is not the rate the
-  run was configured with;
-* δ < 1/N (warning otherwise: an (ε, δ) guarantee with δ ≥ 1/N permits
-  publishing one whole example outright);
+* the declared expected batch size agrees with q·N within 1 % (warning
+  otherwise, with the reason: a public constant other than q·N — Opacus divides
+  by ``int(q·N)`` — only rescales the learning rate; ε depends on q, which the
+  sampling check verifies against the recorded indices, not on this number);
+* δ < 1/N for the δ actually claimed (the seal's, else the header's; warning
+  otherwise: an (ε, δ) guarantee with δ ≥ 1/N permits publishing one whole
+  example outright, and the privacy check calls such a claim unverifiable);
 * a privacy claim is made (warning otherwise).
 """
 
@@ -40,34 +42,39 @@ def _known_samplers() -> tuple[str, ...]:
     return tuple(samplers.SAMPLER_NAMES)
 
 
-def check_configuration(header: Any, *, claimed_epsilon: float | None = None) -> CheckResult:
+def check_configuration(
+    header: Any, *, claimed_epsilon: float | None = None, delta: float | None = None
+) -> CheckResult:
     """Check the run header (:class:`dpverify.ledger.RunHeader`) for consistency.
 
     Args:
         header: the run header.
         claimed_epsilon: the claim being audited (the seal's if any, else the header's).
+        delta: the δ of that claim (default: the header's).
 
     Returns:
-        ``fail`` for an unknown sampler, parameters that contradict it or an
-        expected batch size that contradicts q·N; ``warn`` for δ ≥ 1/N or no
+        ``fail`` for an unknown sampler or parameters that contradict it;
+        ``warn`` for an expected batch size other than q·N, δ ≥ 1/N or no
         claim; else ``pass``.
     """
+    delta = header.delta if delta is None else delta
     n = header.dataset_size
     q = header.sampling_rate
     params = dict(header.sampler_params or {})
     failures: list[str] = []
     warnings: list[str] = []
     known = _known_samplers()
-    if header.sampler not in known:
+    sampler = header.sampler.lower() if isinstance(header.sampler, str) else header.sampler
+    if sampler not in known:
         failures.append(
             f"sampler {header.sampler!r} is unknown (known: {', '.join(known)}): "
             "no test or accountant applies to it"
         )
-    elif header.sampler == "truncated_poisson":
+    elif sampler == "truncated_poisson":
         cap = params.get("cap")
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             failures.append(f"truncated Poisson must declare an integer cap >= 1, got cap={cap!r}")
-    elif header.sampler == "poisson" and params.get("cap") is not None:
+    elif sampler == "poisson" and params.get("cap") is not None:
         failures.append(
             f"plain Poisson sampling declares cap={params['cap']!r}: a capped sampler must "
             "be declared as 'truncated_poisson'"
@@ -75,14 +82,18 @@ def check_configuration(header: Any, *, claimed_epsilon: float | None = None) ->
     expected = q * n
     declared = header.expected_batch_size
     if declared is not None and abs(declared - expected) > BATCH_SIZE_TOLERANCE * expected:
-        failures.append(
-            f"declared expected batch size {declared:g} differs from q·N = {expected:g}: "
-            "the sampling rate q used for ε does not match the run's batch size"
-        )
-    if header.delta >= 1.0 / n:
+        convention = ""
+        if declared == int(expected) or declared == round(expected):
+            convention = f" (int(q·N) = {int(expected)}, Opacus's convention)"
         warnings.append(
-            f"delta={header.delta:g} is not below 1/N = {1.0 / n:.3g}: such a guarantee "
-            "allows publishing an example outright"
+            f"declared expected batch size {declared:g} differs from q·N = {expected:g}"
+            f"{convention}: as a public constant it only rescales the learning rate; ε is "
+            "accounted at q, which the sampling check verifies against the indices"
+        )
+    if delta >= 1.0 / n:
+        warnings.append(
+            f"claimed δ = {delta:g} is not below 1/N = {1.0 / n:.3g}: such a guarantee "
+            "allows publishing an example outright (not a meaningful guarantee)"
         )
     if claimed_epsilon is None:
         warnings.append("the run claims no ε")
@@ -94,8 +105,8 @@ def check_configuration(header: Any, *, claimed_epsilon: float | None = None) ->
         "denominator": header.denominator,
         "sampler": header.sampler,
         "sampler_params": params,
-        "delta": header.delta,
-        "delta_times_n": header.delta * n,
+        "delta": delta,
+        "delta_times_n": delta * n,
         "failures": failures,
         "warnings": warnings,
     }
@@ -108,7 +119,7 @@ def check_configuration(header: Any, *, claimed_epsilon: float | None = None) ->
         status="pass",
         reason=(
             f"declared sampler {header.sampler!r} and its parameters agree; expected batch "
-            f"size q·N = {expected:g} is the denominator; δ = {header.delta:g} < 1/N"
+            f"size q·N = {expected:g}; claimed δ = {delta:g} < 1/N"
         ),
         details=details,
     )

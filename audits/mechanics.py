@@ -13,8 +13,12 @@ For each executed step t, with the step's clip norm C_t and noise multiplier
   example, before summation;
 * ``noise_draws`` = 1 — noise is added once per logical step, not once per
   physical batch (that would be √(draws)·σC noise, and accounting per draw);
-* ``denominator`` equals the header's (expected batch size q·N): dividing by
-  the realised batch size makes the output's scale depend on private data;
+* ``denominator`` is a public constant: the same at every step (or, where the
+  per-step rate changes, q_t·N or int(q_t·N) at each step).  Its value does not
+  change ε — a constant other than q·N (Opacus divides by ``int(q·N)``) only
+  rescales the learning rate, which is a warning.  A denominator that tracks
+  the realised batch size L_t refutes: dividing by L_t makes the output's scale
+  depend on private data (Abadi et al.'s analysis assumes a fixed divisor);
 * ``num_clipped`` ≤ the batch size, and ``num_nonfinite`` ≤ the batch size.
 
 Non-finite examples (``num_nonfinite``: real examples whose loss or gradient
@@ -88,7 +92,10 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
         "noise_std": _Finding("noise std is not σ·C"),
         "clipped_norm": _Finding("a clipped gradient norm exceeds C", "clipping after summation?"),
         "noise_draws": _Finding("noise drawn more than once", "noise per physical batch?"),
-        "denominator": _Finding("denominator is not the declared expected batch size"),
+        "denominator": _Finding(
+            "denominator is not a public constant",
+            "dividing by the realised batch size makes the scale depend on private data",
+        ),
         "num_clipped": _Finding(
             "more examples clipped than sampled", "padding rows not masked out?"
         ),
@@ -99,6 +106,7 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
     varying_clip = varying_sigma = 0
     sigma_std_hint = 0
     den0 = header.denominator
+    dens: list[tuple[int, float, int, float]] = []
     worst_clipped = 0.0
     for s in steps:
         c = s.clip_norm if s.clip_norm is not None else header.clip_norm
@@ -127,10 +135,9 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
             rules["noise_draws"].add(f"step {s.step}: {s.noise_draws} draws")
         if s.denominator is None:
             missing["denominator"] += 1
-        elif not _close(s.denominator, den0):
-            rules["denominator"].add(
-                f"step {s.step}: divided by {s.denominator:g}, declared {den0:g}"
-            )
+        else:
+            q_t = s.sampling_rate if s.sampling_rate is not None else header.sampling_rate
+            dens.append((s.step, float(s.denominator), int(s.batch_size), float(q_t)))
         nonfinite = getattr(s, "num_nonfinite", None)
         if nonfinite:
             nonfinite_examples += nonfinite
@@ -143,6 +150,7 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
             rules["num_clipped"].add(
                 f"step {s.step}: {s.num_clipped} clipped of {s.batch_size} sampled"
             )
+    den_note = _check_denominators(dens, header, rules["denominator"])
     if sigma_std_hint and sigma_std_hint == rules["noise_std"].count:
         rules["noise_std"].message = "noise std is σ, not σ·C"
     failed = {k: r for k, r in rules.items() if r.count}
@@ -166,7 +174,7 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
         "noise_std": "noise std σ·C",
         "noise_draws": "one noise draw per step",
         "max_clipped_norm": "clipped norms ≤ C",
-        "denominator": f"denominator {den0:g}",
+        "denominator": den_note or f"denominator {den0:g}",
     }
     verified = [text for k, text in checked.items() if missing[k] < len(steps)]
     gaps = [f"{k} at {v}" for k, v in missing.items() if v]
@@ -175,6 +183,15 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
         verified.append(
             f"{nonfinite_examples} non-finite example(s) in {nonfinite_steps} step(s) "
             "contributed zero (clip factor 0)"
+        )
+    den_warning = dens and den_note and "differs from q·N" in den_note
+    details["denominator_warning"] = den_note if den_warning else None
+    if den_warning and not gaps:
+        return CheckResult(
+            name=_NAME,
+            status="warn",
+            reason=f"{len(steps)} steps: {', '.join(verified)}",
+            details=details,
         )
     if gaps:
         what = ", ".join(verified) if verified else "nothing beyond the declared clip norm and σ"
@@ -193,3 +210,46 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
         reason=f"{len(steps)} steps: {', '.join(verified)}",
         details=details,
     )
+
+
+def _public_rate_denominator(d: float, q: float, n: int) -> bool:
+    """Whether ``d`` is q·N or one of its integer conventions (int, round, ceil)."""
+    qn = q * n
+    return _close(d, qn) or d in (math.floor(qn), round(qn), math.ceil(qn))
+
+
+def _check_denominators(
+    dens: list[tuple[int, float, int, float]], header: Any, finding: _Finding
+) -> str | None:
+    """Record a finding when the denominator is not a public constant; return the note.
+
+    ``dens`` holds ``(step, denominator, batch size, q_t)`` of every step that
+    recorded one.  Returns the text that says what was verified (with a warning
+    when the constant differs from q·N), or ``None`` when nothing was recorded.
+    """
+    if not dens:
+        return None
+    n = header.dataset_size
+    first = dens[0][1]
+    if all(_close(d, first) for _, d, _, _ in dens):
+        qn = header.sampling_rate * n
+        if _close(first, qn) or len({q for *_, q in dens}) > 1:
+            return f"denominator a public constant ({first:g})"
+        how = " (int(q·N), as Opacus divides)" if first == math.floor(qn) else ""
+        return (
+            f"denominator a public constant {first:g}{how}, which differs from q·N = {qn:g}: "
+            "it only rescales the learning rate"
+        )
+    sizes = {b for _, _, b, _ in dens}
+    tracking = [(t, d, b) for t, d, b, _ in dens if _close(d, max(b, 1)) or _close(d, b)]
+    if len(sizes) > 1 and 2 * len(tracking) >= len(dens):
+        for t, d, b in tracking:
+            finding.add(f"step {t}: divided by {d:g} = its batch size {b}")
+        finding.message = "denominator tracks the realised batch size"
+        return None
+    if all(_public_rate_denominator(d, q, n) for _, d, _, q in dens):
+        return "denominator q_t·N at every step (public per-step rate)"
+    for t, d, _, q in dens:
+        if not _public_rate_denominator(d, q, n) and not _close(d, first):
+            finding.add(f"step {t}: divided by {d:g}, first step {first:g}, q·N = {q * n:g}")
+    return None

@@ -161,7 +161,10 @@ def check_privacy(ledger: Any, *, rates_verified: bool | None = None) -> tuple[C
         # construction is valid (plain shuffling, one (q, σ)), with the run's
         # real epoch length; other shuffle-type samplers get no number.
         lower = report.lower_bound
-        details.update(shuffle_lower_bound=lower)
+        poisson = accounting.compute_epsilon(
+            segments, delta, neighbouring=header.neighbouring, accountants=("pld",)
+        ).pld.epsilon
+        details.update(shuffle_lower_bound=lower, poisson_epsilon=poisson)
         bound_txt = (
             f"shuffled DP-SGD has ε ≥ {_fmt(lower)} at δ = {delta:g} (Chua et al. 2024)"
             if lower is not None
@@ -169,8 +172,8 @@ def check_privacy(ledger: Any, *, rates_verified: bool | None = None) -> tuple[C
         )
         head = (
             f"no accountant gives an upper bound for sampler {header.sampler!r} "
-            f"(batches are not independently subsampled; the Poisson ε does not apply); "
-            f"{bound_txt}"
+            f"(batches are not independently subsampled; the Poisson ε {_fmt(poisson)} does "
+            f"not apply); {bound_txt}"
         )
         if claimed is not None and lower is not None and claimed < lower:
             return (

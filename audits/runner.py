@@ -5,7 +5,10 @@ Verdict rules (documented in ``docs/certificate.md``):
 * ``unverifiable`` — the integrity check failed (the ledger is corrupt or
   structurally inconsistent: nothing in it can be trusted), a check could not
   run at all (an internal error, reported as a failed check with
-  ``details.error``), or the run claims no ε (nothing to certify);
+  ``details.error``), a check could neither confirm nor refute
+  (``details.unverifiable``: a claim at δ ≥ 1/N, a sampler no accountant
+  bounds, a claim inside the accountants' error interval), or the run claims
+  no ε (nothing to certify);
 * ``refuted`` — any other check failed, including the privacy check when the
   claimed ε is below the recomputed one;
 * ``certified`` — otherwise (``warn`` and ``skip`` statuses do not refute; the
@@ -75,8 +78,10 @@ def _verdict(checks: list[CheckResult], claimed: float | None) -> tuple[str, str
     if integrity.failed:
         return "unverifiable", integrity.reason
     failures = [c for c in checks if c.failed]
-    errors = [c for c in failures if c.details.get("error")]
-    genuine = [c for c in failures if not c.details.get("error")]
+    # a check that ran but could neither confirm nor refute (details "unverifiable",
+    # e.g. privacy without an upper bound) makes the run unverifiable, like an error
+    errors = [c for c in failures if c.details.get("error") or c.details.get("unverifiable")]
+    genuine = [c for c in failures if c not in errors]
     if genuine:
         others = [c.name for c in genuine[1:]]
         more = f" (also failed: {', '.join(others)})" if others else ""
@@ -157,7 +162,10 @@ def audit_ledger(
     header = ledger.header
     claimed, delta = claimed_privacy(ledger)
     checks.append(
-        _guarded("configuration", lambda: check_configuration(header, claimed_epsilon=claimed))
+        _guarded(
+            "configuration",
+            lambda: check_configuration(header, claimed_epsilon=claimed, delta=delta),
+        )
     )
     bar.update(1)
     checks.append(_guarded("sampling", lambda: check_sampling(ledger, alpha=alpha, seed=seed)))
@@ -167,7 +175,9 @@ def audit_ledger(
     report_box: list[Any] = []
 
     def _privacy() -> CheckResult:
-        result, report = check_privacy(ledger)
+        sampling = next(c for c in checks if c.name == "sampling")
+        rates_verified = sampling.status == "pass" and sampling.details.get("rates_verified")
+        result, report = check_privacy(ledger, rates_verified=bool(rates_verified))
         report_box.append(report)
         return result
 

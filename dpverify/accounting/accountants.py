@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from dpverify._validate import check_choice, check_int, check_positive, check_probability
@@ -211,6 +211,7 @@ def compute_epsilon(
     prv_eps_error: float = DEFAULT_PRV_EPS_ERROR,
     prv_delta_error: float | None = None,
     max_groups: int = DEFAULT_MAX_GROUPS,
+    progress: Callable[[str], None] | None = None,
 ) -> EpsilonReport:
     """ε at ``delta`` for the executed segments, from each requested accountant.
 
@@ -236,6 +237,8 @@ def compute_epsilon(
         max_groups: up to this many distinct (q, σ) pairs (Poisson sampling) are
             composed exactly; beyond, the run is bracketed (module docstring;
             ``rounding`` in the report says so).
+        progress: called with an accountant's name before it runs (PLD and
+            PRV can take many seconds).
 
     Returns:
         An :class:`EpsilonReport`.  With no executed steps every ε is 0.  A step
@@ -287,6 +290,8 @@ def compute_epsilon(
             except InvalidArgument as exc:  # e.g. a header without the sampler's sizes
                 results[name] = _fixed(name, None, f"{name.upper()} unavailable: {exc}")
                 continue
+        if progress is not None:
+            progress(name)
         if name == "rdp":
             res = _engines.timed(name, _engines.rdp_epsilon, event, delta, neighbouring, rdp_orders)
         elif name == "pld":

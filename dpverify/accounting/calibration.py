@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 
@@ -117,6 +118,7 @@ def calibrate_noise_multiplier(
     accountant: str = "pld",
     *,
     rtol: float = 1e-3,
+    progress: Callable[[float, float], None] | None = None,
 ) -> float:
     """The smallest σ (within ``rtol``) whose ε(δ) after ``steps`` steps is <= the target.
 
@@ -127,6 +129,8 @@ def calibrate_noise_multiplier(
         target_epsilon: ε > 0.
         accountant: ``"pld"`` (default), ``"rdp"`` or ``"prv"``.
         rtol: relative width of the final bisection bracket.
+        progress: called as ``progress(σ, ε)`` after each evaluation of the
+            chosen accountant (a PLD evaluation can take many seconds).
 
     Returns:
         σ with ``epsilon_poisson(q, σ, T, δ, accountant) <= target_epsilon``.
@@ -144,7 +148,10 @@ def calibrate_noise_multiplier(
     rtol = check_positive("rtol", rtol)
 
     def eps(sigma: float) -> float:
-        return epsilon_poisson(q, sigma, steps, delta, accountant)
+        value = epsilon_poisson(q, sigma, steps, delta, accountant)
+        if progress is not None:
+            progress(sigma, value)
+        return value
 
     # Bracket cheaply with RDP: RDP ≥ PLD (and ≈ PRV), so σ_RDP is an upper end.
     def rdp_eps(sigma: float) -> float:

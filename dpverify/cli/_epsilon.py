@@ -10,6 +10,11 @@
 With ``--json`` the output of ``epsilon`` is one object with keys ``rdp``,
 ``pld``, ``prv`` (``prv`` with ``lower``, ``estimate``, ``upper``) and
 ``reasons`` (why an accountant is ``null``).
+
+PLD and PRV can take a minute or more (many steps, large σ): before such a
+computation a hint to ``--accountant rdp`` goes to stderr, and on a terminal
+each accountant (and each calibration step of ``noise``) is announced as it
+runs, so the command is never silent for long.
 """
 
 from __future__ import annotations
@@ -87,6 +92,36 @@ def _steps(args: argparse.Namespace) -> int | None:
     return check_int("steps", args.steps, minimum=1)
 
 
+#: Above this many steps (or σ at or above SLOW_SIGMA) PLD/PRV may take a minute or more.
+SLOW_STEPS = 1_000_000
+SLOW_SIGMA = 20.0
+
+
+def _hint_if_slow(accountant: str, steps: int, sigma: float | None = None) -> None:
+    """One stderr line before a PLD/PRV computation that may take long."""
+    if accountant == "rdp" or (steps < SLOW_STEPS and (sigma is None or sigma < SLOW_SIGMA)):
+        return
+    what = f"{steps} steps" + (f" at σ = {sigma:g}" if sigma is not None else "")
+    sys.stderr.write(
+        f"note: PLD/PRV over {what} can take a minute or more; "
+        "--accountant rdp answers in about a second (a valid upper bound, a few % looser)\n"
+    )
+    sys.stderr.flush()
+
+
+def _progress(message: str) -> None:
+    """Announce progress on stderr when it is a terminal."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r\033[K{message}")
+        sys.stderr.flush()
+
+
+def _progress_done() -> None:
+    if sys.stderr.isatty():
+        sys.stderr.write("\r\033[K")
+        sys.stderr.flush()
+
+
 def _epsilon(args: argparse.Namespace) -> int:
     from dpverify import accounting
 
@@ -104,7 +139,9 @@ def _epsilon(args: argparse.Namespace) -> int:
         kwargs = {"accountants": args.accountant}
         if args.neighbouring is not None:
             kwargs["neighbouring"] = args.neighbouring
-        report = accounting.epsilon_from_ledger(args.run_dir, args.delta, **kwargs)
+        report = accounting.epsilon_from_ledger(
+            args.run_dir, args.delta, progress=_announce, **kwargs
+        )
     else:
         from dpverify._validate import check_positive, check_probability
 
@@ -127,17 +164,24 @@ def _epsilon(args: argparse.Namespace) -> int:
         sigma = check_positive("noise_multiplier", args.noise_multiplier)
         delta = check_probability("delta", args.delta, allow_one=False)
         steps = _steps(args)
+        _hint_if_slow(args.accountant, steps, sigma)
         report = accounting.compute_epsilon(
             accounting.Segment(sampling_rate=q, noise_multiplier=sigma, steps=steps),
             delta,
             accountants=args.accountant,
             neighbouring=args.neighbouring or "add_remove",
+            progress=_announce,
         )
+    _progress_done()
     if args.json:
         print_json(report.to_json())
     else:
         _print_report(report)
     return 0
+
+
+def _announce(name: str) -> None:
+    _progress(f"computing ε with {name.upper()}…")
 
 
 def _fmt(value: float | None) -> str:
@@ -182,7 +226,15 @@ def _noise(args: argparse.Namespace) -> int:
     steps = _steps(args)
     if steps is None:
         raise InvalidArgument("give --steps or --epochs")
-    sigma = accounting.calibrate_noise_multiplier(q, steps, delta, target, args.accountant)
+    _hint_if_slow(args.accountant, steps)
+
+    def tried(sigma: float, eps: float) -> None:
+        _progress(f"calibrating σ ({args.accountant.upper()}): σ = {sigma:.5g} gives ε = {eps:.5g}")
+
+    sigma = accounting.calibrate_noise_multiplier(
+        q, steps, delta, target, args.accountant, progress=tried
+    )
+    _progress_done()
     eps = accounting.epsilon_poisson(q, sigma, steps, delta, args.accountant)
     if args.json:
         print_json(

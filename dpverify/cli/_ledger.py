@@ -52,9 +52,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import", help="create RUN_DIR/ledger from a JSON Lines file")
     p.add_argument("file", help="JSON Lines file (first line: the run)")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="run directory to create")
-    p.add_argument(
-        "--no-seal", action="store_true", help="leave the ledger unsealed if the file has no seal"
+    seal = p.add_mutually_exclusive_group()
+    seal.add_argument(
+        "--seal",
+        action="store_true",
+        help="the file is the whole run: seal the ledger at its end if it has no seal line "
+        "(default: a file without a seal line may be cut short and stays unsealed)",
     )
+    seal.add_argument(
+        "--no-seal", action="store_true", help=argparse.SUPPRESS
+    )  # the old default's opt-out, now the default
     p.set_defaults(handler=_import)
 
     p = sub.add_parser("export", help="write a ledger as JSON Lines (holds indices: private)")
@@ -193,9 +200,11 @@ def _import(args: argparse.Namespace) -> int:
     from dpverify.ledger.jsonl import import_jsonl
     from dpverify.ledger.verify import verify_ledger
 
-    target = import_jsonl(args.file, args.out, seal=not args.no_seal)
+    target = import_jsonl(args.file, args.out, seal=args.seal)
     report = verify_ledger(target)
     print(f"imported {report.steps} steps into {target}")
+    if not report.sealed:
+        print("not sealed: the file has no seal line (pass --seal if it is the whole run)")
     print(f"head: {report.head}")
     return 0
 

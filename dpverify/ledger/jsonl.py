@@ -13,15 +13,27 @@ One JSON object per line (docs/ledger-format.md §6):
 * optional ``{"type": "resume", "step": k}``, ``{"type": "checkpoint", "step": k,
   "digest": "..."}`` and, last, ``{"type": "seal", "steps_executed": T, "final_step": t}``.
 
-Steps are numbered from 0 without gaps (after a resume line, from its step).
+Steps are numbered from 0 without gaps (after a resume line, from its step);
+a step that sampled no example is a line with ``"indices": []`` (dropping it
+would hide the empty batches the sampling check counts).
 Non-finite floats are written as the strings ``"NaN"``, ``"Infinity"``,
 ``"-Infinity"`` (strict JSON has no such numbers); both forms are read.
+
+The ecosystem's spellings are forgiven where the meaning is unambiguous:
+``neighboring`` (dp-accounting, Opacus, jax_privacy) is read as
+``neighbouring`` and sampler names are case-insensitive.  An integer field
+written as a float (``60000.0``, or an index ``3.0``) is refused with the
+integer to write (floats silently lose indices above 2**24 in float32).  An
+unknown field is refused with the nearest known name (``sample_rate`` →
+``sampling_rate``; on a run line ``max_grad_norm`` → ``clip_norm``) and where
+free-form fields go (``"extra": {...}`` on the run line).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import difflib
 import json
 import math
 import os
@@ -55,6 +67,37 @@ _FLOAT_FIELDS = frozenset(
         "expected_batch_size",
     }
 )
+
+
+#: Spellings other tools use for a field, by line type: alias -> our name.
+_ALIASES: dict[str, dict[str, str]] = {
+    "run": {"neighboring": "neighbouring"},
+}
+#: Fields other tools use with another meaning: (line type, their name) -> ours.
+_SUGGEST: dict[tuple[str, str], str] = {
+    ("run", "max_grad_norm"): "clip_norm",
+    ("run", "sample_rate"): "sampling_rate",
+    ("step", "sample_rate"): "sampling_rate",
+    ("run", "noise_scale"): "noise_multiplier",
+    ("run", "target_delta"): "delta",
+    ("run", "epsilon"): "claimed_epsilon",
+    ("run", "batch_size"): "expected_batch_size",
+    ("step", "batch"): "indices",
+}
+#: Integer fields (an integer-valued float is accepted for them).
+_INT_FIELDS = frozenset(
+    {"dataset_size", "physical_batch_size", "step", "steps_executed", "final_step",
+     "noise_draws", "num_clipped", "physical_batches", "num_nonfinite"}
+)
+
+
+def _did_you_mean(kind: str, name: str, known: set[str]) -> str:
+    guess = _SUGGEST.get((kind, name))
+    if guess is None:
+        close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+        guess = close[0] if close else None
+    hint = f" (did you mean {guess!r}?)" if guess else ""
+    return f"{name!r}{hint}"
 
 
 def _json_float(value: float) -> float | str:
@@ -94,12 +137,36 @@ def _float_in(name: str, value: Any) -> Any:
     return value
 
 
+def _int_in(name: str, value: Any) -> Any:
+    """Refuse a float in an integer field, saying which integer to write."""
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            raise InvalidArgument(f"{name}={value!r} must be an integer: write {int(value)}")
+        raise InvalidArgument(f"{name}={value!r} must be an integer")
+    return value
+
+
 def _indices_in(value: Any) -> np.ndarray:
     if not isinstance(value, list):
         raise InvalidArgument(f"indices={type(value).__name__} must be a list of integers")
-    if any(isinstance(v, bool) or not isinstance(v, int) for v in value):
-        raise InvalidArgument("indices must be a list of integers")
-    if any(v < 0 or v >= 1 << 63 for v in value):
+    flt = next((v for v in value if isinstance(v, float)), None)
+    if flt is not None:
+        what = f"write {int(flt)}, not {flt!r}" if math.isfinite(flt) and flt.is_integer() else ""
+        raise InvalidArgument(
+            f"indices must be integers ({what or f'got {flt!r}'}): floats lose indices "
+            "above 2**24 in float32, so convert with int64, not float"
+        )
+    bad = next((v for v in value if isinstance(v, bool) or not isinstance(v, int)), None)
+    if bad is not None:
+        raise InvalidArgument(
+            f"indices must be a list of integers (example indices in [0, N)), got {bad!r}"
+        )
+    if any(v < 0 for v in value):
+        raise InvalidArgument(
+            "indices must be non-negative: drop padding entries (e.g. -1 for an empty slot) "
+            "and write only the examples that were sampled"
+        )
+    if any(v >= 1 << 63 for v in value):
         raise InvalidArgument("indices must be non-negative 64-bit integers")
     arr = np.array(value, dtype=np.int64)
     arr.sort()
@@ -125,13 +192,29 @@ def record_from_json(obj: Any) -> Record:
         known = ", ".join(RECORD_TYPES)
         raise InvalidArgument(f"type={kind!r} must be one of {known}")
     names = {f.name for f in dataclasses.fields(cls)}
+    aliases = _ALIASES.get(kind, {})
+    for alias, ours in aliases.items():
+        if alias in obj:
+            if ours in obj and obj[ours] != obj[alias]:
+                raise InvalidArgument(f"{alias!r} and {ours!r} disagree: write one of them")
+            obj = {ours if k == alias else k: v for k, v in obj.items()}
     unknown = sorted(set(obj) - names - {"type"})
     if unknown:
-        raise InvalidArgument(f"unknown field(s) for a {kind} line: {', '.join(unknown)}")
+        where = (
+            '; put free-form fields under "extra": {...} on the run line'
+            if "extra" in names or kind == "step"
+            else ""
+        )
+        listed = ", ".join(_did_you_mean(kind, u, names) for u in unknown)
+        raise InvalidArgument(f"unknown field(s) for a {kind} line: {listed}{where}")
     kwargs: dict[str, Any] = {}
     for name, value in obj.items():
         if name == "type" or value is None:
             continue
+        if name in _INT_FIELDS:
+            value = _int_in(name, value)
+        if name == "sampler" and isinstance(value, str):
+            value = value.lower()
         if name == "indices":
             value = _indices_in(value)
         elif name == "update_sketch":
@@ -143,11 +226,18 @@ def record_from_json(obj: Any) -> Record:
         kwargs[name] = value
     if cls is Step and "indices" not in kwargs:
         raise InvalidArgument("a step line needs 'indices'")
-    try:
-        return cls(**kwargs)
-    except TypeError as exc:  # a required field is missing
-        missing = str(exc).split("argument")[-1].strip(": ")
-        raise InvalidArgument(f"{kind} line is missing required field(s) {missing}") from None
+    required = [
+        f.name
+        for f in dataclasses.fields(cls)
+        if f.init
+        and f.default is dataclasses.MISSING
+        and f.default_factory is dataclasses.MISSING
+        and f.name not in kwargs
+    ]
+    if required:
+        listed = ", ".join(repr(name) for name in required)
+        raise InvalidArgument(f"{kind} line is missing required field(s): {listed}")
+    return cls(**kwargs)
 
 
 def _lines(src: Path) -> Iterator[tuple[int, Any]]:
@@ -173,13 +263,15 @@ def _lines(src: Path) -> Iterator[tuple[int, Any]]:
 
 
 def import_jsonl(
-    src: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, seal: bool = True
+    src: str | os.PathLike[str], out_dir: str | os.PathLike[str], *, seal: bool = False
 ) -> Path:
     """Create ``out_dir/ledger`` from a JSON Lines file; returns the ledger path.
 
     The ledger is built in a temporary directory and renamed into place, so a
-    failed import leaves nothing behind.  Without a ``seal`` line the ledger is
-    sealed at the end of the file (``seal=False`` leaves it unsealed).
+    failed import leaves nothing behind.  A file without a ``seal`` line may
+    have been cut short, so the ledger stays unsealed (an audit says so) unless
+    ``seal=True`` says the file is the whole run: it is then sealed at its end
+    with the run line's claim.
 
     Raises:
         UnusableInput: ``src`` missing or unreadable, or ``out_dir`` is a file.
@@ -212,6 +304,12 @@ def import_jsonl(
                 record = record_from_json(obj)
                 if isinstance(record, RunHeader):
                     raise InvalidArgument("a second run line")
+                if isinstance(record, Step) and record.step > writer.next_step:
+                    raise InvalidArgument(
+                        f"step={record.step} skips steps {writer.next_step}..{record.step - 1} "
+                        "(steps with no examples missing? write every executed step, an "
+                        'empty batch as "indices": [])'
+                    )
                 if isinstance(record, Seal):
                     writer.close(seal=record)
                     sealed = True

@@ -243,3 +243,54 @@ def test_a_ledger_of_zero_steps_costs_nothing_in_text_and_json(tmp_path, capsys)
     assert out["prv"] == {"lower": 0.0, "estimate": 0.0, "upper": 0.0}
     assert out["rdp"]["epsilon"] == 0.0 and out["pld"]["epsilon"] == 0.0
     assert main(["epsilon", str(tmp_path / "run")]) == 0
+
+
+def test_slow_tight_accounting_gives_a_hint_first(capsys, monkeypatch):
+    """Issue 15.5: `epsilon` at 10⁷ steps or σ = 50 ran ~50 s silently; `noise` for 10 min."""
+    from dpverify import accounting
+
+    calls = []
+    real = accounting.compute_epsilon
+
+    def fake_compute(*args, **kwargs):
+        calls.append(kwargs)
+        return real(
+            accounting.Segment(sampling_rate=0.01, noise_multiplier=1.0, steps=10),
+            1e-5,
+            accountants="rdp",
+        )
+
+    monkeypatch.setattr(accounting, "compute_epsilon", fake_compute)
+    argv = ["--sampling-rate", "0.01", "--delta", "1e-5"]
+    code, _, err = run(["epsilon", *argv, "--noise-multiplier", "1", "--steps", "10000000"], capsys)
+    assert code == 0 and "can take a minute or more" in err and "--accountant rdp" in err
+    assert callable(calls[-1]["progress"])  # each accountant is announced on a terminal
+    code, _, err = run(["epsilon", *argv, "--noise-multiplier", "50", "--steps", "100"], capsys)
+    assert code == 0 and "at σ = 50" in err
+    code, _, err = run(
+        ["epsilon", *argv, "--noise-multiplier", "1", "--steps", "10000000", "--accountant", "rdp"],
+        capsys,
+    )
+    assert code == 0 and err == ""
+    seen = []
+    monkeypatch.setattr(
+        accounting,
+        "calibrate_noise_multiplier",
+        lambda *a, progress=None, **k: (progress(1.5, 0.9), seen.append(a), 1.5)[-1],
+    )
+    monkeypatch.setattr(accounting, "epsilon_poisson", lambda *a, **k: 0.9)
+    code, out, err = run(
+        ["noise", *argv, "--steps", "100000000", "--target-epsilon", "1"], capsys
+    )
+    assert code == 0 and "can take a minute or more" in err and "σ = 1.5" in out
+
+
+def test_calibration_reports_each_evaluation():
+    from dpverify.accounting import calibrate_noise_multiplier
+
+    seen = []
+    sigma = calibrate_noise_multiplier(
+        0.01, 100, 1e-5, 2.0, "rdp", progress=lambda s, e: seen.append((s, e))
+    )
+    assert seen and all(s > 0 and e > 0 for s, e in seen)
+    assert min(abs(s - sigma) for s, _ in seen) <= 1e-2 * sigma  # it reports what it tries

@@ -34,6 +34,8 @@ def test_public_names():
         "accountants",
         "calibration",
         "claims",
+        "events",
+        "grouping",
         "from_ledger",
         "report",
         "segments",

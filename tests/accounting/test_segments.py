@@ -23,7 +23,11 @@ def test_repeated_steps_after_resume_count(make_run):
     run = make_run(steps=20, resume_at=10, repeat_to=15)
     segs = segments_from_ledger(run)
     assert sum(s.steps for s in segs) == 25
-    assert segs == [Segment(sampling_rate=0.01, noise_multiplier=1.0, steps=25)]
+    # cut at the resume, so each segment is a run of consecutive step numbers
+    assert segs == [
+        Segment(sampling_rate=0.01, noise_multiplier=1.0, steps=15),
+        Segment(sampling_rate=0.01, noise_multiplier=1.0, steps=10),
+    ]
     # run dir, ledger dir and a read Ledger all work
     from dpverify.ledger import read_ledger
 

@@ -11,7 +11,7 @@ RELATIONS = {
     "add_remove": dpa.NeighboringRelation.ADD_OR_REMOVE_ONE,
     "replace_one": dpa.NeighboringRelation.REPLACE_ONE,
 }
-PARAMS = {"dataset_size": 1000, "cap": 20}
+PARAMS = {"cycle_length": 4, "dataset_size": 1000, "cap": 20}
 
 
 @pytest.mark.parametrize(("kind", "relation"), sorted(SUPPORTED))

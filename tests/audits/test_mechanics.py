@@ -21,7 +21,6 @@ def test_honest_steps_pass(fakes):
         ({"max_clipped_norm": 1.7}, "clipping after summation?"),
         ({"max_clipped_norm": math.nan}, "clipping after summation?"),
         ({"noise_draws": 3}, "noise per physical batch?"),
-        ({"denominator": 17.0}, "denominator is not the declared expected batch size"),
         ({"num_clipped": 10_000}, "more examples clipped than sampled"),
     ],
 )
@@ -72,3 +71,59 @@ def test_partly_recorded_fields_say_which_were_verified(fakes):
 
 def test_no_steps_is_skipped(fakes):
     assert check_mechanics(fakes.make_header(), ()).status == "skip"
+
+
+# --- denominators (issue 10, item 7): any public constant passes, one that tracks L refutes
+
+
+def test_a_constant_denominator_other_than_qn_warns_not_fails(fakes):
+    """Opacus divides by int(q·N): a public constant only rescales the learning rate."""
+    header = fakes.make_header(dataset_size=1000, sampling_rate=0.0255)  # q·N = 25.5
+    ledger = fakes.make_ledger(6, header=header, step_overrides={"denominator": 25.0})
+    r = check_mechanics(header, ledger.steps)
+    assert r.status == "warn", r.reason
+    assert "int(q·N), as Opacus divides" in r.reason and "only rescales" in r.reason
+    other = fakes.make_ledger(6, header=header, step_overrides={"denominator": 17.0})
+    assert check_mechanics(header, other.steps).status == "warn"
+
+
+def test_a_denominator_equal_to_qn_passes(fakes):
+    header = fakes.make_header(dataset_size=1000, sampling_rate=0.02)
+    ledger = fakes.make_ledger(4, header=header, step_overrides={"denominator": 20.0})
+    r = check_mechanics(header, ledger.steps)
+    assert r.status == "pass" and "public constant (20)" in r.reason
+
+
+def test_a_denominator_that_tracks_the_batch_size_fails(fakes):
+    import dataclasses
+
+    ledger = fakes.make_ledger(8)
+    steps = [dataclasses.replace(s, denominator=float(max(1, s.batch_size))) for s in ledger.steps]
+    assert len({s.batch_size for s in steps}) > 1
+    r = check_mechanics(ledger.header, steps)
+    assert r.status == "fail"
+    assert "denominator tracks the realised batch size" in r.reason
+    assert "depend on private data" in r.reason
+
+
+def test_a_denominator_that_changes_for_no_public_reason_fails(fakes):
+    import dataclasses
+
+    ledger = fakes.make_ledger(4)
+    steps = [dataclasses.replace(s, denominator=20.0 + (s.step == 2) * 3.0) for s in ledger.steps]
+    r = check_mechanics(ledger.header, steps)
+    assert r.status == "fail" and "denominator is not a public constant" in r.reason
+    assert "step 2" in r.reason
+
+
+def test_a_denominator_following_a_public_per_step_rate_passes(fakes):
+    import dataclasses
+
+    ledger = fakes.make_ledger(4)
+    rates = [0.01, 0.01, 0.02, 0.02]
+    steps = [
+        dataclasses.replace(s, sampling_rate=q, denominator=q * 1000)
+        for s, q in zip(ledger.steps, rates, strict=True)
+    ]
+    r = check_mechanics(ledger.header, steps)
+    assert r.status == "pass" and "q_t·N" in r.reason

@@ -1,5 +1,7 @@
 """Privacy check: ε over executed steps at the claimed δ, judged against the claim."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -70,14 +72,23 @@ def test_no_claim_is_skipped_but_epsilon_reported(fakes):
 
 
 @pytest.mark.parametrize("sampler", ["shuffle", "balls_in_bins", "shuffle_binomial"])
-def test_shuffling_samplers_are_refuted_with_lower_bound(fakes, sampler):
+def test_samplers_without_an_upper_bound_are_unverifiable_with_lower_bound(fakes, sampler):
+    """Not refuted (no accountant gives an upper bound), unless below the lower bound."""
     ledger = fakes.make_ledger(50, header=fakes.make_header(sampler=sampler, claimed_epsilon=50.0))
     result, _ = check_privacy(ledger)
-    assert result.status == "fail" and "no valid ε upper bound" in result.reason
+    assert result.status == "fail" and result.details["unverifiable"]
+    assert f"no accountant gives an upper bound for sampler {sampler!r}" in result.reason
     lower = result.details["shuffle_lower_bound"]
     if sampler == "shuffle":
         # the lower-bound construction is valid for plain shuffling only
         assert lower > result.details["poisson_epsilon"]
+        assert "shuffled DP-SGD has ε ≥" in result.reason
+        low = fakes.make_ledger(
+            50, header=fakes.make_header(sampler=sampler, claimed_epsilon=lower / 2)
+        )
+        below, _ = check_privacy(low)
+        assert below.status == "fail" and not below.details.get("unverifiable")
+        assert "below the lower bound" in below.reason
     else:
         assert lower is None and "no lower bound is computed" in result.reason
 
@@ -86,6 +97,7 @@ def test_fixed_size_is_accounted_under_replace_one_only(fakes):
     header = fakes.make_header(sampler="fixed_size", claimed_epsilon=50.0)
     result, _ = check_privacy(fakes.make_ledger(30, header=header))
     assert result.status == "fail" and "no accountant bounds ε" in result.reason
+    assert result.details["unverifiable"]
     header = fakes.make_header(
         sampler="fixed_size", neighbouring="replace_one", claimed_epsilon=50.0
     )
@@ -104,3 +116,50 @@ def test_poisson_run_declaring_replace_one_is_accounted_under_it(fakes):
     assert rep_rep.neighbouring == "replace_one" and r_rep.details["neighbouring"] == "replace_one"
     assert rep_rep.rdp.epsilon is None and rep_rep.prv.epsilon is None  # PLD only
     assert rep_rep.pld.epsilon > rep_add.pld.epsilon
+
+
+def test_a_claim_at_delta_not_below_one_over_n_is_unverifiable(fakes):
+    """'ε = 0 at δ = 0.5' (in the seal) is not a meaningful guarantee: never certified."""
+    ledger = fakes.make_ledger(5, sealed=False)
+    seal = Seal(steps_executed=5, final_step=5, claimed_epsilon=0.0, delta=0.5)
+    sealed = dataclasses.replace(ledger, records=(*ledger.records, seal))
+    result, _ = check_privacy(sealed)
+    assert result.status == "fail" and result.details["unverifiable"]
+    assert "not a meaningful guarantee" in result.reason and "δ = 0.5" in result.reason
+
+
+def test_tiny_delta_pld_infinite_is_unavailable_and_rdp_confirms(fakes):
+    """δ ≤ 1e-15: PLD returns ∞; a claim at or above RDP's bound holds."""
+    from dpverify import accounting
+
+    header = fakes.make_header(delta=1e-16, claimed_epsilon=None)
+    ledger = fakes.make_ledger(20, header=header)
+    _, report = check_privacy(ledger)
+    rdp = report.rdp.epsilon
+    assert report.pld.epsilon is None and "not a bound" in report.pld.reason
+    claimed = fakes.make_ledger(20, header=fakes.make_header(delta=1e-16, claimed_epsilon=rdp))
+    result, _ = check_privacy(claimed)
+    assert result.status == "pass", result.reason
+    assert accounting.check_claim(report, rdp).holds
+
+
+def test_unverified_per_step_rates_are_not_trusted(fakes):
+    """Honest batches at q recorded as q/10 are never accounted at q/10 unless verified."""
+    import dataclasses as dc
+
+    header = fakes.make_header(claimed_epsilon=None)
+    ledger = fakes.make_ledger(40, header=header)
+    low = dc.replace(
+        ledger,
+        records=(
+            ledger.records[0],
+            *[dc.replace(s, sampling_rate=header.sampling_rate / 10) for s in ledger.steps],
+            *ledger.records[1 + len(ledger.steps) :],
+        ),
+    )
+    _, honest = check_privacy(ledger)
+    result, untrusted = check_privacy(low)
+    assert untrusted.pld.epsilon == honest.pld.epsilon
+    assert result.details["steps_raised_to_header_rate"] == 40
+    _, trusted = check_privacy(low, rates_verified=True)
+    assert trusted.pld.epsilon < honest.pld.epsilon / 3

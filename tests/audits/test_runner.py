@@ -16,7 +16,7 @@ def _stub(monkeypatch, **statuses):
     monkeypatch.setattr(runner, "check_configuration", lambda h, **k: make("configuration"))
     monkeypatch.setattr(runner, "check_sampling", lambda ledger, **k: make("sampling"))
     monkeypatch.setattr(runner, "check_mechanics", lambda h, s: make("mechanics"))
-    monkeypatch.setattr(runner, "check_privacy", lambda ledger: (make("privacy"), None))
+    monkeypatch.setattr(runner, "check_privacy", lambda ledger, **k: (make("privacy"), None))
     monkeypatch.setattr(runner, "check_replay", lambda d, **k: make("replay"))
     monkeypatch.setattr(runner, "check_empirical", lambda led, d, **k: make("empirical"))
 
@@ -179,3 +179,45 @@ def test_crashed_run_on_disk_is_audited_up_to_its_last_complete_step(tmp_path, f
     assert "last complete step (7)" in integrity.reason
     assert cert.steps == 8 and cert.sealed is False
     assert cert.verdict in ("certified", "refuted") and cert.check("privacy").status == "pass"
+
+
+def test_a_check_that_can_neither_confirm_nor_refute_makes_the_run_unverifiable(
+    monkeypatch, fakes
+):
+    """δ ≥ 1/N, a sampler without an upper bound, a claim inside the accountants' interval."""
+    _stub(monkeypatch)
+    unverifiable = CheckResult(
+        name="privacy", status="fail", reason="no upper bound", details={"unverifiable": True}
+    )
+    monkeypatch.setattr(runner, "check_privacy", lambda ledger, **k: (unverifiable, None))
+    cert = _audit(fakes)
+    assert cert.verdict == "unverifiable" and cert.verdict_reason == "privacy: no upper bound"
+    # a genuine failure elsewhere still refutes
+    monkeypatch.setattr(
+        runner,
+        "check_mechanics",
+        lambda h, s: CheckResult(name="mechanics", status="fail", reason="bad"),
+    )
+    assert _audit(fakes).verdict == "refuted"
+
+
+def test_privacy_gets_the_sampling_checks_verdict_on_the_rates(monkeypatch, fakes):
+    seen = {}
+    _stub(monkeypatch)
+
+    def privacy(ledger, **k):
+        seen.update(k)
+        return CheckResult(name="privacy", status="pass", reason="ok"), None
+
+    monkeypatch.setattr(runner, "check_privacy", privacy)
+    _audit(fakes)
+    assert seen == {"rates_verified": False}  # the stub's sampling result has no such detail
+    monkeypatch.setattr(
+        runner,
+        "check_sampling",
+        lambda ledger, **k: CheckResult(
+            name="sampling", status="pass", reason="ok", details={"rates_verified": True}
+        ),
+    )
+    _audit(fakes)
+    assert seen == {"rates_verified": True}
