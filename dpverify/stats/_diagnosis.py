@@ -12,8 +12,9 @@ order of specificity, not the test with the smallest p-value:
    epoch) or fixed-size shuffled batches (DataLoader / DistributedSampler)
    named when the batch sizes show it;
 4. a real rate above the declared one (it also shifts the return gaps);
-5. an undeclared cap (pile-up at the largest size);
-6. fixed-size batches; blocks of contiguous indices; then the rest.
+5. an undeclared cap (pile-up at the largest size, or a largest batch too small);
+6. consecutive batches correlated; fixed-size batches; blocks of contiguous
+   indices; then the rest.
 """
 
 from __future__ import annotations
@@ -65,8 +66,6 @@ def diagnose(failures: Sequence[Any], sizes: np.ndarray, dataset_size: int) -> s
         return by["repeated_batches"].reason
     if "lagged_overlap_scan" in by:
         return by["lagged_overlap_scan"].reason
-    if "consecutive_overlap" in by and _dir(by["consecutive_overlap"]) == "high":
-        return by["consecutive_overlap"].reason + " (a random seed reused?)"
     shuffling = [
         by[n]
         for n in ("consecutive_overlap", "inclusion_count_dispersion")
@@ -84,6 +83,8 @@ def diagnose(failures: Sequence[Any], sizes: np.ndarray, dataset_size: int) -> s
         return by["total_inclusions"].reason
     if "truncation_scan" in by:
         return by["truncation_scan"].reason
+    if "consecutive_overlap" in by and _dir(by["consecutive_overlap"]) == "high":
+        return by["consecutive_overlap"].reason
     if "batch_size_dispersion" in by and _dir(by["batch_size_dispersion"]) == "low":
         return by["batch_size_dispersion"].reason
     if "adjacent_index_pairs" in by:

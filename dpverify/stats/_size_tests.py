@@ -338,8 +338,8 @@ def truncation_scan(sizes: np.ndarray, law: SizeLaw) -> RawTest:
         kind = "pileup"
     elif p_max <= p_min:
         failure = (
-            f"the largest of {t} batches has only {largest} examples, less than the declared "
-            f"sampler almost surely produces: batch sizes capped at {largest}?"
+            f"an undeclared cap on batch size at {largest}?: the largest of {t} batches has only "
+            f"{largest} examples, less than the declared sampler almost surely produces"
         )
         kind = "max"
     else:

@@ -139,3 +139,31 @@ def test_numbers_print_as_people_read_them():
     assert number(5.1e-29) == "0" and number(10000.0) == "10,000" and number(3.25) == "3.25"
     fixed = _run(_fixed(1))  # fixed-size batches declared Poisson
     assert "variance 0× the expected" in fixed.test("batch_size_dispersion").reason
+
+
+# ----------------------------------------------------------------------------- what it cannot see
+
+
+def test_cannot_see_is_computed_for_the_run_and_is_honest():
+    """The stated smallest oversampled group is a real detection limit: twice that many
+    examples at twice the rate are refuted on every one of 3 seeds (power at the stated
+    size is 0.8 by construction; at twice the size it is ~1)."""
+    short = _run(_fixed(0, b=100, steps=200), sampler="fixed_size", batch_size=100)
+    long = _run(_fixed(0, b=100, steps=800), sampler="fixed_size", batch_size=100)
+    assert short.cannot_see["oversampled_examples"] > long.cannot_see["oversampled_examples"]
+    s = make_sampler("poisson", N, Q, 0)
+    base = _run([s.sample(t) for t in range(T)])
+    group = base.cannot_see["oversampled_examples"]
+    assert 50 < group < 400 and base.cannot_see["max_lag"] == 64
+    assert 0 < base.cannot_see["rate_bias"] < 0.05
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        hot = np.arange(2 * group)
+        batches = []
+        for _ in range(T):
+            size = rng.binomial(N - 2 * group, Q)
+            cold = 2 * group + rng.choice(N - 2 * group, size, replace=False, shuffle=False)
+            warm = hot[rng.random(hot.size) < 2 * Q]
+            batches.append(np.sort(np.concatenate((cold, warm))))
+        res = _run(batches)
+        assert res.test("inclusion_count_dispersion").rejected, res.explain()
