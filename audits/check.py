@@ -94,11 +94,9 @@ class CheckResult:
         object.__setattr__(self, "reason", " ".join(self.reason.split()))
         if self.p_value is not None:
             p = float(self.p_value)
-            if math.isnan(p):
-                p = None
-            elif not 0.0 <= p <= 1.0:
+            if not math.isnan(p) and not 0.0 <= p <= 1.0:
                 raise InvalidArgument(f"p_value={self.p_value!r} must be in [0, 1]")
-            object.__setattr__(self, "p_value", p)
+            object.__setattr__(self, "p_value", None if math.isnan(p) else p)
         object.__setattr__(self, "details", jsonable(dict(self.details)))
 
     @property

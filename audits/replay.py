@@ -189,7 +189,7 @@ def _diagnose_unchecked(run_dir: Path, steps: list[int], noise_key_path: Path | 
             opt_state_template=comps.opt_state,
             expected_digest=rec.digest,
         )
-        k = len(run.update_sketch)
+        k = len(run.update_sketch or ())
         ref = reference_noisy_gradient(
             comps.model_apply,
             state.params,

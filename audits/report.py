@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -183,7 +184,7 @@ def _md_table(rows: list[list[str]]) -> str:
     return "\n".join(lines)
 
 
-def render_markdown(cert: Certificate, *, plot_links: list[tuple[str, str]] = ()) -> str:
+def render_markdown(cert: Certificate, *, plot_links: Sequence[tuple[str, str]] = ()) -> str:
     """The report as Markdown; ``plot_links`` are (caption, relative path) pairs."""
     parts = [
         "# dpverify audit report",

@@ -159,6 +159,7 @@ def audit_ledger(
             steps=getattr(verify_report, "steps", None),
             run=public_run_config(ledger.header) if ledger is not None else {},
         )
+    assert ledger is not None  # an unreadable ledger fails the integrity check above
     header = ledger.header
     claimed, delta = claimed_privacy(ledger)
     checks.append(
@@ -286,6 +287,7 @@ def run_audit(
     ledger_path = Path(ledger_api.resolve_ledger_path(path))
     run_dir = ledger_path.parent if ledger_path.name == "ledger" else None
     ledger = None
+    verify_report: Any
     try:
         # read_ledger verifies framing, checksums and the chain as it reads.
         ledger = ledger_api.read_ledger(ledger_path)

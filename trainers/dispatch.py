@@ -175,7 +175,7 @@ class MaskedDPSGD:
     def cache_sizes(self) -> dict[str, int]:
         """Entries in each compiled function's jit cache (at most 1 each when healthy)."""
         return {
-            name: int(fn._cache_size())
+            name: int(fn._cache_size())  # type: ignore[attr-defined]  # jax private API
             for name, fn in (
                 ("fused", self._fused),
                 ("init", self._init),

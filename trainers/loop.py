@@ -148,7 +148,8 @@ def _run(
                 writer.append(record)
             executed += 1
             examples += int(indices.size) if executed > 1 else 0
-            loss = _float(getattr(stats, "loss", None))
+            value = _float(getattr(stats, "loss", None))
+            loss = math.nan if value is None else value
             if executed == 1:
                 after_first = time.perf_counter()
                 first_step_seconds = after_first - loop_start

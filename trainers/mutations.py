@@ -151,7 +151,7 @@ def mechanics_for(mutation: str | None) -> Any:
     name = check_mutation(mutation)
     if name is None:
         return PRODUCTION
-    replace = {
+    replacements: dict[str, dict[str, Any]] = {
         "unmasked_padding": {"real_rows": _all_rows},
         "noise_per_physical_batch": {"batch_noise": _per_batch_noise, "step_noise": _no_step_noise},
         "noise_std_sigma": {"step_noise": _sigma_noise},
@@ -160,5 +160,5 @@ def mechanics_for(mutation: str | None) -> Any:
         "noise_reused_across_steps": {"noise_key_for_step": _key_every_period},
         "noise_not_applied": {"released": _release_clean},
         "larger_clip_norm": {"clip_norm_scale": 2.0},
-    }[name]
-    return dataclasses.replace(PRODUCTION, **replace)
+    }
+    return dataclasses.replace(PRODUCTION, **replacements[name])

@@ -64,7 +64,7 @@ def wrap_noise_key(key: Any, impl: str = PRNG_IMPL) -> Any:
     import jax
     import jax.numpy as jnp
 
-    if jnp.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key):
+    if jnp.issubdtype(getattr(key, "dtype", None), jax.dtypes.prng_key):  # type: ignore[arg-type]
         name = str(jax.random.key_impl(key))
         if impl not in name:
             from dpverify.errors import InvalidArgument

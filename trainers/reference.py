@@ -125,7 +125,7 @@ def reference_noise(
     import jax
     import jax.numpy as jnp
 
-    if jnp.issubdtype(getattr(noise_key, "dtype", None), jax.dtypes.prng_key):
+    if jnp.issubdtype(getattr(noise_key, "dtype", None), jax.dtypes.prng_key):  # type: ignore[arg-type]
         key = noise_key
         if _IMPL not in str(jax.random.key_impl(key)):
             from dpverify.errors import InvalidArgument

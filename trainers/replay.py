@@ -156,7 +156,7 @@ def _choose(
     must = sorted(resume_points & set(candidates))
     others = [s for s in candidates if s not in resume_points]
     k = min(max(int(sample), 0), len(others))
-    picks = np.random.default_rng(seed).choice(len(others), size=k, replace=False) if k else []
+    picks = np.random.default_rng(seed).choice(len(others), size=k, replace=False) if k else ()
     return sorted(set(must) | {others[int(i)] for i in picks})
 
 

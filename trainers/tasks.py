@@ -87,7 +87,7 @@ def _text(path: str | None):
     from trainers.data import load_text_classification
 
     data = load_text_classification(_require_path("text-transformer", path))
-    if data.vocab_size > TEXT_VOCAB_SIZE:
+    if data.vocab_size is not None and data.vocab_size > TEXT_VOCAB_SIZE:
         raise InvalidArgument(
             f"vocab_size={data.vocab_size}: task 'text-transformer' embeds at most "
             f"{TEXT_VOCAB_SIZE} token ids; re-tokenise with a smaller vocabulary"

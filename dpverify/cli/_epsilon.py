@@ -164,6 +164,7 @@ def _epsilon(args: argparse.Namespace) -> int:
         sigma = check_positive("noise_multiplier", args.noise_multiplier)
         delta = check_probability("delta", args.delta, allow_one=False)
         steps = _steps(args)
+        assert steps is not None  # checked with the other required flags above
         _hint_if_slow(args.accountant, steps, sigma)
         report = accounting.compute_epsilon(
             accounting.Segment(sampling_rate=q, noise_multiplier=sigma, steps=steps),

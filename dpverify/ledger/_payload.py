@@ -41,7 +41,7 @@ __all__ = [
 
 #: Record class → type byte of the framing.
 TYPE_CODES: dict[type, int] = {RunHeader: 1, Step: 2, Checkpoint: 3, Resume: 4, Seal: 5}
-_CLASS_OF_CODE = {code: cls for cls, code in TYPE_CODES.items()}
+_CLASS_OF_CODE: dict[int, Any] = {code: cls for cls, code in TYPE_CODES.items()}
 
 _STEP_VERSION = 1
 # Optional Step fields in flag-bit order; "d" float64, "Q" uint64, "s" sketch.
@@ -154,7 +154,8 @@ def encode_payload(record: Record) -> tuple[int, bytes]:
     """``(type_code, payload)`` of a record."""
     code = _type_code(record)
     if code == TYPE_CODES[Step]:
-        return code, _encode_step(record, encode_indices(record.indices))  # type: ignore[union-attr]
+        assert isinstance(record, Step)
+        return code, _encode_step(record, encode_indices(record.indices))
     return code, _encode_json(record)
 
 

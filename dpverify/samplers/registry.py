@@ -20,7 +20,9 @@ from dpverify.samplers.shortcuts import (
 
 __all__ = ["SAMPLER_NAMES", "make_sampler"]
 
-_FACTORIES: dict[str, tuple[Callable[..., Sampler], tuple[str, ...]]] = {
+# Classes, not instances: their read-only properties do not match the
+# Protocol's attribute declarations for the type checker, hence Callable[..., Any].
+_FACTORIES: dict[str, tuple[Callable[..., Any], tuple[str, ...]]] = {
     "poisson": (PoissonSampler, ()),
     "shuffle": (ShuffleSampler, ("batch_size",)),
     "fixed_size": (FixedSizeSampler, ("batch_size",)),

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 
 import numpy as np
 from scipy import special, stats
@@ -119,7 +120,7 @@ class SizeLaw:
         return float(np.exp(top) * np.sum(np.exp(terms - top)))
 
 
-def _matched_family(mean: float, var: float) -> tuple[object, object]:
+def _matched_family(mean: float, var: float) -> tuple[Callable[[float], float], Callable[[float], float]]:
     """``(cdf, sf)`` of the two-moment discrete match (see :func:`count_tails`)."""
     ratio = var / mean
     if ratio < 1.0 - 1e-6:  # binomial with real-valued n: regularised incomplete beta

@@ -296,7 +296,7 @@ class BatchStream:
         shift = int(t1 - base - 1).bit_length()
         # Pack (example, step) into one sortable integer; 32 bits when they fit (faster sort).
         dtype = np.uint32 if (self._n - 1) < (1 << (32 - shift)) else np.uint64
-        keys = (idx.astype(dtype) << dtype(shift)) | (tim - base).astype(dtype)
+        keys = (idx.astype(dtype) << dtype(shift)) | (tim - base).astype(dtype)  # type: ignore[operator]
         keys.sort()
         sidx = (keys >> dtype(shift)).astype(np.int64)
         stime = (keys & dtype((1 << shift) - 1)).astype(np.int64) + base

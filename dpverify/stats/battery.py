@@ -40,6 +40,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 from scipy import special
@@ -142,7 +143,7 @@ def _z(p: float) -> float:
 
 def _cannot_see(
     null: DeclaredNull, steps: int, alpha: float, k: int, max_lag: int
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """What this run's battery could not have detected, as numbers (power 0.8, level α/K).
 
     * ``rate_bias``: the smallest relative excess of the real rate over the

@@ -385,7 +385,7 @@ class _Context:
             ps = [leaves[index[i]] for i in g["params"] if index[i] in leaves]
             groups.append({**{k: v for k, v in g.items() if k != "params"}, "params": ps})
         opt = cls(groups)
-        remap = {}
+        remap: dict[Any, Any] = {}
         for g_state in state["param_groups"]:
             kept = [i for i in g_state["params"] if index[i] in leaves]
             remap.update(dict(zip(kept, range(len(remap), len(remap) + len(kept)), strict=True)))
