@@ -77,7 +77,7 @@ class PayloadError(ValueError):
 def record_to_dict(record: Record) -> dict[str, Any]:
     """A JSON-ready dict of a non-step record's fields (mappings as dicts)."""
     out: dict[str, Any] = {}
-    for field in dataclasses.fields(record):  # type: ignore[arg-type]
+    for field in dataclasses.fields(record):
         value = getattr(record, field.name)
         if isinstance(value, dict) or hasattr(value, "items"):
             value = dict(value)

@@ -314,7 +314,7 @@ def import_jsonl(
                     writer.close(seal=record)
                     sealed = True
                 elif record.TYPE == "resume":
-                    writer = _resume(writer, record)  # type: ignore[arg-type]
+                    writer = _resume(writer, record)
                 else:
                     writer.append(record)  # type: ignore[arg-type]
             except DpverifyError as exc:
