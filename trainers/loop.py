@@ -158,11 +158,15 @@ def _run(
                     session.checkpoint(t + 1, params, opt_state)
             bar.update(t, executed, loss)
             interrupt.check()  # Ctrl-C stops here, after the step is recorded
-    except BaseException:
+    except BaseException as exc:
         bar.close()
         with interrupt.critical():
             _close_quietly(writer)
             interrupt.watch(None)
+            if executed == 0 and not isinstance(exc, KeyboardInterrupt):
+                # e.g. RESOURCE_EXHAUSTED at the first step: leave nothing that
+                # blocks a rerun (an interrupted run stays resumable)
+                session.discard()
         raise
     bar.close()
     loop_end = time.perf_counter()

@@ -52,6 +52,17 @@ class Session:
     resumed: bool
     sealed_summary: dict | None = None
     devices: int | None = None
+    created_dir: bool = False  # open_new made run_dir (discard() may remove it)
+
+    def discard(self) -> None:
+        """Remove a new run that failed before its first step (nothing was trained).
+
+        Its ledger holds no step and its checkpoint the initial parameters:
+        nothing private was used, and a rerun of the same command must not be
+        blocked by it.  Only the files :func:`open_new` created are removed.
+        """
+        if not self.resumed:
+            _remove_partial_run(self.run_dir, self.created_dir)
     canaries: Any = None  # trainers.canaries.TrainingCanaries when the run has canaries
 
     @property
@@ -206,9 +217,11 @@ def open_new(
     except OSError as exc:
         raise UnusableInput(f"{run_dir}: cannot create the run directory: {exc.strerror}") from None
     try:
-        return _create_run(
+        session = _create_run(
             run_dir, config, plan, dataset, sampler, seed, init_seed, num_params, claimed
         )
+        session.created_dir = created_dir
+        return session
     except BaseException:
         _remove_partial_run(run_dir, created_dir)
         raise

@@ -244,3 +244,18 @@ def test_a_run_that_fails_while_being_created_leaves_nothing_behind(tmp_path, mo
     with pytest.raises(RuntimeError, match="simulated"):
         train(TrainConfig(**SMALL), existing, progress=False)
     assert sorted(p.name for p in existing.iterdir()) == ["notes.txt"]
+
+
+def test_a_new_run_that_fails_at_its_first_step_leaves_nothing_behind(tmp_path, monkeypatch):
+    """E.g. XLA's RESOURCE_EXHAUSTED on the first step: nothing was trained, so the
+    run directory is removed and the same command can be rerun."""
+    import trainers.loop as loop
+
+    def broken(*a, **k):
+        raise RuntimeError("simulated RESOURCE_EXHAUSTED at the first step")
+
+    monkeypatch.setattr(loop, "_step_record", broken)
+    out = tmp_path / "r"
+    with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
+        train(TrainConfig(**SMALL), out, progress=False)
+    assert not out.exists()
