@@ -74,6 +74,15 @@ def check_configuration(
         cap = params.get("cap")
         if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
             failures.append(f"truncated Poisson must declare an integer cap >= 1, got cap={cap!r}")
+    elif sampler == "cyclic_poisson" and (
+        isinstance(params.get("cycle_length"), bool)
+        or not isinstance(params.get("cycle_length"), int)
+        or params["cycle_length"] < 1
+    ):
+        failures.append(
+            "cyclic Poisson must declare an integer cycle_length >= 1, "
+            f"got cycle_length={params.get('cycle_length')!r}"
+        )
     elif sampler == "poisson" and params.get("cap") is not None:
         failures.append(
             f"plain Poisson sampling declares cap={params['cap']!r}: a capped sampler must "

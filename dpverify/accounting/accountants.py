@@ -275,7 +275,13 @@ def compute_epsilon(
             segs, delta, sampler, sampler_params, common, pld_discretization
         )
 
-    plan = _plan(segs, sampler, sampler_params, max_groups)
+    try:
+        plan = _plan(segs, sampler, sampler_params, max_groups)
+    except InvalidArgument as exc:  # e.g. cyclic_poisson without its cycle_length
+        if "max_groups" in str(exc):
+            raise
+        res = {a: _fixed(a, None, f"{a.upper()} unavailable: {exc}") for a in ACCOUNTANTS}
+        return EpsilonReport(**res, **common)
     event = None
     results: dict[str, AccountantResult] = {}
     for name in ACCOUNTANTS:

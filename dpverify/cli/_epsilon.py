@@ -52,6 +52,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=None,
         help="neighbouring relation (default: the run's, else add_remove)",
     )
+    p.add_argument(
+        "--max-groups",
+        type=integer,
+        default=None,
+        metavar="K",
+        help="compose up to K distinct (q, σ) pairs of a run exactly; beyond, the run is "
+        "bracketed (default 32; the tight accountants' cost grows about linearly in K)",
+    )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(handler=_epsilon)
 
@@ -137,6 +145,10 @@ def _epsilon(args: argparse.Namespace) -> int:
                 f"{given[0]} cannot be combined with RUN_DIR (ε comes from the ledger)"
             )
         kwargs = {"accountants": args.accountant}
+        if args.max_groups is not None:
+            from dpverify._validate import check_int
+
+            kwargs["max_groups"] = check_int("max_groups", args.max_groups, minimum=1)
         if args.neighbouring is not None:
             kwargs["neighbouring"] = args.neighbouring
         report = accounting.epsilon_from_ledger(
@@ -214,6 +226,10 @@ def _print_report(report) -> None:  # EpsilonReport
             line += f"  [{res.reason}]"
         out.write(line + "\n")
     for note in report.notes[1:] if report.notes else ():
+        out.write(f"  note: {note}\n")
+    if report.rounding:
+        out.write(f"  note: {report.rounding} (--max-groups to compose more pairs exactly)\n")
+    for note in report.disagreements:
         out.write(f"  note: {note}\n")
 
 

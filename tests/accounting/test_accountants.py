@@ -342,3 +342,20 @@ def test_astronomical_epsilon_skips_the_tight_accountants():
     assert r.rdp.epsilon > 1e4
     for res in (r.pld, r.prv):
         assert res.epsilon is None and "RDP bounds ε by" in res.reason
+
+
+def test_compute_delta_shares_the_grouping_and_the_limits_of_compute_epsilon():
+    """Issue 15.16: compute_delta re-implemented RDP/PLD and skipped the grouping and the ε cap."""
+    segs = [
+        Segment(sampling_rate=0.01, noise_multiplier=1.0 + 0.01 * i, steps=5) for i in range(40)
+    ]
+    exact = compute_delta(segs, 2.0, accountants=("rdp",), max_groups=100)
+    grouped = compute_delta(segs, 2.0, accountants=("rdp", "pld"), max_groups=4)
+    assert "bracketed by 4 groups" in grouped.details["rdp"]["grouping"]
+    assert grouped.deltas["rdp"] >= exact.deltas["rdp"]  # the dominating groups: an upper bound
+    eps = compute_epsilon(segs, grouped.deltas["pld"], accountants="pld", max_groups=4)
+    assert eps.pld.epsilon == pytest.approx(2.0, abs=2e-3)  # same groups, inverse functions
+    huge = compute_delta(Segment(sampling_rate=0.01, noise_multiplier=1.0, steps=10**9), 10.0)
+    for name in ("pld", "prv"):
+        assert huge.deltas[name] is None and "RDP bounds ε by" in huge.reasons[name]
+    assert huge.deltas["rdp"] == 1.0 or huge.deltas["rdp"] > 0.5

@@ -294,3 +294,16 @@ def test_calibration_reports_each_evaluation():
     )
     assert seen and all(s > 0 and e > 0 for s, e in seen)
     assert min(abs(s - sigma) for s, _ in seen) <= 1e-2 * sigma  # it reports what it tries
+
+
+def test_max_groups_and_the_rounding_note(capsys, make_run):
+    overrides = {t: {"noise_multiplier": 1.0 + 0.05 * t} for t in range(6)}
+    run_dir = make_run(steps=6, overrides=overrides)
+    argv = ["epsilon", str(run_dir), "--accountant", "rdp"]
+    code, out, _ = run([*argv, "--max-groups", "2"], capsys)
+    assert code == 0 and "6 distinct (q, σ) pairs bracketed by 2 groups" in out
+    assert "--max-groups" in out
+    code, out, _ = run([*argv, "--max-groups", "6"], capsys)
+    assert code == 0 and "bracketed" not in out
+    code, _, err = run([*argv, "--max-groups", "0"], capsys)
+    assert code == 2 and "max_groups=0" in err

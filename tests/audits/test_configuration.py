@@ -17,6 +17,7 @@ def test_consistent_header_passes(fakes):
         ({"sampler": "truncated_poisson"}, "must declare an integer cap"),
         ({"sampler": "truncated_poisson", "sampler_params": {"cap": 2.5}}, "integer cap"),
         ({"sampler_params": {"cap": 30}}, "declared as 'truncated_poisson'"),
+        ({"sampler": "cyclic_poisson"}, "integer cycle_length >= 1"),
     ],
 )
 def test_inconsistent_headers_fail(fakes, overrides, words):
