@@ -171,7 +171,9 @@ def _diagnose_unchecked(run_dir: Path, steps: list[int], noise_key_path: Path | 
     context, _why = _tr._load_context(run_dir, ledger, noise_key_path)
     if context is None:
         return None
-    _plan, dataset, comps, prng = context
+    _plan, dataset, comps, prng, canary_split = context
+    if canary_split is not None:  # runs with canaries: no diagnosis (the mismatch is reported)
+        return None
     header = ledger.header
     precision = header.precision or "float32"
     ck = _tr._checkpoint_map(run_dir, ledger)

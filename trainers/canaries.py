@@ -32,7 +32,7 @@ from dpverify.empirical.canaries import (
 )
 from dpverify.errors import UnusableInput
 
-__all__ = ["TrainingCanaries", "load_canaries", "setup_canaries"]
+__all__ = ["TrainingCanaries", "load_canaries", "reference_canaries", "setup_canaries"]
 
 
 def setup_canaries(count: int) -> tuple[dict, dict]:
@@ -106,3 +106,36 @@ def load_canaries(private: dict, params: Any, *, real_size: int, clip_norm: floa
     num_params = int(sum(np.size(a) for _, a in leaves))
     design = design_from_private(entry, num_params=num_params, clip_norm=clip_norm)
     return TrainingCanaries(design=design, real_size=int(real_size), template=template)
+
+
+def reference_canaries(
+    private: dict, params: Any, *, dataset_size: int, count: int, clip_norm: float
+):
+    """For replay: ``split(indices) -> (real_indices, extra_sum)`` in float64.
+
+    Built apart from :class:`TrainingCanaries` (its own unflattening, by
+    ``jax.tree_util`` leaf order, which is sorted key-path order for the
+    dicts Flax uses), so that replay does not re-use the trainer's canary
+    code: only the design (which canaries, which directions) is shared,
+    as the ledger's indices are.
+    """
+    import jax
+
+    leaves, treedef = jax.tree_util.tree_flatten(jax.device_get(params))
+    sizes = [int(np.size(a)) for a in leaves]
+    design = design_from_private(
+        dict(private.get("canaries") or {}), num_params=sum(sizes), clip_norm=clip_norm
+    )
+    if design.count != count:
+        raise UnusableInput(f"private.json holds {design.count} canaries; the run declares {count}")
+    real_size = int(dataset_size) - int(count)
+    bounds = np.cumsum([0, *sizes])
+
+    def split(indices: Any) -> tuple[np.ndarray, Any]:
+        idx = np.asarray(indices, dtype=np.int64)
+        real, slots = idx[idx < real_size], idx[idx >= real_size] - real_size
+        flat = design.clipped_sum(slots)
+        parts = [flat[bounds[k] : bounds[k + 1]].reshape(np.shape(a)) for k, a in enumerate(leaves)]
+        return real, jax.tree_util.tree_unflatten(treedef, parts)
+
+    return split

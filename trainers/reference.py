@@ -183,6 +183,7 @@ def reference_noisy_gradient(
     loss_fn: LossFn = softmax_cross_entropy,
     sketch_dim: int = DEFAULT_SKETCH_DIM,
     threefry_partitionable: bool = True,
+    extra_sum: Any = None,
 ) -> ReferenceGradient:
     """Recompute step ``step``'s noisy averaged gradient the slow, plain way.
 
@@ -201,6 +202,10 @@ def reference_noisy_gradient(
         loss_fn: per-example loss.
         sketch_dim: k of the update sketch.
         threefry_partitionable: the PRNG flag the run's noise was drawn with.
+        extra_sum: ``None``, or a pytree like ``params`` of clipped
+            contributions the run adds to the sum itself (the sampled,
+            included canaries of a run trained with ``--canaries``), added
+            before the noise.
 
     Returns:
         :class:`ReferenceGradient`.
@@ -246,6 +251,9 @@ def reference_noisy_gradient(
                 if tr:
                     total[k] += a * factor
 
+    if extra_sum is not None:
+        extra = [np.asarray(a, np.float64) for a in jax.tree_util.tree_leaves(extra_sum)]
+        total = [s + e if tr else s for s, e, tr in zip(total, extra, trainable, strict=True)]
     grad = [
         (s + sigma * C * z) / D if tr else np.zeros_like(s)
         for s, z, tr in zip(total, noise, trainable, strict=True)

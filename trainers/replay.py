@@ -175,11 +175,6 @@ def _load_context(run_dir: Path, ledger: Any, noise_key_path: Any) -> tuple[Any,
         plan = RunPlan.from_json(json.loads(cfg_path.read_text()))
     except (ValueError, DpverifyError) as exc:
         return None, f"{cfg_path} is unusable: {exc}"
-    if plan.canaries:
-        return None, (
-            f"the run has {plan.canaries} canaries and the float64 reference does not add "
-            "canary gradients, so replay is not run (the empirical check audits the canaries)"
-        )
     key_path = Path(noise_key_path) if noise_key_path is not None else run_dir / "noise.key"
     if not key_path.exists():
         return None, f"no noise key at {key_path} (the auditor needs it for replay)"
@@ -191,7 +186,37 @@ def _load_context(run_dir: Path, ledger: Any, noise_key_path: Any) -> tuple[Any,
     if header.dataset_fingerprint and dataset.fingerprint != header.dataset_fingerprint:
         return None, "the reloaded data set does not match the ledger's dataset_fingerprint"
     comps = build_components(plan, dataset, 0)  # templates only: values are restored
-    return (plan, dataset, comps, noise_prng_key(key)), None
+    split, why = _canary_split(run_dir, header, plan, comps.params)
+    if why is not None:
+        return None, why
+    return (plan, dataset, comps, noise_prng_key(key), split), None
+
+
+def _canary_split(run_dir: Path, header: Any, plan: Any, template: Any) -> tuple[Any, str | None]:
+    """For a run with canaries: ``split(indices) -> (real, extra_sum)`` (or why not)."""
+    if not plan.canaries:
+        return None, None
+    from dpverify.empirical.canaries import canary_key_digest
+    from trainers.canaries import reference_canaries
+
+    try:
+        private = json.loads((run_dir / "private.json").read_text())
+        key = bytes.fromhex(str(private["canaries"]["key"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, (
+            f"the run has {plan.canaries} canaries and their key (private.json) is not "
+            "available: replay needs it to add the sampled canaries"
+        )
+    if canary_key_digest(key) != dict(header.extra or {}).get("canary_key_digest"):
+        return None, "the canary key does not match the ledger header's canary_key_digest"
+    split = reference_canaries(
+        private,
+        template,
+        dataset_size=plan.dataset_size,
+        count=plan.canaries,
+        clip_norm=plan.clip_norm,
+    )
+    return split, None
 
 
 def replay_steps(
@@ -237,7 +262,7 @@ def replay_steps(
     context, why = _load_context(rd, ledger, noise_key_path)
     if context is None:
         return ReplayReport(outcomes=(), skipped_reason=why)
-    _plan, dataset, comps, prng = context
+    _plan, dataset, comps, prng, split = context
     header = ledger.header
     precision = header.precision or "float32"
     tol = sketch_tolerance(precision)
@@ -256,7 +281,7 @@ def replay_steps(
             continue
         runs = [st for st in ledger.steps if st.step == s]
         outcomes.append(
-            _replay_one(s, runs, state.params, comps, dataset, header, prng, precision, tol)
+            _replay_one(s, runs, state.params, comps, dataset, header, prng, precision, tol, split)
         )
     return ReplayReport(outcomes=tuple(outcomes))
 
@@ -282,6 +307,7 @@ def _replay_one(
     prng: Any,
     precision: str,
     tol: float,
+    split: Any = None,
 ) -> ReplayOutcome:
     from trainers.reference import reference_noisy_gradient
     from trainers.sketch import compare_sketches
@@ -293,18 +319,21 @@ def _replay_one(
             return _outcome(s, math.inf, math.inf, tol, f"step {s}: no update_sketch recorded")
         key = run.indices.tobytes()
         if key not in cache:
+            # Canary runs: slots ≥ N₀ are canaries, added as a clipped sum (trainers.canaries).
+            indices, extra = (run.indices, None) if split is None else split(run.indices)
             cache[key] = reference_noisy_gradient(
                 comps.model_apply,
                 params,
                 dataset.x_train,
                 dataset.y_train,
-                run.indices,
+                indices,
                 clip_norm=header.clip_norm,
                 noise_multiplier=header.noise_multiplier,
                 denominator=header.denominator,
                 noise_key=prng,
                 step=s,
                 sketch_dim=len(run.update_sketch),
+                extra_sum=extra,
             )
         cmp = compare_sketches(run.update_sketch, cache[key].update_sketch, precision=precision)
         ok = ok and cmp.ok

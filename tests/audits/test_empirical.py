@@ -168,3 +168,43 @@ def test_report_shows_the_bound_and_the_score_plot(tmp_path, fakes):
     assert (tmp_path / "r_plots" / "canary_scores.png").stat().st_size > 1000
     html = write_report(cert, tmp_path / "r.html", epsilon_points=0).read_text()
     assert html.count("data:image/png") == 3  # batch sizes, inclusion counts, canaries
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        ["--empirical-confidence", "1.5"],
+        ["--empirical-confidence", "0"],
+        ["--canary-scores", "missing.json"],
+    ],
+)
+def test_cli_bad_empirical_options_are_exit_2(tmp_path, fakes, capsys, flags):
+    from dpverify.cli import main
+
+    ledger = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(5))
+    assert main(["audit", str(ledger), "--no-replay", "--quiet", *flags]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and ("confidence" in err[0] or "missing.json" in err[0])
+
+
+def test_cli_scores_file_refutes_an_imported_ledger(tmp_path, fakes, capsys):
+    from dpverify.cli import main
+
+    ledger = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(5))
+    rng = np.random.default_rng(9)
+    bits = rng.random(M) < 0.5
+    scores = tmp_path / "scores.json"
+    scores.write_text(json.dumps({"scores": (bits * 5.0).tolist(), "included": bits.tolist()}))
+    code = main(
+        ["audit", str(ledger), "--no-replay", "--json", "-", "--canary-scores", str(scores)]
+    )
+    cert = json.loads(capsys.readouterr().out)
+    assert code == 1 and cert["verdict"] == "refuted"
+    assert cert["empirical"]["source"].startswith("imported scores file")
+
+
+def test_cli_train_rejects_negative_canaries(capsys):
+    from dpverify.cli import main
+
+    assert main(["train", "--out", "x", "--canaries", "-1"]) == 2
+    assert "canaries=-1" in capsys.readouterr().err

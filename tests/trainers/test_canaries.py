@@ -63,16 +63,32 @@ def test_the_key_appears_in_no_other_file(run):
             assert key_hex.encode() not in data and bytes.fromhex(key_hex) not in data, path
 
 
-def test_audit_runs_the_empirical_check_and_replay_says_why_it_skips(run):
+def test_audit_runs_the_empirical_check_and_replays_canary_steps(run):
     from audits import run_audit
 
     out, _ = run
-    cert = run_audit(out, replay_steps=1)
+    cert = run_audit(out, replay_steps=2)
     emp = cert.check("empirical")
     assert emp.status == "pass", emp.reason
     assert cert.to_json()["empirical"]["canaries"] == M
     rep = cert.check("replay")
-    assert rep.status == "skip" and "canaries" in rep.reason
+    assert rep.status == "pass", rep.reason
+    assert cert.verdict == "certified", cert.verdict_reason
+
+
+def test_replay_needs_the_canary_key(run, tmp_path):
+    import shutil
+
+    from trainers.replay import replay_steps
+
+    out, _ = run
+    copy = tmp_path / "r"
+    shutil.copytree(out, copy)
+    private = json.loads((copy / "private.json").read_text())
+    private["canaries"]["key"] = bytes(32).hex()  # not the committed key
+    (copy / "private.json").write_text(json.dumps(private))
+    report = replay_steps(copy, sample=1)
+    assert report.skipped_reason and "canary_key_digest" in report.skipped_reason
 
 
 def test_step_hook_adds_the_canary_sum_before_noise_and_denominator():
@@ -118,3 +134,59 @@ def test_old_config_json_without_canaries_still_loads():
     data = plan_run(TrainConfig(), 1000, 5000).to_json()
     del data["canaries"]
     assert RunPlan.from_json(data).canaries == 0
+
+
+def test_reference_adds_the_canary_sum_like_the_masked_step():
+    """Independent paths (TrainingCanaries vs reference_canaries + reference_step) agree."""
+    import jax
+
+    from dpverify.empirical.canaries import param_leaves
+    from trainers.canaries import TrainingCanaries, design_from_private, reference_canaries
+    from trainers.components import init_model, make_optimizer
+    from trainers.dpsgd import DPSGDConfig, MaskedDPSGD
+    from trainers.noise_key import noise_prng_key
+    from trainers.reference import reference_step
+    from trainers.tasks import get_task
+
+    data = get_task("digits-mlp").load_data(None)
+    _, apply, params = init_model("digits-mlp", data.num_classes, data.x_train[:1], 0)
+    n0, m = data.size, 50
+    private = {"canaries": {"count": m, "key": bytes(range(32)).hex()}}
+    host = jax.device_get(params)
+    leaves = param_leaves(host)
+    design = design_from_private(
+        private["canaries"], num_params=sum(a.size for _, a in leaves), clip_norm=1.0
+    )
+    train_side = TrainingCanaries(
+        design=design, real_size=n0, template=tuple((p, a.shape) for p, a in leaves)
+    )
+    split = reference_canaries(private, params, dataset_size=n0 + m, count=m, clip_norm=1.0)
+    idx = np.concatenate([np.arange(0, 40, 4), n0 + np.flatnonzero(design.included)[:5]])
+    real_a, slots = train_side.split(idx)
+    real_b, extra_ref = split(idx)
+    assert np.array_equal(real_a, real_b) and slots.size == 5
+
+    opt = make_optimizer("sgd", 0.5)
+    cfg = DPSGDConfig(clip_norm=1.0, noise_multiplier=0.5, denominator=20.0, physical_batch_size=8)
+    key = bytes(32)
+    masked, _, _ = MaskedDPSGD(apply, opt, cfg, donate=False).step(
+        params, opt.init(params), data.x_train, data.y_train, real_a, noise_prng_key(key), 3,
+        extra_sum=train_side.clipped_sum(slots),
+    )  # fmt: skip
+    ref, _, _ = reference_step(
+        apply, opt, params, opt.init(params), data.x_train, data.y_train, real_b,
+        clip_norm=1.0, noise_multiplier=0.5, denominator=20.0, noise_key=noise_prng_key(key),
+        step=3, extra_sum=extra_ref,
+    )  # fmt: skip
+    for a, b in zip(jax.tree_util.tree_leaves(masked), jax.tree_util.tree_leaves(ref), strict=True):
+        np.testing.assert_allclose(np.asarray(a), b, rtol=1e-4, atol=1e-6)
+    without, _, _ = reference_step(
+        apply, opt, params, opt.init(params), data.x_train, data.y_train, real_b,
+        clip_norm=1.0, noise_multiplier=0.5, denominator=20.0, noise_key=noise_prng_key(key),
+        step=3,
+    )  # fmt: skip
+    gap = max(
+        float(np.max(np.abs(np.asarray(a) - b)))
+        for a, b in zip(jax.tree_util.tree_leaves(masked), jax.tree_util.tree_leaves(without))
+    )
+    assert gap > 1e-3  # the canaries matter: leaving them out would be seen
