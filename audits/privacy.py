@@ -86,6 +86,31 @@ def _accounted_steps(ledger: Any, rates_verified: bool | None) -> tuple[Any, int
     return steps, raised
 
 
+def _verified_options(header: Any, steps: Any) -> dict[str, Any]:
+    """The accounting options, with a fixed batch size no smaller than the batches recorded.
+
+    A ``fixed_size`` run is accounted at its batch size B (sampling without
+    replacement, replace-one RDP); B comes from what the indices show, not
+    only from the declaration: the larger of the declared (or round(q·N)) size
+    and the largest recorded batch, so a declared size below the real one
+    never lowers ε (the sampling check refutes such a run as well).
+    """
+    from dpverify import accounting
+
+    options = accounting.accounting_kwargs(header)
+    if accounting_kind(header.sampler) == "fixed_size" and steps:
+        params = dict(options["sampler_params"])
+        declared = params.get("batch_size", params.get("sample_size"))
+        if declared is None:
+            declared = max(1, round(header.sampling_rate * header.dataset_size))
+        largest = max(s.batch_size for s in steps)
+        if isinstance(declared, int) and largest > declared:
+            params["batch_size"] = min(largest, header.dataset_size)
+            params.pop("sample_size", None)
+        options["sampler_params"] = params
+    return options
+
+
 def check_privacy(ledger: Any, *, rates_verified: bool | None = None) -> tuple[CheckResult, Any | None]:
     """Recompute ε for the executed steps and judge the claim.
 
@@ -118,7 +143,8 @@ def check_privacy(ledger: Any, *, rates_verified: bool | None = None) -> tuple[C
     repeated = executed - logical
     n = header.dataset_size
     # the declared sampler, its parameters plus N, and the neighbouring relation
-    report = accounting.compute_epsilon(segments, delta, **accounting.accounting_kwargs(header))
+    options = _verified_options(header, ledger.steps)
+    report = accounting.compute_epsilon(segments, delta, **options)
     eps = {name: getattr(report, name).epsilon for name in ("rdp", "pld", "prv")}
     details: dict[str, Any] = {
         "claimed_epsilon": claimed,

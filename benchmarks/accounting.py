@@ -18,10 +18,21 @@ distinct (q, σ) (pessimistically rounded to ≤ 32 groups by dpverify; the
 library is timed on the same rounded groups).  dpverify's PRV uses the
 library's components on an FFT-friendly grid, so its "overhead" is negative.
 
+With ``--accuracy`` it prints instead, for the two stored 1 000-step
+heterogeneous schedules (``tests/accounting/heterogeneous_reference.json``:
+exact per-step dp-accounting PLD), what ``compute_epsilon`` reports at a given
+``--max-groups`` (bracket, estimates, time) against the exact value, and the
+tiny-q case q = 1e-7, T = 1e6, δ = 1e-12 (PLD far above valid upper bounds)::
+
+    {"case": ..., "max_groups": ..., "exact": ..., "upper": ..., "lower": ...,
+     "estimate_range": [...], "rdp": ..., "pld": ..., "prv_upper": ...,
+     "disagreements": [...], "wall_s": ...}
+
 Usage::
 
     python benchmarks/accounting.py            # full sizes (several minutes)
     python benchmarks/accounting.py --quick    # smoke test (seconds)
+    python benchmarks/accounting.py --accuracy --max-groups 32   # minutes
 """
 
 from __future__ import annotations
@@ -116,8 +127,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--accountants", default="rdp,pld,prv", help="comma-separated subset of rdp,pld,prv"
     )
+    parser.add_argument("--accuracy", action="store_true", help="bracket vs exact (see above)")
+    parser.add_argument("--max-groups", type=int, default=32, help="with --accuracy")
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
+    if args.accuracy:
+        return _accuracy(args.max_groups)
 
     from dpverify.accounting import compute_epsilon
     from dpverify.accounting.accountants import group_segments, pessimistic_groups
@@ -153,6 +168,45 @@ def main(argv: list[str] | None = None) -> int:
             }
             sys.stdout.write(json.dumps(row) + "\n")
             sys.stdout.flush()
+    return 0
+
+
+def _accuracy(max_groups: int) -> int:
+    from pathlib import Path
+
+    from dpverify.accounting import Segment, compute_epsilon
+
+    here = Path(__file__).resolve().parents[1] / "tests" / "accounting"
+    sys.path.insert(0, str(here))
+    from make_heterogeneous_reference import schedules
+
+    ref = json.loads((here / "heterogeneous_reference.json").read_text())["cases"]
+    cases = [
+        (name, [Segment(sampling_rate=q, noise_multiplier=s, steps=1) for q, s in sched], DELTA)
+        for name, sched in schedules().items()
+    ]
+    cases.append(("tiny_q_1e-7_T_1e6", [Segment(sampling_rate=1e-7, noise_multiplier=1.0,
+                                               steps=10**6)], 1e-12))  # fmt: skip
+    for name, segments, delta in cases:
+        wall = time.perf_counter()
+        r = compute_epsilon(segments, delta, max_groups=max_groups)
+        row = {
+            "case": name,
+            "max_groups": max_groups,
+            "delta": delta,
+            "exact": ref.get(name, {}).get("pld_epsilon"),
+            "upper": r.upper,
+            "lower": r.lower,
+            "tight": r.tight,
+            "estimate_range": r.prv.details.get("estimate_range"),
+            "rdp": r.rdp.epsilon,
+            "pld": r.pld.epsilon,
+            "prv_upper": r.prv.epsilon,
+            "disagreements": list(r.disagreements),
+            "wall_s": round(time.perf_counter() - wall, 1),
+        }
+        sys.stdout.write(json.dumps(row) + "\n")
+        sys.stdout.flush()
     return 0
 
 

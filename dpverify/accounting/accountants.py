@@ -258,17 +258,22 @@ def compute_epsilon(
         else check_probability("prv_delta_error", prv_delta_error, allow_one=False)
     )
     steps = sum(s.steps for s in segs)
-    common = {"delta": delta, "steps": steps, "sampler": sampler, "neighbouring": neighbouring}
+    common: dict[str, Any] = {
+        "delta": delta,
+        "steps": steps,
+        "sampler": sampler,
+        "neighbouring": neighbouring,
+    }
 
     if not segs:
-        res = {
+        zero = {
             a: _fixed(a, 0.0, "no steps were executed: nothing was released") for a in ACCOUNTANTS
         }
-        return EpsilonReport(**res, **common)
+        return _make_report(zero, common)
     if any(s.noise_multiplier == 0 for s in segs):
         why = "a step had noise_multiplier = 0: no privacy guarantee (ε is infinite)"
-        res = {a: _fixed(a, math.inf, why) for a in ACCOUNTANTS}
-        return EpsilonReport(**res, **common)
+        infinite = {a: _fixed(a, math.inf, why) for a in ACCOUNTANTS}
+        return _make_report(infinite, common)
 
     if accounting_kind(sampler) in NO_UPPER_BOUND_SAMPLERS:
         return _no_upper_bound_report(
@@ -280,15 +285,15 @@ def compute_epsilon(
     except InvalidArgument as exc:  # e.g. cyclic_poisson without its cycle_length
         if "max_groups" in str(exc):
             raise
-        res = {a: _fixed(a, None, f"{a.upper()} unavailable: {exc}") for a in ACCOUNTANTS}
-        return EpsilonReport(**res, **common)
+        failed = {a: _fixed(a, None, f"{a.upper()} unavailable: {exc}") for a in ACCOUNTANTS}
+        return _make_report(failed, common)
     event = None
     results: dict[str, AccountantResult] = {}
     for name in ACCOUNTANTS:
         rdp_bound = _rdp_bound(results.get("rdp"))
-        why = _skip_reason(name, wanted, sampler, neighbouring, plan, rdp_bound)
-        if why is not None:
-            results[name] = _fixed(name, None, why)
+        skip = _skip_reason(name, wanted, sampler, neighbouring, plan, rdp_bound)
+        if skip is not None:
+            results[name] = _fixed(name, None, skip)
             continue
         if event is None and name in ("rdp", "pld"):
             try:
@@ -311,7 +316,22 @@ def compute_epsilon(
         if plan.rounding and res.epsilon is not None:
             res = dataclasses.replace(res, details={**res.details, "grouping": plan.rounding})
         results[name] = res
-    return EpsilonReport(**results, **common, rounding=plan.rounding)
+    return _make_report(results, common, rounding=plan.rounding)
+
+
+def _make_report(
+    results: Mapping[str, AccountantResult], common: Mapping[str, Any], **extra: Any
+) -> EpsilonReport:
+    return EpsilonReport(
+        rdp=results["rdp"],
+        pld=results["pld"],
+        prv=results["prv"],
+        delta=common["delta"],
+        steps=common["steps"],
+        sampler=common["sampler"],
+        neighbouring=common["neighbouring"],
+        **extra,
+    )
 
 
 def _rdp_bound(rdp_result: AccountantResult | None) -> float:
@@ -365,7 +385,7 @@ def _no_upper_bound_report(
                 f"the Poisson-subsampling ε (PLD) would be {res.epsilon:.4g}; it does not "
                 f"apply to sampler {sampler!r}"
             )
-    return EpsilonReport(**results, **common, lower_bound=lower, notes=tuple(notes))
+    return _make_report(results, common, lower_bound=lower, notes=tuple(notes))
 
 
 def compute_delta(
@@ -417,9 +437,9 @@ def compute_delta(
     event = None
     rdp_bound = 0.0
     for name in ACCOUNTANTS:
-        why = _skip_reason(name, wanted, sampler, neighbouring, plan, rdp_bound)
-        if why is not None:
-            deltas[name], reasons[name] = None, why
+        skip = _skip_reason(name, wanted, sampler, neighbouring, plan, rdp_bound)
+        if skip is not None:
+            deltas[name], reasons[name] = None, skip
             continue
         if event is None and name in ("rdp", "pld"):
             try:

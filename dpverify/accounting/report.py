@@ -128,7 +128,9 @@ class EpsilonReport:
     def upper_name(self) -> str | None:
         """Which accountant :attr:`upper` comes from."""
         answered = [r for r in self.results() if r.epsilon is not None]
-        return min(answered, key=lambda r: r.epsilon).name if answered else None
+        if not answered:
+            return None
+        return min(answered, key=lambda r: r.epsilon if r.epsilon is not None else math.inf).name
 
     @property
     def disagreements(self) -> tuple[str, ...]:

@@ -191,6 +191,7 @@ def record_from_json(obj: Any) -> Record:
     if cls is None:
         known = ", ".join(RECORD_TYPES)
         raise InvalidArgument(f"type={kind!r} must be one of {known}")
+    kind = str(kind)
     names = {f.name for f in dataclasses.fields(cls)}
     aliases = _ALIASES.get(kind, {})
     for alias, ours in aliases.items():

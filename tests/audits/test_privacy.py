@@ -163,3 +163,36 @@ def test_unverified_per_step_rates_are_not_trusted(fakes):
     assert result.details["steps_raised_to_header_rate"] == 40
     _, trusted = check_privacy(low, rates_verified=True)
     assert trusted.pld.epsilon < honest.pld.epsilon / 3
+
+
+def test_fixed_size_is_accounted_at_the_batches_recorded_not_a_smaller_declaration(fakes):
+    """A `batch_size` of 1 declared while batches of ~20 were drawn is not accounted at 1."""
+    header = fakes.make_header(
+        sampler="fixed_size",
+        neighbouring="replace_one",
+        sampler_params={"batch_size": 1},
+        claimed_epsilon=None,
+    )
+    honest = fakes.make_header(
+        sampler="fixed_size",
+        neighbouring="replace_one",
+        sampler_params={"batch_size": 20},
+        claimed_epsilon=None,
+    )
+    ledger = fakes.make_ledger(30, header=header)
+    largest = max(s.batch_size for s in ledger.steps)
+    assert largest > 20  # fixed seed: Binomial(1000, 0.02) batches
+    _, report = check_privacy(ledger)
+    _, reference = check_privacy(fakes.make_ledger(30, header=honest))
+    assert report.rdp.epsilon >= reference.rdp.epsilon
+    from dpverify import accounting
+
+    at_one = accounting.compute_epsilon(
+        accounting.segments_from_ledger(ledger),
+        1e-5,
+        neighbouring="replace_one",
+        sampler="fixed_size",
+        sampler_params={"batch_size": 1, "dataset_size": 1000},
+        accountants="rdp",
+    )
+    assert report.rdp.epsilon > 3 * at_one.rdp.epsilon
