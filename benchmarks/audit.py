@@ -16,6 +16,18 @@ Usage::
 
     python benchmarks/audit.py [--steps 10000] [--dataset-size 60000]
         [--sampling-rate 0.004] [--replay-steps 5] [--no-replay-bench]
+
+ImageNet scale (``--scale imagenet``): jax_privacy's ImageNet configuration,
+N = 1 281 167, q = 0.012788, T = 71 589 (≈ 1.17·10⁹ sampled indices;
+``--fraction F`` runs the first F·T steps).  Prints
+
+* ``{"bench": "imagenet_write", ...}`` — the ledger writer alone
+  (``LedgerWriter.append`` + close, group commit 1024, indices drawn
+  beforehand per chunk and not timed): steps/s and indices/s per wall and
+  per CPU second, bytes per index; the sampler's own rate separately;
+* ``{"bench": "imagenet_audit", ...}`` — ``dpverify audit --no-replay`` run in
+  a fresh process streaming the ledger from disk: wall seconds, seconds per
+  check, and that process's peak resident memory (``ru_maxrss``).
 """
 
 from __future__ import annotations
@@ -130,6 +142,107 @@ def bench_replay(replay_steps: int) -> None:
         }))  # fmt: skip
 
 
+#: jax_privacy's ImageNet configuration: N, q, T.
+IMAGENET = (1_281_167, 0.012788, 71_589)
+
+
+def _timed_audit(path: Path) -> dict:
+    """``run_audit(path, replay_steps=None)`` with seconds per check (this process)."""
+    import resource
+
+    from audits import run_audit
+    from audits import runner as runner_module
+
+    timings: dict[str, float] = {}
+    for name in ("check_configuration", "check_sampling", "check_mechanics",
+                 "check_privacy", "collect_evidence"):  # fmt: skip
+        fn = getattr(runner_module, name)
+
+        def timed(*a, _fn=fn, _name=name, **k):
+            t0 = time.perf_counter()
+            try:
+                return _fn(*a, **k)
+            finally:
+                timings[_name] = round(time.perf_counter() - t0, 3)
+
+        setattr(runner_module, name, timed)
+    start, cpu = time.perf_counter(), time.process_time()
+    cert = run_audit(path, replay_steps=None)
+    return {
+        "verdict": cert.verdict,
+        "seconds": round(time.perf_counter() - start, 3),
+        "cpu_seconds": round(time.process_time() - cpu, 3),
+        "per_check": timings,
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def bench_imagenet(fraction: float, workdir: str | None) -> None:
+    """Write an ImageNet-scale Poisson ledger, then audit it in a fresh process."""
+    import os
+    import subprocess
+    import sys
+
+    from dpverify.accounting import epsilon_poisson
+    from dpverify.ledger import LedgerWriter, RunHeader, Seal, Step
+    from dpverify.samplers import PoissonSampler
+
+    n, q, full_steps = IMAGENET
+    steps = max(1, round(full_steps * fraction))
+    sigma, delta = 1.0, 1e-6
+    claim = 1.05 * epsilon_poisson(q, sigma, steps, delta, accountant="pld")
+    header = RunHeader(
+        dataset_size=n, sampler="poisson", sampling_rate=q, noise_multiplier=sigma,
+        clip_norm=1.0, delta=delta, claimed_epsilon=claim, physical_batch_size=1024,
+    )  # fmt: skip
+    sampler = PoissonSampler(n, q, seed=1)
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        path = Path(tmp) / "ledger"
+        sample_s = write_s = write_cpu = 0.0
+        total = 0
+        chunk = 512
+        writer = LedgerWriter.create(path, header, group_commit=1024)
+        for first in range(0, steps, chunk):
+            t0 = time.perf_counter()
+            sets = [sampler.sample(t) for t in range(first, min(first + chunk, steps))]
+            records = [
+                Step(step=first + j, indices=idx, noise_std=sigma, noise_draws=1,
+                     num_clipped=0, max_grad_norm=0.5, max_clipped_norm=0.5,
+                     denominator=q * n, physical_batches=-(-idx.size // 1024))
+                for j, idx in enumerate(sets)
+            ]  # fmt: skip
+            sample_s += time.perf_counter() - t0
+            total += sum(int(s.size) for s in sets)
+            t0, c0 = time.perf_counter(), time.process_time()
+            for rec in records:
+                writer.append(rec)
+            write_s += time.perf_counter() - t0
+            write_cpu += time.process_time() - c0
+        t0, c0 = time.perf_counter(), time.process_time()
+        writer.close(seal=Seal(steps_executed=steps, final_step=steps))
+        write_s += time.perf_counter() - t0
+        write_cpu += time.process_time() - c0
+        size = sum(f.stat().st_size for f in path.iterdir())
+        print(json.dumps({
+            "bench": "imagenet_write", "dataset_size": n, "sampling_rate": q, "steps": steps,
+            "fraction": fraction, "indices": total, "mean_batch": round(total / steps, 1),
+            "write_seconds": round(write_s, 2), "write_cpu_seconds": round(write_cpu, 2),
+            "steps_per_second": round(steps / write_s, 1),
+            "steps_per_cpu_second": round(steps / write_cpu, 1),
+            "indices_per_second": round(total / write_s),
+            "sampler_steps_per_second": round(steps / sample_s, 1),
+            "ledger_bytes": size, "bytes_per_index": round(size / total, 4),
+        }), flush=True)  # fmt: skip
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+        out = subprocess.run(
+            [sys.executable, __file__, "--audit-only", str(path)],
+            env=env, capture_output=True, text=True, check=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(json.dumps({"bench": "imagenet_audit", "steps": steps, "indices": total,
+                          **result}))  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10_000)
@@ -137,7 +250,17 @@ def main() -> None:
     parser.add_argument("--sampling-rate", type=float, default=0.004)
     parser.add_argument("--replay-steps", type=int, default=5)
     parser.add_argument("--no-replay-bench", action="store_true")
+    parser.add_argument("--scale", choices=("default", "imagenet"), default="default")
+    parser.add_argument("--fraction", type=float, default=1.0, help="imagenet: share of T")
+    parser.add_argument("--workdir", help="imagenet: folder for the temporary ledger")
+    parser.add_argument("--audit-only", metavar="LEDGER", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.audit_only:
+        print(json.dumps(_timed_audit(Path(args.audit_only))))
+        return
+    if args.scale == "imagenet":
+        bench_imagenet(args.fraction, args.workdir)
+        return
     bench_audit(args.dataset_size, args.sampling_rate, args.steps)
     if not args.no_replay_bench:
         bench_replay(args.replay_steps)

@@ -345,6 +345,8 @@ class MaskedDPSGD:
                 idx_buf = np.zeros((K, cfg.physical_batch_size), np.int32)
                 mask_buf = np.zeros((K, cfg.physical_batch_size), bool)
                 idx_buf[:k], mask_buf[:k] = batches.indices, batches.mask
+                if self.placement is not None:  # global arrays across processes
+                    idx_buf, mask_buf = self.placement.rows((idx_buf, mask_buf), axis=1)
                 params, opt_state, out = self._fused(
                     params,
                     opt_state,
@@ -360,6 +362,8 @@ class MaskedDPSGD:
             else:  # L > K·p (or K = 0): k + 2 dispatches, nothing truncated
                 carry = self._init(params, extra_sum)
                 for j, (idx, m) in enumerate(batches):
+                    if self.placement is not None:
+                        idx, m = self.placement.rows((idx, m))
                     carry = self._accumulate(
                         carry, params, x_dev, y_dev, idx, m, noise_key, step_arr, np.int32(j)
                     )

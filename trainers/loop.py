@@ -30,6 +30,7 @@ Run directory::
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import secrets
@@ -56,6 +57,7 @@ def train(
     *,
     resume: bool = False,
     progress: bool = True,
+    processes: Any = None,
 ) -> dict[str, Any]:
     """Train with masked DP-SGD, recording every step in ``out_dir``'s ledger.
 
@@ -66,6 +68,11 @@ def train(
         out_dir: the run directory (created; must not hold a run unless resuming).
         resume: continue a killed run from its last checkpoint.
         progress: show a progress bar on stderr (only when it is a terminal).
+        processes: a :class:`trainers.distributed.ProcessGroup` with P > 1 to
+            run as process I of a multi-process ``jax.distributed`` job
+            (:mod:`trainers.multiprocess`): every process computes its share
+            of each step; only process 0 writes the run directory (followers
+            return the same summary without writing it).
 
     Returns:
         The summary written to ``RUN_DIR/summary.json``: ``steps``,
@@ -78,27 +85,71 @@ def train(
         InvalidArgument: bad hyperparameters.
         UnusableInput: ``out_dir`` already holds a run (without ``resume``), or
             holds none / a damaged one (with ``resume``); data missing.
+        trainers.distributed.PeerFailed: another process of the job stopped.
     """
     from trainers.interrupt import deferred_interrupt
 
     run_dir = Path(out_dir)
     started = time.perf_counter()
+    shared = processes is not None and processes.is_multi_process
+    if shared:
+        from trainers.distributed import initialize
+
+        initialize(processes)
     # Ctrl-C from here on (setup included: a KeyboardInterrupt raised inside a
     # JAX callback is swallowed) is acted on at the next step boundary.
     # Opening the run directory is one unit: a hard stop (second Ctrl-C in the
     # CLI) waits for it, so the directory is never left half-created.
     with deferred_interrupt() as interrupt:
         with interrupt.critical():
-            if resume:
-                session = open_resume(run_dir, config)
-                if session.sealed_summary is not None:
-                    return session.sealed_summary
+            if shared:
+                session = _open_shared(run_dir, config, resume=resume, group=processes)
             else:
-                if config is None:
-                    raise InvalidArgument("config=None: a new run needs a TrainConfig")
-                session = open_new(run_dir, config, plan_fn=plan_run, seed=_fresh_seed(config))
+                session = _open(run_dir, config, resume=resume)
+            if session.sealed_summary is not None:
+                return session.sealed_summary
             interrupt.watch(session.writer)
         return _run(session, run_dir, progress=progress, started=started, interrupt=interrupt)
+
+
+def _open(
+    run_dir: Path, config: TrainConfig | None, *, resume: bool, extra: dict | None = None
+) -> Session:
+    if resume:
+        return open_resume(run_dir, config)
+    if config is None:
+        raise InvalidArgument("config=None: a new run needs a TrainConfig")
+    return open_new(run_dir, config, plan_fn=plan_run, seed=_fresh_seed(config), extra=extra)
+
+
+def _open_shared(run_dir: Path, config: TrainConfig | None, *, resume: bool, group: Any) -> Session:
+    """The session of one process of a multi-process job (see :mod:`trainers.multiprocess`)."""
+    import dataclasses
+
+    import jax
+
+    from trainers.multiprocess import open_shared
+
+    if config is not None and config.canaries:
+        raise InvalidArgument(
+            f"canaries={config.canaries!r}: canaries are not supported in multi-process runs yet"
+        )
+    if config is not None and config.devices is not None:
+        raise InvalidArgument(
+            f"devices={config.devices!r} cannot be combined with num_processes: a multi-process "
+            "run uses every device of every process"
+        )
+    if config is not None:
+        config = dataclasses.replace(config, devices=jax.device_count())
+    session = open_shared(
+        run_dir,
+        config,
+        resume=resume,
+        group=group,
+        open_leader=lambda: _open(run_dir, config, resume=resume, extra=group.describe()),
+    )
+    session.devices = tuple(jax.devices())
+    return session
 
 
 def _fresh_seed(config: TrainConfig) -> int:
@@ -124,7 +175,7 @@ def _run(
     bar = TrainingProgress(
         total=plan.steps,
         initial=session.start_step,
-        enabled=progress,
+        enabled=progress and session.leader,
         sampling_rate=plan.sampling_rate,
         noise_multiplier=plan.noise_multiplier,
         delta=plan.delta,
@@ -140,9 +191,17 @@ def _run(
         interrupt.check()  # Ctrl-C during setup: stop before the first step
         for t in range(session.start_step, plan.steps):
             indices = session.sampler.sample(t)
-            params, opt_state, stats = _step(
-                trainer, session, params, opt_state, x, y, indices, noise_key, t
-            )
+            if session.shared:
+                params, opt_state, stats = _shared_step(
+                    functools.partial(
+                        _step, trainer, session, params, opt_state, x, y, indices, noise_key, t
+                    ),
+                    t,
+                )
+            else:
+                params, opt_state, stats = _step(
+                    trainer, session, params, opt_state, x, y, indices, noise_key, t
+                )
             record = _step_record(t, indices, plan, stats)
             with interrupt.critical():
                 writer.append(record)
@@ -171,7 +230,7 @@ def _run(
     bar.close()
     loop_end = time.perf_counter()
     executed_total = session.executed_before + executed
-    claimed = session.claim(executed_total)
+    claimed = session.claim(executed_total) if session.leader else None
     with interrupt.critical():
         writer.close(
             Seal(
@@ -183,19 +242,27 @@ def _run(
         )
         interrupt.watch(None)
     timed = loop_end - after_first
+    compilations = int(getattr(trainer, "compilations", -1))
+    per_process = [compilations]
+    if session.shared:  # every process's count, for the leader's summary
+        from trainers.distributed import broadcast_all_json
+
+        per_process = [int(c) for c in broadcast_all_json(compilations)]
     summary = {
         "task": plan.task,
         "steps": plan.steps,
         "steps_executed": executed_total,
         "steps_this_session": executed,
         "resumed_from": session.start_step if session.resumed else None,
-        "epsilon": session.epsilon_report(executed_total),
+        "epsilon": session.epsilon_report(executed_total) if session.leader else None,
         "claimed_epsilon": claimed,
         "delta": plan.delta,
-        "accuracy": _accuracy(session.model_apply, params, session.dataset),
+        "accuracy": _accuracy(session.model_apply, _host(params), session.dataset),
         "loss": loss if math.isfinite(loss) else None,
-        "compilations": int(getattr(trainer, "compilations", -1)),
+        "compilations": compilations,
+        "compilations_per_process": per_process,
         "devices": int(getattr(trainer, "device_count", 1)),
+        "processes": _process_count(session),
         "examples_per_second": (examples / timed) if executed > 1 and timed > 0 else None,
         "first_step_seconds": first_step_seconds,
         "physical_batch_size": plan.physical_batch_size,
@@ -216,7 +283,12 @@ def _run(
             f"sampler {session.sampler.name!r} is a shortcut, not Poisson sampling: "
             "the Poisson epsilon does not apply to this run"
         )
-    _write_json(run_dir / SUMMARY_FILE, summary)
+    if session.leader:
+        _write_json(run_dir / SUMMARY_FILE, summary)
+    if session.shared:  # the job is complete once process 0 has sealed and summarised
+        from trainers.distributed import barrier
+
+        barrier("dpverify-end")
     return summary
 
 
@@ -228,6 +300,41 @@ def _step(trainer, session, params, opt_state, x, y, indices, noise_key, t):
     real, slots = canaries.split(indices)
     extra = canaries.clipped_sum(slots)
     return trainer.step(params, opt_state, x, y, real, noise_key, t, extra_sum=extra)
+
+
+def _shared_step(run: Any, t: int) -> Any:
+    """``run()``, step t of a multi-process job; a failed collective becomes :class:`PeerFailed`."""
+    from dpverify.errors import DpverifyError
+    from trainers.distributed import PeerFailed, maybe_fail_at
+
+    maybe_fail_at(t)
+    try:
+        return run()
+    except DpverifyError:
+        raise
+    except Exception as exc:
+        import jax
+
+        text = " ".join(str(exc).split())[:200]
+        raise PeerFailed(
+            f"process {jax.process_index()}: step {t} failed ({type(exc).__name__}: {text}); "
+            "another process of the job probably stopped. Every recorded step is kept: "
+            "rerun the same command with --resume"
+        ) from None
+
+
+def _host(tree: Any) -> Any:
+    import jax
+
+    return jax.device_get(tree)
+
+
+def _process_count(session: Session) -> int:
+    if not session.shared:
+        return 1
+    import jax
+
+    return jax.process_count()
 
 
 def _step_record(t: int, indices: np.ndarray, plan: RunPlan, stats: Any) -> Any:

@@ -51,19 +51,25 @@ class Session:
     executed_before: int
     resumed: bool
     sealed_summary: dict | None = None
-    devices: int | None = None
+    canaries: Any = None  # trainers.canaries.TrainingCanaries when the run has canaries
+    devices: Any = None
     created_dir: bool = False  # open_new made run_dir (discard() may remove it)
+    #: False on processes 1..P-1 of a multi-process job (they write nothing).
+    leader: bool = True
+    #: True once the session is shared by the P processes of a job
+    #: (:mod:`trainers.multiprocess`): checkpoints end with a barrier.
+    shared: bool = False
 
     def discard(self) -> None:
         """Remove a new run that failed before its first step (nothing was trained).
 
         Its ledger holds no step and its checkpoint the initial parameters:
         nothing private was used, and a rerun of the same command must not be
-        blocked by it.  Only the files :func:`open_new` created are removed.
+        blocked by it.  Only the files :func:`open_new` created are removed,
+        and only by the process that created them (process 0 of a job).
         """
-        if not self.resumed:
+        if not self.resumed and self.leader:
             _remove_partial_run(self.run_dir, self.created_dir)
-    canaries: Any = None  # trainers.canaries.TrainingCanaries when the run has canaries
 
     @property
     def sampler_label(self) -> str:
@@ -87,19 +93,31 @@ class Session:
         return MaskedDPSGD(self.model_apply, self.optimizer, cfg, devices=self.devices)
 
     def checkpoint(self, step: int, params: Any, opt_state: Any) -> None:
-        """Write-ahead checkpoint: flush the ledger, save the file, record it."""
+        """Write-ahead checkpoint: flush the ledger, save the file, record it.
+
+        In a multi-process job only process 0 writes; every process then waits
+        at a barrier, so none runs a step past a checkpoint that is not durable.
+        """
         from dpverify.ledger import Checkpoint
         from trainers.checkpoint import save_checkpoint
 
-        self.writer.flush()
-        rel, digest = save_checkpoint(
-            self.run_dir,
-            step,
-            params,
-            opt_state,
-            rng={"noise_key_digest": self.noise_key_digest, "sampler": self.plan.declared_sampler},
-        )
-        self.writer.append(Checkpoint(step=step, digest=digest, path=rel))  # committed now
+        if self.leader:
+            self.writer.flush()
+            rel, digest = save_checkpoint(
+                self.run_dir,
+                step,
+                params,
+                opt_state,
+                rng={
+                    "noise_key_digest": self.noise_key_digest,
+                    "sampler": self.plan.declared_sampler,
+                },
+            )
+            self.writer.append(Checkpoint(step=step, digest=digest, path=rel))  # committed now
+        if self.shared:
+            from trainers.distributed import barrier
+
+            barrier(f"dpverify-checkpoint-{step}")
 
     def claim(self, steps: int) -> float | None:
         """Claimed ε (PLD, Poisson) at the plan's δ after ``steps`` executed steps."""
@@ -182,9 +200,18 @@ def _check_devices(devices: int | None, plan: RunPlan) -> None:
 
 
 def open_new(
-    run_dir: Path, config: TrainConfig, *, plan_fn: Callable[..., RunPlan], seed: int
+    run_dir: Path,
+    config: TrainConfig,
+    *,
+    plan_fn: Callable[..., RunPlan],
+    seed: int,
+    extra: dict[str, Any] | None = None,
 ) -> Session:
-    """Create a run directory: secrets, config.json, ledger header, checkpoint 0."""
+    """Create a run directory: secrets, config.json, ledger header, checkpoint 0.
+
+    ``extra``: further public provenance for the header's ``extra`` (e.g. the
+    process count of a multi-process job).
+    """
     from trainers.components import count_params, init_model
 
     if run_dir.exists() and not run_dir.is_dir():
@@ -218,7 +245,7 @@ def open_new(
         raise UnusableInput(f"{run_dir}: cannot create the run directory: {exc.strerror}") from None
     try:
         session = _create_run(
-            run_dir, config, plan, dataset, sampler, seed, init_seed, num_params, claimed
+            run_dir, config, plan, dataset, sampler, seed, init_seed, num_params, claimed, extra
         )
         session.created_dir = created_dir
         return session
@@ -276,6 +303,7 @@ def _create_run(
     init_seed: int,
     num_params: int,
     claimed: float | None,
+    extra: dict[str, Any] | None = None,
 ) -> Session:
     from dpverify.ledger import LedgerWriter, RunHeader
     from trainers.components import build_components
@@ -330,6 +358,7 @@ def _create_run(
             "framework": "jax",
             "prng": prng_record(),
             **canary_header,
+            **dict(extra or {}),
         },
     )
     writer = LedgerWriter.create(run_dir / _LEDGER_DIR, header)

@@ -128,11 +128,41 @@ class DataParallel:
 
         return NamedSharding(self.mesh, PartitionSpec())
 
+    @property
+    def multi_process(self) -> bool:
+        """True when the mesh spans devices of other processes (``jax.distributed``)."""
+        return not self.replicated.is_fully_addressable
+
     def replicate(self, tree: Any) -> Any:
-        """``tree`` with every array replicated on all devices (no copy if already so)."""
+        """``tree`` with every array replicated on all devices (no copy if already so).
+
+        Across processes (:mod:`trainers.distributed`) every process must hold
+        the same values; each supplies its own devices' copy.
+        """
         import jax
 
+        if self.multi_process:
+            from trainers.distributed import put_global
+
+            return put_global(tree, self.replicated)
         return jax.device_put(tree, self.replicated)
+
+    def rows(self, tree: Any, *, axis: int = 0) -> Any:
+        """Host buffers split along ``axis`` (the physical batch's rows) over the devices.
+
+        Within one process the NumPy buffers are returned as they are (``jit``
+        places them by its ``in_shardings``); across processes they become
+        global arrays, each process supplying its devices' rows of the
+        buffers every process holds identically.
+        """
+        if not self.multi_process:
+            return tree
+        from jax.sharding import NamedSharding, PartitionSpec
+
+        from trainers.distributed import put_global
+
+        spec = PartitionSpec(*([None] * axis), AXIS)
+        return put_global(tree, NamedSharding(self.mesh, spec))
 
     def constrain_batch(self, a: Any) -> Any:
         """Inside ``jit``: require ``a`` (leading axis = batch) to be batch-sharded."""

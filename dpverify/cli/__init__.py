@@ -24,7 +24,7 @@ __all__ = ["main"]
 
 # Command modules, each with ``register(subparsers)``.  They must import only
 # light modules at import time; heavy work (JAX) is imported inside handlers.
-_COMMAND_MODULES = ("_ledger", "_sampler", "_epsilon", "_train", "_audit")
+_COMMAND_MODULES = ("_ledger", "_sampler", "_epsilon", "_train", "_launch", "_audit")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -124,6 +124,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="insert M secret gradient canaries (each included with probability 1/2; "
         "the auditor derives an empirical lower bound on ε from them)",
     )
+    g = p.add_argument_group(
+        "multi-process (jax.distributed)",
+        "run as process I of P; every process gets the same arguments; process 0 writes "
+        "RUN_DIR (see also: dpverify launch)",
+    )
+    g.add_argument("--num-processes", type=integer, metavar="P", help="processes in the job")
+    g.add_argument("--process-id", type=integer, metavar="I", help="this process, 0..P-1")
+    g.add_argument(
+        "--coordinator", metavar="HOST:PORT", help="process 0's address (it binds exactly this)"
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     p.set_defaults(handler=_train)
@@ -176,12 +186,37 @@ def _config(args: argparse.Namespace) -> Any:
     )
 
 
+def _process_group(args: argparse.Namespace) -> Any:
+    """The ``ProcessGroup`` of ``--num-processes/--process-id/--coordinator``, or ``None``."""
+    given = {
+        "num_processes": args.num_processes,
+        "process_id": args.process_id,
+        "coordinator": args.coordinator,
+    }
+    if all(v is None for v in given.values()):
+        return None
+    if args.num_processes == 1 and args.coordinator is None and args.process_id in (None, 0):
+        return None
+    missing = [k for k, v in given.items() if v is None]
+    if missing:
+        flags = ", ".join("--" + k.replace("_", "-") for k in missing)
+        raise InvalidArgument(f"a multi-process run also needs {flags}")
+    from trainers.distributed import ProcessGroup
+
+    return ProcessGroup(**given)
+
+
 def _train(args: argparse.Namespace) -> int:
     from trainers.loop import train
 
     config = _config(args)
-    with _second_ctrl_c_exits():
-        summary = train(config, args.out, resume=args.resume, progress=not args.quiet)
+    group = _process_group(args)
+    with _second_ctrl_c_exits(), _native_stdout_to_stderr(group is not None):
+        summary = train(
+            config, args.out, resume=args.resume, progress=not args.quiet, processes=group
+        )
+    if group is not None and not group.is_leader:
+        return 0  # process 0 prints the summary
     if args.resume and summary.get("note_resume"):  # nothing was trained now: say so
         sys.stderr.write(
             f"dpverify train: {args.out} is already finished ({summary.get('steps')} steps, "
@@ -192,6 +227,30 @@ def _train(args: argparse.Namespace) -> int:
     else:
         sys.stdout.write(summary_text(summary, args.out) + "\n")
     return 0
+
+
+@contextlib.contextmanager
+def _native_stdout_to_stderr(enabled: bool) -> Iterator[None]:
+    """While training multi-process, native output to fd 1 goes to stderr.
+
+    The distributed runtime's native libraries (gloo) print connection notices
+    to the process's stdout; stdout is kept for the summary (``--json`` must
+    stay one JSON document).
+    """
+    if not enabled:
+        yield
+        return
+    import os
+
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 @contextlib.contextmanager
