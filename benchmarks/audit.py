@@ -177,7 +177,7 @@ def _timed_audit(path: Path) -> dict:
     }
 
 
-def bench_imagenet(fraction: float, workdir: str | None) -> None:
+def bench_imagenet(fraction: float, workdir: str | None, *, audit: bool = True) -> None:
     """Write an ImageNet-scale Poisson ledger, then audit it in a fresh process."""
     import os
     import subprocess
@@ -233,6 +233,8 @@ def bench_imagenet(fraction: float, workdir: str | None) -> None:
             "sampler_steps_per_second": round(steps / sample_s, 1),
             "ledger_bytes": size, "bytes_per_index": round(size / total, 4),
         }), flush=True)  # fmt: skip
+        if not audit:
+            return
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
         out = subprocess.run(
             [sys.executable, __file__, "--audit-only", str(path)],
@@ -253,13 +255,14 @@ def main() -> None:
     parser.add_argument("--scale", choices=("default", "imagenet"), default="default")
     parser.add_argument("--fraction", type=float, default=1.0, help="imagenet: share of T")
     parser.add_argument("--workdir", help="imagenet: folder for the temporary ledger")
+    parser.add_argument("--write-only", action="store_true", help="imagenet: skip the audit")
     parser.add_argument("--audit-only", metavar="LEDGER", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.audit_only:
         print(json.dumps(_timed_audit(Path(args.audit_only))))
         return
     if args.scale == "imagenet":
-        bench_imagenet(args.fraction, args.workdir)
+        bench_imagenet(args.fraction, args.workdir, audit=not args.write_only)
         return
     bench_audit(args.dataset_size, args.sampling_rate, args.steps)
     if not args.no_replay_bench:

@@ -56,6 +56,7 @@ __all__ = [
     "broadcast_all_json",
     "broadcast_json",
     "broadcast_tree",
+    "end_process",
     "initialize",
     "is_leader",
     "maybe_fail_at",
@@ -311,6 +312,49 @@ def put_global(tree: Any, sharding: Any) -> Any:
         return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
     return jax.tree_util.tree_map(put, tree)
+
+
+def end_process(code: int, *, timeout_s: float = 30.0) -> None:
+    """End this process of a multi-process job with exit status ``code`` (never returns).
+
+    JAX's own exit path (``jax.distributed.shutdown`` at interpreter exit)
+    sends a disconnect RPC to the coordination service that process 0 hosts;
+    a follower whose RPC arrives after process 0 has exited is aborted by the
+    runtime (SIGABRT).  So a job ends with a handshake instead: after a
+    successful run (``code == 0``) each follower publishes "finished" in the
+    runtime's key-value store and exits at once (``os._exit``, no RPC); process
+    0 waits (up to ``timeout_s``) for every follower's key, gives them a moment
+    to be gone, then exits.  After a failure no process waits for the others.
+    Standard streams are flushed first; the ledger and files are closed by
+    then (the training loop returns only after closing them).
+    """
+    import sys
+    import time
+
+    with _suppress():
+        sys.stdout.flush()
+        sys.stderr.flush()
+    if code == 0 and _INITIALIZED is not None:
+        with _suppress():
+            from jax._src import distributed as _jd
+
+            client = _jd.global_state.client
+            me = _INITIALIZED.process_id
+            if me != LEADER:
+                client.key_value_set(f"dpverify/finished/{me}", "1")
+            else:
+                for pid in range(1, _INITIALIZED.num_processes):
+                    client.blocking_key_value_get(
+                        f"dpverify/finished/{pid}", int(timeout_s * 1000)
+                    )
+                time.sleep(0.5)
+    os._exit(int(code))
+
+
+def _suppress() -> Any:
+    import contextlib
+
+    return contextlib.suppress(Exception)
 
 
 def maybe_fail_at(step: int) -> None:

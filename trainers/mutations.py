@@ -36,6 +36,9 @@ name                          bug
                               while the recorded update sketch is of the noisy one
 ``larger_clip_norm``          examples are clipped at 2·C while C is recorded
                               (and the noise is σ·C)
+``noise_per_process``         in a P-process job every process adds the step's
+                              noise σC·z_t (same key) to its partial sum before
+                              the cross-process reduction: S + P·σC·z_t
 ============================  ====================================================
 
 Which inputs expose them (a mutation is invisible when its bug is a no-op):
@@ -43,7 +46,8 @@ Which inputs expose them (a mutation is invisible when its bug is a no-op):
 C ≠ 1 and σ > 0; ``clip_after_sum`` and ``larger_clip_norm`` need some
 per-example norm above C; ``wrong_denominator`` needs L ≠ q·N;
 ``noise_per_physical_batch``, ``noise_not_applied`` need σ > 0;
-``noise_reused_across_steps`` needs σ > 0 and a step t with t mod 25 ≠ 0.
+``noise_reused_across_steps`` needs σ > 0 and a step t with t mod 25 ≠ 0;
+``noise_per_process`` needs σ > 0 and P > 1 processes.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ from typing import Any
 
 from dpverify._validate import check_choice
 
-__all__ = ["MUTATIONS", "REUSE_PERIOD", "check_mutation", "mechanics_for"]
+__all__ = ["MUTATIONS", "PROCESS_MUTATIONS", "REUSE_PERIOD", "check_mutation", "mechanics_for"]
 
 #: Mutation name → one-line description of the bug.
 MUTATIONS: dict[str, str] = {
@@ -67,15 +71,22 @@ MUTATIONS: dict[str, str] = {
     "larger_clip_norm": "examples are clipped at twice the recorded clip norm",
 }
 
+#: Bugs that only exist in a multi-process job (a no-op on one process), so
+#: they are not in :data:`MUTATIONS` (every one of which a single step
+#: exposes); ``tests/trainers/test_multiprocess.py`` shows the audit refutes them.
+PROCESS_MUTATIONS: dict[str, str] = {
+    "noise_per_process": "every process of a multi-process job adds the step's noise",
+}
+
 #: Steps sharing one noise draw in ``noise_reused_across_steps``.
 REUSE_PERIOD = 25
 
 
 def check_mutation(mutation: str | None) -> str | None:
-    """``mutation`` if it is ``None`` or a name in :data:`MUTATIONS`."""
+    """``mutation`` if it is ``None`` or a name in :data:`MUTATIONS` or :data:`PROCESS_MUTATIONS`."""
     if mutation is None:
         return None
-    return check_choice("mutation", mutation, tuple(MUTATIONS))
+    return check_choice("mutation", mutation, (*MUTATIONS, *PROCESS_MUTATIONS))
 
 
 # -- the wrong pieces ---------------------------------------------------------------------
@@ -144,6 +155,18 @@ def _release_clean(noisy: Any, clean: Any) -> Any:
     return clean
 
 
+def _noise_on_every_process(leaves: list, noise_key: Any, step: Any, config: Any) -> list:
+    """Σ over the P processes of (partial sum + σC·z_t) = S + P·σC·z_t."""
+    import jax
+    import jax.numpy as jnp
+
+    from trainers.dp_math import gaussian_noise
+
+    z = jax.tree_util.tree_leaves(gaussian_noise(noise_key, step, leaves))
+    std = jnp.float32(config.noise_std * jax.process_count())
+    return [s + std * n for s, n in zip(leaves, z, strict=True)]
+
+
 def mechanics_for(mutation: str | None) -> Any:
     """The :class:`~trainers.dp_math.Mechanics` of ``mutation`` (``None`` → ``PRODUCTION``)."""
     from trainers.dp_math import PRODUCTION
@@ -160,5 +183,6 @@ def mechanics_for(mutation: str | None) -> Any:
         "noise_reused_across_steps": {"noise_key_for_step": _key_every_period},
         "noise_not_applied": {"released": _release_clean},
         "larger_clip_norm": {"clip_norm_scale": 2.0},
+        "noise_per_process": {"step_noise": _noise_on_every_process},
     }
     return dataclasses.replace(PRODUCTION, **replacements[name])

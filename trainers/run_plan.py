@@ -165,9 +165,9 @@ class TrainConfig:
 
 
 def _check_mutation(name: str) -> None:
-    from trainers.mutations import MUTATIONS
+    from trainers.mutations import MUTATIONS, PROCESS_MUTATIONS
 
-    check_choice("mutation", name, tuple(MUTATIONS))
+    check_choice("mutation", name, (*MUTATIONS, *PROCESS_MUTATIONS))
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -10,7 +10,8 @@ Supervision: when a process ends with a non-zero status, the others are sent
 SIGINT (each finishes or abandons its step, flushes the ledger and stops);
 any still running after ``--grace`` seconds are killed.  The launcher exits
 with the status of the first process that failed (128 + signal number for a
-signal), or 0 when all succeeded.  Ctrl-C (SIGINT) or SIGTERM sent to the
+signal), or 0 when all succeeded.  ``--gpus-per-process K`` gives process I
+the GPUs I·K … I·K+K−1 (``CUDA_VISIBLE_DEVICES``) on a multi-GPU host.  Ctrl-C (SIGINT) or SIGTERM sent to the
 launcher is forwarded once to every process as SIGINT.  Process 0's output is
 the job's output; ``--resume`` is passed through like any train argument.
 """
@@ -29,7 +30,7 @@ from typing import Any
 from dpverify.cli._common import integer, positive_float
 from dpverify.errors import InvalidArgument
 
-__all__ = ["LOOPBACK", "launch_command", "register"]
+__all__ = ["LOOPBACK", "launch_command", "process_env", "register"]
 
 #: The only address a launched job uses.
 LOOPBACK = "127.0.0.1"
@@ -61,6 +62,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         help="seconds the other processes get to stop after one fails (30)",
     )
+    p.add_argument(
+        "--gpus-per-process",
+        type=integer,
+        metavar="K",
+        help="GPU host: process I sees GPUs I*K .. I*K+K-1 (CUDA_VISIBLE_DEVICES)",
+    )
     p.add_argument("command", nargs=argparse.REMAINDER, metavar="-- train ARGS")
     p.set_defaults(handler=_launch)
 
@@ -87,6 +94,19 @@ def launch_command(command: list[str], num_processes: int, process_id: int, port
     ]
 
 
+def process_env(process_id: int, gpus_per_process: int | None) -> dict[str, str]:
+    """Process ``process_id``'s environment: this one, plus its GPUs when asked."""
+    import os
+
+    env = dict(os.environ)
+    if gpus_per_process is not None:
+        first = process_id * gpus_per_process
+        env["CUDA_VISIBLE_DEVICES"] = ",".join(
+            str(g) for g in range(first, first + gpus_per_process)
+        )
+    return env
+
+
 def _check_command(command: list[str]) -> list[str]:
     if command and command[0] == "--":
         command = command[1:]
@@ -109,8 +129,13 @@ def _launch(args: argparse.Namespace) -> int:
     port = args.port if args.port is not None else _free_port()
     if not 1 <= port <= 65535:
         raise InvalidArgument(f"port={port} must be in 1..65535")
+    k = args.gpus_per_process
+    if k is not None and k < 1:
+        raise InvalidArgument(f"gpus_per_process={k} must be >= 1")
     procs = [
-        subprocess.Popen(launch_command(command, n, i, port), start_new_session=True)
+        subprocess.Popen(
+            launch_command(command, n, i, port), start_new_session=True, env=process_env(i, k)
+        )
         for i in range(n)
     ]
     return _supervise(procs, grace=args.grace)

@@ -16,7 +16,7 @@ from typing import Any
 
 from dpverify._json import finite
 from dpverify.cli._common import integer, positive_float, print_json
-from dpverify.errors import InvalidArgument, UnusableInput
+from dpverify.errors import DpverifyError, InvalidArgument, UnusableInput
 
 __all__ = ["register"]
 
@@ -207,10 +207,33 @@ def _process_group(args: argparse.Namespace) -> Any:
 
 
 def _train(args: argparse.Namespace) -> int:
+    group = _process_group(args)
+    if group is None or not group.is_multi_process:
+        return _train_run(args, group)
+    # One process of a jax.distributed job: report an error in one line like
+    # the other commands, then end through the job's exit handshake.
+    from trainers.distributed import end_process
+
+    try:
+        code = _train_run(args, group)
+    except DpverifyError as exc:
+        sys.stderr.write(f"dpverify: error: {' '.join(str(exc).split())}\n")
+        code = exc.exit_code
+    except KeyboardInterrupt:
+        sys.stderr.write("dpverify: interrupted; rerun the same command with --resume\n")
+        code = 130
+    except Exception as exc:  # last resort, as in dpverify.cli.main
+        text = " ".join(str(exc).split()) or type(exc).__name__
+        sys.stderr.write(f"dpverify: internal error: {type(exc).__name__}: {text}\n")
+        code = 3
+    end_process(code)
+    return code  # not reached
+
+
+def _train_run(args: argparse.Namespace, group: Any) -> int:
     from trainers.loop import train
 
     config = _config(args)
-    group = _process_group(args)
     with _second_ctrl_c_exits(), _native_stdout_to_stderr(group is not None):
         summary = train(
             config, args.out, resume=args.resume, progress=not args.quiet, processes=group

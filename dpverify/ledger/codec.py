@@ -265,25 +265,56 @@ def decode_indices(block: bytes | memoryview) -> np.ndarray:
 # ---------------------------------------------------------------- many blocks
 
 
+#: Indices per vectorised pass of :func:`encode_many` / :func:`decode_many`.
+#: The batch code makes a dozen passes over arrays of this length; at 2¹⁷
+#: (1 MiB of int64) they stay in the CPU cache, which measured about 3× faster
+#: than one pass over 10⁷ indices (benchmarks/audit.py --scale imagenet).
+CHUNK_INDICES = 1 << 17
+
+
+def _chunks(sizes: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive ``(lo, hi)`` ranges of items holding about :data:`CHUNK_INDICES` in all."""
+    out, lo, acc = [], 0, 0
+    for i, n in enumerate(sizes):
+        acc += n
+        if acc >= CHUNK_INDICES:
+            out.append((lo, i + 1))
+            lo, acc = i + 1, 0
+    if lo < len(sizes):
+        out.append((lo, len(sizes)))
+    return out
+
+
 def encode_many(arrays: Sequence[np.ndarray], *, validated: bool = False) -> list[bytes]:
     """Encode many index arrays; equal to ``[encode_indices(a) for a in arrays]``.
 
     Rice blocks (the common case) are encoded together in a fixed number of
-    numpy operations; other blocks fall back to :func:`encode_indices`.
-    ``validated=True`` skips the per-array shape and dtype checks (for arrays
-    taken from :class:`~dpverify.ledger.records.Step`, already checked).
+    numpy operations per chunk of about :data:`CHUNK_INDICES` indices; other
+    blocks fall back to :func:`encode_indices`.  ``validated=True`` skips the
+    per-array shape and dtype checks (for arrays taken from
+    :class:`~dpverify.ledger.records.Step`, already checked).
     """
     from dpverify.ledger._rice_batch import encode_rice_many
 
-    return encode_rice_many(arrays, encode_indices, validated=validated)
+    arrays = list(arrays)
+    out: list[bytes] = []
+    for lo, hi in _chunks([int(np.size(a)) for a in arrays]):
+        out += encode_rice_many(arrays[lo:hi], encode_indices, validated=validated)
+    return out
 
 
 def decode_many(blocks: Sequence[bytes | memoryview]) -> list[np.ndarray]:
     """Decode many blocks; equal to ``[decode_indices(b) for b in blocks]`` (same errors).
 
     Rice blocks are decoded together in a fixed number of numpy operations
-    per distinct Rice parameter, whatever their count.
+    per distinct Rice parameter and chunk of blocks (about
+    :data:`CHUNK_INDICES` indices, estimated from the block sizes at about one
+    byte per index), whatever their count.
     """
     from dpverify.ledger._rice_batch import decode_rice_many
 
-    return decode_rice_many(blocks, decode_indices)
+    blocks = list(blocks)
+    out: list[np.ndarray] = []
+    for lo, hi in _chunks([len(b) for b in blocks]):
+        out += decode_rice_many(blocks[lo:hi], decode_indices)
+    return out

@@ -89,3 +89,15 @@ def test_a_process_ignoring_sigint_is_killed_after_the_grace_period():
 
 def test_all_succeeding_is_exit_0():
     assert _supervise([_python("pass"), _python("pass")], grace=1) == 0
+
+
+def test_gpus_per_process_gives_each_process_its_own_gpus():
+    from dpverify.cli._launch import process_env
+
+    assert process_env(2, 2)["CUDA_VISIBLE_DEVICES"] == "4,5"
+    assert process_env(0, 1)["CUDA_VISIBLE_DEVICES"] == "0"
+    import os
+
+    assert process_env(1, None).get("CUDA_VISIBLE_DEVICES") == os.environ.get(
+        "CUDA_VISIBLE_DEVICES"
+    )

@@ -109,3 +109,19 @@ def test_malformed_blocks_raise_codec_error():
             decode_indices(block)
         with pytest.raises(CodecError):
             decode_many([good, block])
+
+
+def test_many_in_cache_sized_chunks_equals_one_by_one(monkeypatch):
+    """encode_many/decode_many work in chunks of about CHUNK_INDICES indices: same bytes."""
+    import dpverify.ledger.codec as codec_module
+
+    rng = np.random.default_rng(4)
+    arrays = [np.flatnonzero(rng.random(3000) < q) for q in (0.01, 0.3, 0.0, 0.9, 0.05) * 7]
+    whole = codec_module.encode_many(arrays)
+    monkeypatch.setattr(codec_module, "CHUNK_INDICES", 50)  # many chunks, some of one array
+    chunked = codec_module.encode_many(arrays)
+    assert chunked == whole == [codec_module.encode_indices(a) for a in arrays]
+    for got, want in zip(codec_module.decode_many(chunked), arrays, strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert codec_module._chunks([]) == []
+    assert codec_module._chunks([60, 0, 10, 45, 5]) == [(0, 1), (1, 4), (4, 5)]

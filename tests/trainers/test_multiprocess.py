@@ -134,3 +134,16 @@ def test_killing_one_process_stops_the_job_and_resume_loses_nothing(tmp_path, mo
     cert = run_audit(job, replay_steps=STEPS)
     assert cert.verdict == "certified", cert.summary_text()
     assert cert.check("replay").status == "pass", cert.summary_text()
+
+
+def test_noise_added_on_every_process_is_refuted(tmp_path):
+    """The bug "each process adds the step's noise before the all-reduce" (S + P·σC·z_t)."""
+    job = tmp_path / "job"
+    done = launch(2, job, "--mutation", "noise_per_process")
+    assert done.returncode == 0, done.stderr[-3000:]
+    cert = run_audit(job, replay_steps=STEPS)
+    assert cert.verdict == "refuted", cert.summary_text()
+    assert cert.check("replay").status == "fail", cert.summary_text()
+    # Everything the ledger records about the mechanism looks right: only replay sees it.
+    for name in ("integrity", "mechanics", "privacy"):
+        assert cert.check(name).status == "pass", cert.summary_text()
