@@ -188,7 +188,7 @@ def record_from_json(obj: Any) -> Record:
         raise InvalidArgument(f"expected a JSON object, got {type(obj).__name__}")
     kind = obj.get("type")
     cls = RECORD_TYPES.get(kind) if isinstance(kind, str) else None
-    if cls is None:
+    if cls is None or not isinstance(kind, str):
         known = ", ".join(RECORD_TYPES)
         raise InvalidArgument(f"type={kind!r} must be one of {known}")
     kind = str(kind)
