@@ -187,6 +187,6 @@ def test_reference_adds_the_canary_sum_like_the_masked_step():
     )  # fmt: skip
     gap = max(
         float(np.max(np.abs(np.asarray(a) - b)))
-        for a, b in zip(jax.tree_util.tree_leaves(masked), jax.tree_util.tree_leaves(without))
+        for a, b in zip(jax.tree_util.tree_leaves(masked), jax.tree_util.tree_leaves(without), strict=True)
     )
     assert gap > 1e-3  # the canaries matter: leaving them out would be seen
