@@ -92,6 +92,7 @@ def test_a_claim_at_any_valid_upper_bound_holds_even_when_pld_is_far_above():
     r = _report(rdp=3.49, pld=9.35, prv=0.27)
     assert r.disagreements and "PLD ε = 9.35 exceeds" in r.disagreements[0]
     assert r.tight_name == "prv"  # PLD is set aside
+    assert r.to_json()["disagreements"] == list(r.disagreements)  # in the certificate
     for claim in (0.27, 1.0, 3.49, 9.0):
         res = check_claim(r, claim)
         assert res.holds, res

@@ -285,14 +285,17 @@ def test_declared_truncated_poisson_is_tested_against_its_cap(tmp_path):
     assert cert.epsilon["pld"] is not None and cert.epsilon["rdp"] is None
 
 
-def test_honestly_declared_shuffle_is_unverifiable_with_the_lower_bound(tmp_path):
-    """No accountant gives an upper bound for shuffling: unverifiable, not refuted."""
+def test_honestly_declared_shuffle_claiming_the_poisson_epsilon_is_refuted_by_the_lower_bound(
+    tmp_path,
+):
+    """No accountant gives an upper bound for shuffling, but the claimed (Poisson) ε is below
+    the shuffle lower bound: that claim is false (a claim above it would be unverifiable)."""
     path = _shortcut_ledger(tmp_path / "ledger", "shuffle", declared="shuffle")
     cert = run_audit(path, replay_steps=None)
     privacy = cert.check("privacy")
-    assert cert.verdict == "unverifiable" and privacy.details["unverifiable"]
+    assert cert.verdict == "refuted" and not privacy.details.get("unverifiable")
     assert "no accountant gives an upper bound for sampler 'shuffle'" in privacy.reason
-    assert "ε ≥" in privacy.reason
+    assert "below the lower bound" in privacy.reason and "ε ≥" in privacy.reason
     assert privacy.details["shuffle_lower_bound"] > privacy.details["poisson_epsilon"] > 0
     print(cert.summary_text())
 
