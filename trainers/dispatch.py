@@ -108,6 +108,9 @@ class MaskedDPSGD:
             ``init``/``accumulate``/``finalize`` of the fallback path, which
             stay 0 until some L > K·p).
         fused_batches: K (``None`` until the first step when chosen automatically).
+        clipping: ``"vmap"`` or ``"ghost"``, what ``config.clipping`` resolved
+            to (``None`` until the first step or :meth:`resolve_clipping`);
+            ``clipping_reason`` says why in one line.
         placement: the :class:`trainers.sharding.DataParallel` placement, or
             ``None`` on a single device.
     """
@@ -144,6 +147,9 @@ class MaskedDPSGD:
                 mechanics = mechanics_for(config.mutation)
         self.mechanics = mechanics
         self._trainable: tuple[bool, ...] | None = None
+        self.clipping: str | None = None
+        self.clipping_reason: str | None = None
+        self._ghost: Any = None
         self._data: tuple[Any, Any, Any, Any] | None = None
         self.fused_batches: int | None = (
             None if fused_batches is None else check_int("fused_batches", fused_batches, minimum=0)
@@ -223,7 +229,38 @@ class MaskedDPSGD:
             carry["sum"] = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), extra)
         return carry
 
+    def resolve_clipping(self, params: Any, x: Any) -> str:
+        """Decide ``config.clipping`` for these parameters and inputs (once; no compilation).
+
+        Sets :attr:`clipping` (``"vmap"`` or ``"ghost"``) and
+        :attr:`clipping_reason` (one line saying why); the first :meth:`step`
+        calls it.  Raises :class:`trainers.clipping.UnsupportedLayer` for
+        ``clipping="ghost"`` with a trainable layer that has no ghost rule.
+        """
+        import jax
+
+        from trainers.clipping.select import resolve_clipping
+
+        if self.clipping is None:
+            if self._trainable is None:
+                self._trainable = trainable_leaves(params, self.frozen)
+            x0 = x[0]
+            method, ghost, reason = resolve_clipping(
+                self.config.clipping,
+                model_apply=self.model_apply,
+                loss_fn=self.loss_fn,
+                trainable=self._trainable,
+                precision=self.config.precision,
+                params=params,
+                x_one=jax.ShapeDtypeStruct(x0.shape, x0.dtype),
+            )
+            self._ghost, self.clipping, self.clipping_reason = ghost, method, reason
+        return self.clipping
+
     def _per_example_grads(self, params, xb, yb):
+        if self._ghost is not None:  # ghost norms + book-keeping (trainers.clipping)
+            ghost_pass = self._ghost(params, xb, yb)
+            return ghost_pass.losses, ghost_pass
         return per_example_grads(
             self.model_apply, self.loss_fn, self.config.precision, params, xb, yb
         )
@@ -274,7 +311,7 @@ class MaskedDPSGD:
         )
         if platform == "cpu":
             # A trace only (no compilation, not counted): does the model convolve?
-            jaxpr = jax.make_jaxpr(self._per_example_grads)(params, x[:1], y[:1])
+            jaxpr = jax.make_jaxpr(lambda *a: self._per_example_grads(*a)[0])(params, x[:1], y[:1])
             if "conv_general_dilated" in str(jaxpr):
                 return 0
         return default_fused_batches(cfg.denominator, cfg.physical_batch_size)
@@ -331,6 +368,8 @@ class MaskedDPSGD:
         cfg = self.config
         if self._trainable is None:
             self._trainable = trainable_leaves(params, self.frozen)
+        if self.clipping is None:
+            self.resolve_clipping(params, x)
         if self.fused_batches is None:
             self.fused_batches = self._auto_fused_batches(params, x, y)
         batches = split_physical_batches(indices, cfg.physical_batch_size, pad_index=pad_index)

@@ -77,6 +77,11 @@ class DPSGDConfig:
             :data:`trainers.mutations.MUTATIONS` (testing only: selects a
             deliberately wrong :class:`Mechanics`).
         sketch_dim: k, the number of update-sketch projections recorded.
+        clipping: how per-example norms and the clipped sum are computed:
+            ``"vmap"`` (per-example gradients), ``"ghost"`` (ghost norms and
+            book-keeping, :mod:`trainers.clipping`) or ``"auto"`` (ghost when
+            every trainable layer is supported, else vmap).  The mechanism
+            (clip, mask, noise, denominator) is the same either way.
     """
 
     clip_norm: float
@@ -86,6 +91,7 @@ class DPSGDConfig:
     precision: str = "float32"
     mutation: str | None = None
     sketch_dim: int = DEFAULT_SKETCH_DIM
+    clipping: str = "auto"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "clip_norm", check_positive("clip_norm", self.clip_norm))
@@ -106,6 +112,9 @@ class DPSGDConfig:
 
             check_mutation(self.mutation)
         object.__setattr__(self, "sketch_dim", check_int("sketch_dim", self.sketch_dim, minimum=1))
+        from trainers.clipping.select import check_clipping
+
+        check_clipping(self.clipping)
 
     @property
     def noise_std(self) -> float:
@@ -344,6 +353,30 @@ def init_carry(params: Any) -> dict[str, Any]:
     }
 
 
+def _vmap_norms_and_sum(grads: Any, trainable: tuple[bool, ...], p: int) -> tuple[Any, Any]:
+    """Norms over the trainable leaves of per-example gradients, and
+    ``weighted_sum(factor, keep) = Σ_i where(keep_i, factor_i·g_i, 0)`` per leaf."""
+    import jax
+    import jax.numpy as jnp
+
+    leaves = jax.tree_util.tree_leaves(grads)
+    sq = jnp.zeros((p,), jnp.float32)
+    for g, t in zip(leaves, trainable, strict=True):
+        if t:
+            sq = sq + jnp.sum(jnp.square(g.reshape(p, -1)), axis=1)
+
+    def weighted_sum(factor: Any, keep: Any) -> list:
+        def masked_sum(g, t):
+            if not t:
+                return jnp.zeros(g.shape[1:], jnp.float32)
+            shape = (p,) + (1,) * (g.ndim - 1)
+            return jnp.sum(jnp.where(keep.reshape(shape), g * factor.reshape(shape), 0.0), axis=0)
+
+        return [masked_sum(g, t) for g, t in zip(leaves, trainable, strict=True)]
+
+    return jnp.sqrt(sq), weighted_sum
+
+
 def accumulate_batch(
     mech: Mechanics,
     config: DPSGDConfig,
@@ -363,7 +396,9 @@ def accumulate_batch(
         config: the step's :class:`DPSGDConfig`.
         trainable: :func:`trainable_leaves` of the parameters.
         carry: the accumulator (:func:`init_carry`).
-        losses, grads: :func:`per_example_grads` of the batch's p rows.
+        losses, grads: :func:`per_example_grads` of the batch's p rows, or
+            ``grads`` a :class:`trainers.clipping.GhostPass` (norms and the
+            weighted sum without per-example gradients).
         mask: bool ``(p,)``, true on real rows.
         noise_key, step, batch: the run's key, the logical step t, the
             physical batch number (only a mutation uses them here).
@@ -371,26 +406,21 @@ def accumulate_batch(
     import jax
     import jax.numpy as jnp
 
-    leaves, treedef = jax.tree_util.tree_flatten(grads)
+    from trainers.clipping.ghost import GhostPass
+
     p = mask.shape[0]
-    sq = jnp.zeros((p,), jnp.float32)
-    for g, t in zip(leaves, trainable, strict=True):
-        if t:
-            sq = sq + jnp.sum(jnp.square(g.reshape(p, -1)), axis=1)
-    norms = jnp.sqrt(sq)
+    treedef = jax.tree_util.tree_structure(carry["sum"])
+    if isinstance(grads, GhostPass):
+        norms, weighted_sum = grads.norms, grads.weighted_sum
+    else:
+        norms, weighted_sum = _vmap_norms_and_sum(grads, trainable, p)
     finite = jnp.isfinite(norms) & jnp.isfinite(losses)
     clip_norm = config.clip_norm * mech.clip_norm_scale
     factor = mech.clip_factors(norms, finite, clip_norm)
     real = mech.real_rows(mask)
     keep = real & finite
 
-    def masked_sum(g, t):
-        if not t:
-            return jnp.zeros(g.shape[1:], jnp.float32)
-        shape = (p,) + (1,) * (g.ndim - 1)
-        return jnp.sum(jnp.where(keep.reshape(shape), g * factor.reshape(shape), 0.0), axis=0)
-
-    sums = [masked_sum(g, t) for g, t in zip(leaves, trainable, strict=True)]
+    sums = weighted_sum(factor, keep)
     sums = mech.batch_noise(sums, noise_key, step, batch, config)
     old = jax.tree_util.tree_leaves(carry["sum"])
     new_sum = jax.tree_util.tree_unflatten(treedef, [a + b for a, b in zip(old, sums, strict=True)])
