@@ -25,12 +25,28 @@ not depend on the values):
   DP-SGD step and ledger writing; ``ledger_share`` is the ledger's part of the
   total (target < 2%).
 
+* ``dpsgd_ghost`` — the same step as ``dpsgd_vmap`` with ghost clipping
+  (:mod:`trainers.clipping`): per-example norms from one backward pass, the
+  clipped sum by book-keeping, no per-example gradients.
+* ``--clipping vmap,ghost`` (default) runs ``dpsgd_<m>`` and
+  ``masked_trainer`` with ``DPSGDConfig(clipping=m)`` for each listed m.
+
 Each mode is compiled and warmed up first, then timed for at least
-``--seconds`` of wall-clock time (whole steps, device synchronised).
+``--seconds`` of wall-clock time (whole steps, device synchronised); with
+``--rounds R`` the modes are timed R times in turn and the best of each is
+kept (on a shared, loaded machine this compares the modes under the same
+load).  ``load_average`` (``os.getloadavg``) is recorded with every line.
+
+Memory: ``xla_peak_bytes`` of each jitted step is XLA's own buffer plan for the
+compiled function (arguments + outputs + temporaries − aliased; from
+``Compiled.memory_analysis()``), at the benchmarked p and, for
+``--memory-batch M`` (default 256), at p = M (compiled, not run).  It does not
+depend on the machine's load.
 
 Output: one JSON line per (model, mode) with ``examples_per_second``, then one
-per model with the ratios ``dpsgd_vmap/nonprivate``,
-``masked_trainer/nonprivate`` and ``ledger_share``.
+per model with the ratios (``dpsgd_<m>/nonprivate``,
+``masked_trainer_<m>/nonprivate``, ``memory_<m>/nonprivate``) and
+``ledger_share``.
 
 Usage::
 
@@ -39,6 +55,7 @@ Usage::
                                                     # patch 4, 32×32×3, p=128, TF32) and the
                                                     # CIFAR-10 CNN (p=256, TF32); < 5 min on one GPU
     python benchmarks/throughput.py --models vit --seconds 5 --out results.jsonl
+    python benchmarks/throughput.py --models cnn,vit,text --clipping vmap,ghost --rounds 2
 
 Multi-process scaling (``--num-processes 1,2,4``): the whole trainer
 (``dpverify train`` through ``dpverify launch -n P``: sampling, the masked
@@ -88,12 +105,18 @@ class Setup:
 
 _TINY_VIT = {"patch_size": 4, "width": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128}
 _VIT_SMALL = {"patch_size": 4, "width": 384, "depth": 6, "num_heads": 6, "mlp_dim": 1536}
+TEXT_VOCAB = 8192
+_TINY_TEXT = {"vocab_size": TEXT_VOCAB, "width": 64, "depth": 2, "num_heads": 4, "mlp_dim": 128}
+_TEXT_SMALL = {"vocab_size": TEXT_VOCAB, "width": 384, "depth": 6, "num_heads": 6, "mlp_dim": 1536}
 # (device, model) → (model kwargs, image shape, p, E, N); the GPU ViT is the reference's.
 _TABLE: dict[tuple[str, str], tuple[dict[str, Any], tuple[int, int, int], int, int, int]] = {
     ("gpu", "cnn"): ({"channels": (32, 64, 128), "groups": 8}, (32, 32, 3), 256, 1024, 50_000),
     ("gpu", "vit"): (_VIT_SMALL, (32, 32, 3), 128, 512, 50_000),
     ("cpu", "cnn"): ({"channels": (16, 32), "groups": 4}, (16, 16, 3), 32, 128, 4096),
     ("cpu", "vit"): (_TINY_VIT, (16, 16, 3), 32, 128, 4096),
+    # text: (model kwargs, (tokens,), p, E, N); vocabulary TEXT_VOCAB
+    ("gpu", "text"): (_TEXT_SMALL, (128,), 128, 512, 50_000),
+    ("cpu", "text"): (_TINY_TEXT, (64,), 32, 128, 4096),
 }
 
 
@@ -115,10 +138,22 @@ def _setups(device: str, models: list[str], args: argparse.Namespace) -> list[Se
 
 
 def _model(setup: Setup):
-    from trainers.models import CNN, ViT
+    from trainers.models import CNN, TextTransformer, ViT
 
-    cls = CNN if setup.name == "cnn" else ViT
+    cls = {"cnn": CNN, "vit": ViT, "text": TextTransformer}[setup.name]
     return cls(num_classes=10, **setup.kwargs)
+
+
+def _data(setup: Setup):
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    n = setup.dataset_size
+    if setup.name == "text":
+        x = rng.integers(1, TEXT_VOCAB, size=(n, *setup.image_shape)).astype(np.int32)
+    else:
+        x = rng.uniform(size=(n, *setup.image_shape)).astype(np.float32)
+    return x, rng.integers(0, 10, size=n).astype(np.int32)
 
 
 def _emit(record: dict[str, Any], out: Any) -> None:
@@ -194,8 +229,72 @@ def _dpsgd_vmap_step(model, opt, x_dev, y_dev, p: int):
     return step
 
 
-def _bench_jitted(make_step, model, params, x_dev, y_dev, p, seconds, precision):
-    """Compile, warm up and time the step ``make_step`` builds, on random batches of p."""
+def _dpsgd_ghost_step(model, opt, x_dev, y_dev, p: int):
+    """``step(params, opt_state, idx, key)``: as :func:`_dpsgd_vmap_step` with
+    ghost clipping (norms without per-example gradients, book-keeping sum)."""
+    import jax
+    import jax.numpy as jnp
+    import optax
+
+    from trainers.clipping import GhostClipping
+    from trainers.losses import softmax_cross_entropy
+
+    mask = jnp.ones((p,), bool)
+    cache: dict[str, Any] = {}
+
+    def step(params, opt_state, idx, key):
+        xb, yb = jnp.take(x_dev, idx, axis=0), jnp.take(y_dev, idx, axis=0)
+        if "ghost" not in cache:
+            trainable = tuple(True for _ in jax.tree_util.tree_leaves(params))
+            cache["ghost"] = GhostClipping(
+                lambda p_, x: model.apply({"params": p_}, x), softmax_cross_entropy, trainable
+            )
+        out = cache["ghost"](params, xb, yb)
+        finite = jnp.isfinite(out.norms)
+        factor = jnp.where(finite, CLIP_NORM / jnp.maximum(out.norms, CLIP_NORM), 0.0)
+        sums = out.weighted_sum(factor, mask & finite)
+        leaves, treedef = jax.tree_util.tree_flatten(params)
+        noisy = []
+        for total, k in zip(sums, jax.random.split(key, len(leaves)), strict=True):
+            z = jax.random.normal(k, total.shape, total.dtype)
+            noisy.append((total + NOISE_MULTIPLIER * CLIP_NORM * z) / p)
+        grads = jax.tree_util.tree_unflatten(treedef, noisy)
+        updates, opt_state = opt.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state
+
+    return step
+
+
+_STEPS = {"vmap": _dpsgd_vmap_step, "ghost": _dpsgd_ghost_step}
+
+
+def _xla_peak_bytes(make_step, model, params, x_dev, y_dev, p, precision) -> int | None:
+    """XLA's planned peak (arguments + outputs + temporaries − aliased) of the step at p."""
+    import jax
+    import numpy as np
+    import optax
+
+    from trainers.precision import precision_context
+
+    opt = optax.adam(LEARNING_RATE)
+    fn = jax.jit(make_step(model, opt, x_dev, y_dev, p), donate_argnums=(0, 1))
+    with precision_context(precision):
+        compiled = fn.lower(
+            params, opt.init(params), np.zeros((p,), np.int32), jax.random.PRNGKey(0)
+        ).compile()
+    stats = compiled.memory_analysis()
+    if stats is None:
+        return None
+    return int(
+        stats.argument_size_in_bytes
+        + stats.output_size_in_bytes
+        + stats.temp_size_in_bytes
+        - stats.alias_size_in_bytes
+    )
+
+
+def _prepare_jitted(make_step, model, params, x_dev, y_dev, p, precision):
+    """Compile and warm up the step ``make_step`` builds; returns ``(run_one, compile_s)``."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -214,120 +313,135 @@ def _bench_jitted(make_step, model, params, x_dev, y_dev, p, seconds, precision)
         idx = rng.integers(0, n, size=p).astype(np.int32)
         state["t"] += 1
         k = jax.random.fold_in(key, state["t"])
-        state["params"], state["opt"] = fn(state["params"], state["opt"], idx, k)
+        with precision_context(precision):
+            state["params"], state["opt"] = fn(state["params"], state["opt"], idx, k)
         jax.block_until_ready(state["params"])
 
-    with precision_context(precision):
+    t0 = time.perf_counter()
+    run_one()  # compile + first step
+    compile_s = time.perf_counter() - t0
+    run_one()
+    return run_one, compile_s
+
+
+class _MaskedTrainerBench:
+    """The real masked trainer + Poisson sampler + ledger, timed in rounds."""
+
+    def __init__(self, model, params, x_np, y_np, setup, precision, ledger_dir, clipping):
+        import jax
+        import jax.numpy as jnp
+        import optax
+
+        from dpverify.ledger import LedgerWriter, RunHeader
+        from dpverify.samplers import PoissonSampler
+        from trainers.dpsgd import DPSGDConfig, MaskedDPSGD
+
+        n, p, e = setup.dataset_size, setup.physical_batch_size, setup.expected_batch_size
+        self.q, self.e, self.p = e / n, e, p
+        opt = optax.adam(LEARNING_RATE)
+        config = DPSGDConfig(
+            clip_norm=CLIP_NORM,
+            noise_multiplier=NOISE_MULTIPLIER,
+            denominator=self.q * n,
+            physical_batch_size=p,
+            precision=precision,
+            clipping=clipping,
+        )
+        self.trainer = MaskedDPSGD(lambda p_, x: model.apply({"params": p_}, x), opt, config)
+        self.sampler = PoissonSampler(n, self.q, seed=1)
+        header = RunHeader(
+            dataset_size=n,
+            sampler="poisson",
+            sampling_rate=self.q,
+            noise_multiplier=NOISE_MULTIPLIER,
+            clip_norm=CLIP_NORM,
+            delta=1e-5,
+            expected_batch_size=self.q * n,
+            physical_batch_size=p,
+            precision=precision,
+            task=f"benchmark-{setup.name}",
+            extra={"clipping": clipping},
+        )
+        self.key = jax.random.PRNGKey(0)
+        self.x_dev, self.y_dev = jnp.asarray(x_np), jnp.asarray(y_np)
+        self.state = {"params": jax.tree_util.tree_map(jnp.copy, params), "t": 0}
+        self.state["opt"] = opt.init(self.state["params"])
+        self.timing = {"sample": 0.0, "step": 0.0, "ledger": 0.0, "examples": 0, "padded": 0}
+        self.ledger_dir = ledger_dir
+        self.writer = LedgerWriter.create(ledger_dir, header, group_commit=GROUP_COMMIT)
+        self.best: dict[str, Any] | None = None
         t0 = time.perf_counter()
-        run_one()  # compile + first step
-        compile_s = time.perf_counter() - t0
-        run_one()
-        iters, elapsed = _timed(run_one, seconds)
-    return {"examples_per_second": iters * p / elapsed, "steps": iters, "compile_s": compile_s}
-
-
-def _bench_masked_trainer(
-    model,
-    params,
-    x_np,
-    y_np,
-    setup: Setup,
-    seconds: float,
-    precision: str,
-    ledger_dir: Path,
-    min_steps: int,
-):
-    import jax
-    import jax.numpy as jnp
-    import optax
-
-    from dpverify.ledger import LedgerWriter, RunHeader, Seal, Step
-    from dpverify.samplers import PoissonSampler
-    from trainers.dpsgd import DPSGDConfig, MaskedDPSGD
-
-    n, p, e = setup.dataset_size, setup.physical_batch_size, setup.expected_batch_size
-    q = e / n
-    opt = optax.adam(LEARNING_RATE)
-    config = DPSGDConfig(
-        clip_norm=CLIP_NORM,
-        noise_multiplier=NOISE_MULTIPLIER,
-        denominator=q * n,
-        physical_batch_size=p,
-        precision=precision,
-    )
-    trainer = MaskedDPSGD(lambda p_, x: model.apply({"params": p_}, x), opt, config)
-    sampler = PoissonSampler(n, q, seed=1)
-    header = RunHeader(
-        dataset_size=n,
-        sampler="poisson",
-        sampling_rate=q,
-        noise_multiplier=NOISE_MULTIPLIER,
-        clip_norm=CLIP_NORM,
-        delta=1e-5,
-        expected_batch_size=q * n,
-        physical_batch_size=p,
-        precision=precision,
-        task=f"benchmark-{setup.name}",
-    )
-    key = jax.random.PRNGKey(0)
-    x_dev, y_dev = jnp.asarray(x_np), jnp.asarray(y_np)
-    state = {"params": jax.tree_util.tree_map(jnp.copy, params), "t": 0}
-    state["opt"] = opt.init(state["params"])
-    timing = {"sample": 0.0, "step": 0.0, "ledger": 0.0, "examples": 0, "padded": 0}
-
-    with LedgerWriter.create(ledger_dir, header, group_commit=GROUP_COMMIT) as writer:
-
-        def run_one(record: bool = True) -> None:
-            t = state["t"]
-            t0 = time.perf_counter()
-            idx = sampler.sample(t)
-            t1 = time.perf_counter()
-            state["params"], state["opt"], stats = trainer.step(
-                state["params"], state["opt"], x_dev, y_dev, idx, key, t
-            )
-            t2 = time.perf_counter()
-            writer.append(Step(step=t, indices=idx, **stats.ledger_fields()))
-            t3 = time.perf_counter()
-            state["t"] = t + 1
-            if record:
-                timing["sample"] += t1 - t0
-                timing["step"] += t2 - t1
-                timing["ledger"] += t3 - t2
-                timing["examples"] += idx.size
-                timing["padded"] += stats.physical_batches * p
-
-        t0 = time.perf_counter()
-        run_one(record=False)  # compile
-        compile_s = time.perf_counter() - t0
+        self.run_one(record=False)  # compile
+        self.compile_s = time.perf_counter() - t0
         for _ in range(2):
-            run_one(record=False)
-        iters, elapsed = _timed(run_one, seconds, min_iters=min_steps)
+            self.run_one(record=False)
+
+    def run_one(self, record: bool = True) -> None:
+        from dpverify.ledger import Step
+
+        st, timing = self.state, self.timing
+        t = st["t"]
         t0 = time.perf_counter()
-        writer.close(seal=Seal(steps_executed=state["t"], final_step=state["t"]))
+        idx = self.sampler.sample(t)
+        t1 = time.perf_counter()
+        st["params"], st["opt"], stats = self.trainer.step(
+            st["params"], st["opt"], self.x_dev, self.y_dev, idx, self.key, t
+        )
+        t2 = time.perf_counter()
+        self.writer.append(Step(step=t, indices=idx, **stats.ledger_fields()))
+        t3 = time.perf_counter()
+        st["t"] = t + 1
+        if record:
+            timing["sample"] += t1 - t0
+            timing["step"] += t2 - t1
+            timing["ledger"] += t3 - t2
+            timing["examples"] += idx.size
+            timing["padded"] += stats.physical_batches * self.p
+
+    def time_round(self, seconds: float, min_steps: int) -> None:
+        before = dict(self.timing)
+        iters, elapsed = _timed(self.run_one, seconds, min_iters=min_steps)
+        rate = (self.timing["examples"] - before["examples"]) / elapsed
+        if self.best is None or rate > self.best["examples_per_second"]:
+            self.best = {
+                "examples_per_second": rate,
+                "physical_examples_per_second": (self.timing["padded"] - before["padded"])
+                / elapsed,
+                "steps": iters,
+            }
+
+    def finish(self) -> dict[str, Any]:
+        from dpverify.ledger import Seal
+
+        t0 = time.perf_counter()
+        t = self.state["t"]
+        self.writer.close(seal=Seal(steps_executed=t, final_step=t))
         close_s = time.perf_counter() - t0
-    timing["ledger"] += close_s
-    elapsed += close_s
-    return {
-        "examples_per_second": timing["examples"] / elapsed,
-        "physical_examples_per_second": timing["padded"] / elapsed,
-        "steps": iters,
-        "compile_s": compile_s,
-        "compilations": trainer.compilations,
-        "sampling_rate": q,
-        "expected_batch_size": e,
-        "seconds_sampling": timing["sample"],
-        "seconds_step": timing["step"],
-        "seconds_ledger": timing["ledger"],
-        "seconds_ledger_close": close_s,
-        "ledger_share": timing["ledger"] / elapsed,
-        "ledger_bytes": sum(f.stat().st_size for f in ledger_dir.iterdir() if f.is_file()),
-    }
+        timing = self.timing
+        timing["ledger"] += close_s
+        total = timing["sample"] + timing["step"] + timing["ledger"]
+        assert self.best is not None
+        return {
+            **self.best,
+            "compile_s": self.compile_s,
+            "compilations": self.trainer.compilations,
+            "clipping": self.trainer.clipping,
+            "sampling_rate": self.q,
+            "expected_batch_size": self.e,
+            "seconds_sampling": timing["sample"],
+            "seconds_step": timing["step"],
+            "seconds_ledger": timing["ledger"],
+            "seconds_ledger_close": close_s,
+            "ledger_share": timing["ledger"] / total,
+            "ledger_bytes": sum(f.stat().st_size for f in self.ledger_dir.iterdir() if f.is_file()),
+        }
 
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Run the benchmark described by ``args``; returns the emitted records."""
+    import os
+
     import jax
-    import numpy as np
 
     records: list[dict[str, Any]] = []
     out = open(args.out, "a") if args.out else None
@@ -338,63 +452,72 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     device_name = str(jax.devices()[0].device_kind)
 
     def emit(record):
+        record = {**record, "load_average": list(os.getloadavg())}
         records.append(record)
         _emit(record, out)
 
     try:
         for setup in _setups(args.device, args.models, args):
             model = _model(setup)
-            rng = np.random.default_rng(0)
-            x = rng.uniform(size=(setup.dataset_size, *setup.image_shape)).astype(np.float32)
-            y = rng.integers(0, 10, size=setup.dataset_size).astype(np.int32)
+            x, y = _data(setup)
             params = jax.jit(model.init)(jax.random.PRNGKey(0), x[:1])["params"]
             n_params = int(sum(a.size for a in jax.tree_util.tree_leaves(params)))
             base = {
                 "model": setup.name,
                 "params": n_params,
-                "image_shape": list(setup.image_shape),
+                "input_shape": list(setup.image_shape),
                 "physical_batch_size": setup.physical_batch_size,
                 "precision": precision,
                 "device": device_name,
             }
             x_dev, y_dev = jax.device_put(x), jax.device_put(y)
             p = setup.physical_batch_size
-            results = {}
-            results["nonprivate"] = _bench_jitted(
-                _nonprivate_step, model, params, x_dev, y_dev, p, args.seconds, precision
-            )
-            emit({**base, "mode": "nonprivate", **results["nonprivate"]})
-            results["dpsgd_vmap"] = _bench_jitted(
-                _dpsgd_vmap_step, model, params, x_dev, y_dev, p, args.seconds, precision
-            )
-            emit({**base, "mode": "dpsgd_vmap", **results["dpsgd_vmap"]})
-            with tempfile.TemporaryDirectory() as tmp:
-                results["masked_trainer"] = _bench_masked_trainer(
-                    model,
-                    params,
-                    x,
-                    y,
-                    setup,
-                    args.seconds,
-                    precision,
-                    Path(tmp) / "ledger",
-                    args.min_trainer_steps,
+            steps = {"nonprivate": _nonprivate_step}
+            steps.update({f"dpsgd_{m}": _STEPS[m] for m in args.clipping})
+            runners, info = {}, {}
+            for mode, make in steps.items():
+                runners[mode], compile_s = _prepare_jitted(
+                    make, model, params, x_dev, y_dev, p, precision
                 )
-            emit({**base, "mode": "masked_trainer", **results["masked_trainer"]})
-            ref = results["nonprivate"]["examples_per_second"]
-            emit(
-                {
-                    **base,
-                    "mode": "ratios",
-                    "dpsgd_vmap/nonprivate": results["dpsgd_vmap"]["examples_per_second"] / ref,
-                    "masked_trainer/nonprivate": results["masked_trainer"]["examples_per_second"]
-                    / ref,
-                    "masked_trainer/dpsgd_vmap": results["masked_trainer"]["examples_per_second"]
-                    / results["dpsgd_vmap"]["examples_per_second"],
-                    "ledger_share": results["masked_trainer"]["ledger_share"],
-                    "ledger_share_below_2pct": results["masked_trainer"]["ledger_share"] < 0.02,
+                info[mode] = {"compile_s": compile_s}
+                for batch in sorted({p, args.memory_batch}):
+                    info[mode][f"xla_peak_bytes_p{batch}"] = _xla_peak_bytes(
+                        make, model, params, x_dev, y_dev, batch, precision
+                    )
+            with tempfile.TemporaryDirectory() as tmp:
+                trainers = {
+                    f"masked_trainer_{m}": _MaskedTrainerBench(
+                        model, params, x, y, setup, precision, Path(tmp) / f"ledger-{m}", m
+                    )
+                    for m in args.clipping
                 }
-            )
+                best = {mode: 0.0 for mode in runners}
+                for _ in range(args.rounds):
+                    for mode, run_one in runners.items():
+                        iters, elapsed = _timed(run_one, args.seconds)
+                        best[mode] = max(best[mode], iters * p / elapsed)
+                    for bench in trainers.values():
+                        bench.time_round(args.seconds, args.min_trainer_steps)
+                results = {
+                    mode: {"examples_per_second": best[mode], **info[mode]} for mode in runners
+                }
+                results.update({name: bench.finish() for name, bench in trainers.items()})
+            for mode, result in results.items():
+                emit({**base, "mode": mode, **result})
+            ref = results["nonprivate"]["examples_per_second"]
+            ratios: dict[str, Any] = {**base, "mode": "ratios", "rounds": args.rounds}
+            mem_key = f"xla_peak_bytes_p{args.memory_batch}"
+            for m in args.clipping:
+                ratios[f"dpsgd_{m}/nonprivate"] = results[f"dpsgd_{m}"]["examples_per_second"] / ref
+                ratios[f"masked_trainer_{m}/nonprivate"] = (
+                    results[f"masked_trainer_{m}"]["examples_per_second"] / ref
+                )
+                mem, mem0 = results[f"dpsgd_{m}"][mem_key], results["nonprivate"][mem_key]
+                ratios[f"memory_{m}/nonprivate_p{args.memory_batch}"] = (
+                    mem / mem0 if mem and mem0 else None
+                )
+                ratios[f"ledger_share_{m}"] = results[f"masked_trainer_{m}"]["ledger_share"]
+            emit(ratios)
     finally:
         if out is not None:
             out.close()
@@ -407,7 +530,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--device", choices=("cpu", "gpu"), default="cpu")
     parser.add_argument(
-        "--models", default="cnn,vit", help="comma-separated subset of cnn,vit (default both)"
+        "--models",
+        default="cnn,vit",
+        help="comma-separated subset of cnn,vit,text (default cnn,vit)",
     )
     parser.add_argument("--seconds", type=float, default=None, help="timed seconds per mode")
     parser.add_argument("--physical-batch-size", type=int, default=None)
@@ -423,6 +548,15 @@ def build_parser() -> argparse.ArgumentParser:
         "--any-backend",
         action="store_true",
         help="run the --device gpu configurations whatever JAX's backend (for checking)",
+    )
+    parser.add_argument(
+        "--clipping",
+        default="vmap,ghost",
+        help="comma-separated clipping methods to compare: vmap, ghost (default both)",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="timing rounds (best kept)")
+    parser.add_argument(
+        "--memory-batch", type=int, default=256, help="also report XLA peak memory at this p"
     )
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     parser.add_argument(
@@ -499,14 +633,25 @@ def main(argv: list[str] | None = None) -> int:
         run_processes(args, counts)
         return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [m for m in models if m not in ("cnn", "vit")]
+    bad = [m for m in models if m not in ("cnn", "vit", "text")]
     if bad or not models:
-        print(f"--models={args.models!r} must name cnn and/or vit", file=sys.stderr)
+        print(f"--models={args.models!r} must name some of cnn, vit, text", file=sys.stderr)
         return 2
     args.models = models
+    clipping = [m.strip() for m in args.clipping.split(",") if m.strip()]
+    if not clipping or any(m not in _STEPS for m in clipping):
+        print(f"--clipping={args.clipping!r} must name vmap and/or ghost", file=sys.stderr)
+        return 2
+    args.clipping = clipping
     if args.seconds is None:
         args.seconds = 10.0 if args.device == "gpu" else 5.0
-    for name in ("physical_batch_size", "expected_batch_size", "min_trainer_steps"):
+    for name in (
+        "physical_batch_size",
+        "expected_batch_size",
+        "min_trainer_steps",
+        "rounds",
+        "memory_batch",
+    ):
         value = getattr(args, name)
         if value is not None and value < 1:
             print(f"--{name.replace('_', '-')}={value} must be >= 1", file=sys.stderr)

@@ -267,6 +267,8 @@ def _run(
         "first_step_seconds": first_step_seconds,
         "physical_batch_size": plan.physical_batch_size,
         "precision": plan.precision,
+        "clipping": getattr(trainer, "clipping", None) or session.clipping,
+        "clipping_reason": session.clipping_reason,
         "sampling_rate": plan.sampling_rate,
         "expected_batch_size": plan.expected_batch_size,
         "noise_multiplier": plan.noise_multiplier,

@@ -98,6 +98,9 @@ class TrainConfig:
             (:mod:`trainers.sharding`; p must be divisible by it); ``None`` = 1.
         canaries: M ≥ 0 white-box gradient canaries (:mod:`trainers.canaries`);
             their M slots count in N.
+        clipping: ``"vmap"``, ``"ghost"`` or ``"auto"`` (``None``: auto), how
+            per-example norms and the clipped sum are computed
+            (:mod:`trainers.clipping.select`); never changes the mechanism.
     """
 
     task: str | None = None
@@ -122,6 +125,7 @@ class TrainConfig:
     mutation: str | None = None
     devices: int | None = None
     canaries: int = 0
+    clipping: str | None = None
 
     def __post_init__(self) -> None:
         from trainers.tasks import get_task
@@ -162,6 +166,10 @@ class TrainConfig:
             _check_mutation(self.mutation)
         _optional(check_int, "devices", self.devices, minimum=1)
         check_int("canaries", self.canaries, minimum=0)
+        if self.clipping is not None:
+            from trainers.clipping.select import check_clipping
+
+            check_clipping(self.clipping)
 
 
 def _check_mutation(name: str) -> None:
@@ -198,6 +206,7 @@ class RunPlan:
     optimizer: str
     checkpoint_every: int
     canaries: int = 0
+    clipping: str = "auto"
 
     def to_json(self) -> dict[str, Any]:
         """JSON-serialisable dict (``config.json``)."""
@@ -411,4 +420,5 @@ def plan_run(
         optimizer=config.optimizer or d.get("optimizer", "adam"),
         checkpoint_every=config.checkpoint_every or DEFAULT_CHECKPOINT_EVERY,
         canaries=canaries,
+        clipping=config.clipping or "auto",
     )

@@ -70,6 +70,8 @@ class Session:
         """
         if not self.resumed and self.leader:
             _remove_partial_run(self.run_dir, self.created_dir)
+    clipping: str = "vmap"
+    clipping_reason: str = ""
 
     @property
     def sampler_label(self) -> str:
@@ -89,6 +91,7 @@ class Session:
             physical_batch_size=plan.physical_batch_size,
             precision=plan.precision,
             mutation=self.private.get("mutation"),
+            clipping=self.clipping,
         )
         return MaskedDPSGD(self.model_apply, self.optimizer, cfg, devices=self.devices)
 
@@ -135,6 +138,29 @@ class Session:
             steps=steps,
         )
         return compute_epsilon([seg], self.plan.delta).to_json()
+
+
+def resolve_run_clipping(plan: RunPlan, comps: Any, dataset: Any) -> tuple[str, str]:
+    """``(method, reason)``: what ``plan.clipping`` resolves to for this model
+    and data (:func:`trainers.clipping.select.resolve_clipping`; shapes only).
+    The method is recorded in the header's ``extra.clipping``."""
+    import jax
+
+    from trainers.clipping.select import resolve_clipping
+    from trainers.dpsgd import trainable_leaves
+    from trainers.losses import softmax_cross_entropy
+
+    x0 = dataset.x_train[0]
+    method, _, reason = resolve_clipping(
+        plan.clipping,
+        model_apply=comps.model_apply,
+        loss_fn=softmax_cross_entropy,
+        trainable=trainable_leaves(comps.params),
+        precision=plan.precision,
+        params=comps.params,
+        x_one=jax.ShapeDtypeStruct(x0.shape, x0.dtype),
+    )
+    return method, reason
 
 
 def _claim(plan: RunPlan, steps: int) -> float | None:
@@ -327,6 +353,8 @@ def _create_run(
     write_private_file(config_path, (json.dumps(plan.to_json(), indent=2) + "\n").encode())
     config_path.chmod(0o644)  # public: the auditor rebuilds model and data from it
     declared_params = sampler.params() if plan.declared_sampler == sampler.name else {}
+    comps = build_components(plan, dataset, init_seed)
+    clipping, clipping_reason = resolve_run_clipping(plan, comps, dataset)
     from trainers.prng import prng_record
 
     header = RunHeader(
@@ -358,11 +386,11 @@ def _create_run(
             "framework": "jax",
             "prng": prng_record(),
             **canary_header,
+            "clipping": clipping,
             **dict(extra or {}),
         },
     )
     writer = LedgerWriter.create(run_dir / _LEDGER_DIR, header)
-    comps = build_components(plan, dataset, init_seed)
     session = Session(
         run_dir=run_dir,
         plan=plan,
@@ -381,6 +409,8 @@ def _create_run(
         resumed=False,
         devices=config.devices,
         canaries=_canaries(private, comps.params, plan),
+        clipping=clipping,
+        clipping_reason=clipping_reason,
     )
     session.checkpoint(0, comps.params, comps.opt_state)
     return session
@@ -511,6 +541,7 @@ def open_resume(run_dir: Path, config: TrainConfig | None) -> Session:
         seed,
         dict(private.get("sampler_params") or {}),
     )
+    clipping, clipping_reason = resolve_run_clipping(plan, comps, dataset)
     writer = LedgerWriter.resume(ledger_dir, step=start, checkpoint_digest=ck_digest)
     return Session(
         run_dir=run_dir,
@@ -530,6 +561,8 @@ def open_resume(run_dir: Path, config: TrainConfig | None) -> Session:
         resumed=True,
         devices=None if config is None else config.devices,
         canaries=_canaries(private, params, plan),
+        clipping=clipping,
+        clipping_reason=clipping_reason,
     )
 
 

@@ -83,6 +83,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="rows per compiled batch, or auto",
     )
     p.add_argument("--precision", help="float32 (default), tf32 or bf16")
+    p.add_argument(
+        "--clipping",
+        help="per-example clipping: auto (default: ghost when every trainable layer "
+        "is supported, else vmap), ghost or vmap",
+    )
     p.add_argument("--seed", type=integer, help="private seed (default: random)")
     p.add_argument(
         "--sampler", help="poisson (default); other names are shortcuts, labelled as such"
@@ -183,6 +188,7 @@ def _config(args: argparse.Namespace) -> Any:
         mutation=args.mutation,
         devices=args.devices,
         canaries=args.canaries,
+        clipping=args.clipping,
     )
 
 
@@ -332,6 +338,8 @@ def summary_text(summary: dict[str, Any], run_dir: str | Path) -> str:
         f"{summary.get('compilations')} compilation(s), physical batch "
         f"{summary.get('physical_batch_size')}, {summary.get('precision')}",
     ]
+    if summary.get("clipping"):
+        lines.append(f"clipping:    {summary['clipping']} ({summary.get('clipping_reason')})")
     delta, q, e = (summary.get(k) for k in ("delta", "sampling_rate", "expected_batch_size"))
     if delta is not None and q and e and delta >= q / e:  # q / E = 1 / N
         lines.append(
