@@ -59,6 +59,9 @@ class Session:
     #: True once the session is shared by the P processes of a job
     #: (:mod:`trainers.multiprocess`): checkpoints end with a barrier.
     shared: bool = False
+    #: What ``plan.clipping`` resolved to ("vmap" or "ghost") and why.
+    clipping: str = "vmap"
+    clipping_reason: str = ""
 
     def discard(self) -> None:
         """Remove a new run that failed before its first step (nothing was trained).
@@ -70,8 +73,6 @@ class Session:
         """
         if not self.resumed and self.leader:
             _remove_partial_run(self.run_dir, self.created_dir)
-    clipping: str = "vmap"
-    clipping_reason: str = ""
 
     @property
     def sampler_label(self) -> str:
