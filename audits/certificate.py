@@ -18,6 +18,13 @@ JSON schema (``schema_version`` 1; documented in ``docs/certificate.md``):
   computed none (no canaries, or their secret design was not given).
 * ``run`` — the public run configuration from the ledger header (no noise key,
   no seed, no indices).
+* ``scope`` — what the verdict covers: one entry per part (``integrity``,
+  ``sampling``, ``accounting``, ``mechanics``, ``replay``; other parts may be
+  added), each ``{"verified": bool, "reason": str, "check": name, "status":
+  status}``; ``replay`` also holds ``coverage`` (``steps_replayed``,
+  ``steps_executed``, ``segments``, ``includes_final_parameters``, ``seed``)
+  when replay ran.  A part is verified only when its check *passed*: a
+  warning, a skip or a failure leaves it unverified.
 * ``dpverify_version``, ``created`` (ISO 8601 UTC).
 
 Compatibility rule: keys are never removed and their meaning never changes;
@@ -43,10 +50,13 @@ __all__ = [
     "PUBLIC_HEADER_FIELDS",
     "SCHEMA",
     "SCHEMA_VERSION",
+    "SCOPE_PARTS",
     "VERDICTS",
     "Certificate",
     "empirical_section",
     "public_run_config",
+    "scope_line",
+    "scope_of",
     "write_json",
 ]
 
@@ -78,6 +88,91 @@ PUBLIC_HEADER_FIELDS = (
     "run_id",
     "created",
 )
+
+
+#: Scope part → (the check that verifies it, how the verdict line names it).
+#: Owners of new checks add their part here; parts are never removed.
+SCOPE_PARTS: dict[str, tuple[str, str]] = {
+    "integrity": ("integrity", "ledger integrity"),
+    "sampling": ("sampling", "sampling"),
+    "accounting": ("privacy", "accounting"),
+    "mechanics": ("mechanics", "recorded mechanics"),
+    "replay": ("replay", "clipping and noise (replay)"),
+    "empirical": ("empirical", "empirical ε lower bound (canaries)"),
+}
+#: Parts left out of the scope line when their check was skipped (optional evidence).
+_OPTIONAL_PARTS = ("empirical",)
+
+
+def scope_of(checks: Any) -> dict[str, dict[str, Any]]:
+    """The certificate's ``scope`` from its checks (see the module docstring)."""
+    by_name = {c.name: c for c in checks}
+    out: dict[str, dict[str, Any]] = {}
+    for part, (check_name, _label) in SCOPE_PARTS.items():
+        c = by_name.get(check_name)
+        if c is None:
+            continue
+        entry: dict[str, Any] = {
+            "verified": c.status == "pass",
+            "check": check_name,
+            "status": c.status,
+            "reason": c.reason,
+        }
+        if part == "replay" and "steps_replayed" in c.details:
+            entry["coverage"] = {
+                k: c.details.get(k)
+                for k in (
+                    "steps_replayed",
+                    "steps_executed",
+                    "segments",
+                    "includes_final_parameters",
+                    "seed",
+                )
+            }
+        out[part] = entry
+    return out
+
+
+def scope_line(verdict: str, scope: Mapping[str, Any]) -> str:
+    """One line after the verdict, e.g. ``CERTIFIED — sampling and accounting verified;
+    clipping and noise NOT verified (no replay)``."""
+
+    def join(words: list[str]) -> str:
+        return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+    yes, no, replay = [], [], None
+    for part, entry in scope.items():
+        label = SCOPE_PARTS.get(part, (part, part))[1]
+        if part == "integrity":
+            continue  # the verdict itself says whether the ledger is intact
+        if part in _OPTIONAL_PARTS and entry["status"] == "skip":
+            continue
+        if part == "replay":
+            cov = entry.get("coverage") or {}
+            if entry["verified"]:
+                final = (
+                    ", including the final parameters"
+                    if cov.get("includes_final_parameters")
+                    else ""
+                )
+                replay = (
+                    f"clipping and noise verified by replay of {cov.get('steps_replayed')} of "
+                    f"{cov.get('steps_executed')} steps{final}"
+                )
+            else:
+                why = {"skip": "no replay", "warn": "replay incomplete", "fail": "replay failed"}
+                replay = (
+                    f"clipping and noise NOT verified ({why.get(entry['status'], 'no replay')})"
+                )
+        elif entry["verified"]:
+            yes.append(label)
+        else:
+            no.append(f"{label} NOT verified ({entry['status']})")
+    parts = [f"{join(yes)} verified"] if yes else []
+    parts.extend(no)
+    if replay:
+        parts.append(replay)
+    return f"{verdict.upper()} — {'; '.join(parts) if parts else 'nothing verified'}"
 
 
 def public_run_config(header: Any) -> dict[str, Any]:
@@ -190,6 +285,25 @@ class Certificate:
         )
 
     @property
+    def scope(self) -> dict[str, dict[str, Any]]:
+        """What the verdict covers, part by part (see :func:`scope_of`)."""
+        return scope_of(self.checks)
+
+    def verified(self, part: str) -> bool:
+        """Whether scope part ``part`` was verified.
+
+        Raises:
+            InvalidArgument: ``part`` is not a scope part.
+        """
+        check_choice("part", part, tuple(SCOPE_PARTS))
+        return bool(self.scope.get(part, {}).get("verified", False))
+
+    @property
+    def scope_text(self) -> str:
+        """The scope line printed right after the verdict."""
+        return scope_line(self.verdict, self.scope)
+
+    @property
     def failures(self) -> tuple[CheckResult, ...]:
         """The checks that failed."""
         return tuple(c for c in self.checks if c.failed)
@@ -211,6 +325,7 @@ class Certificate:
             "checks": [c.to_dict() for c in self.checks],
             "empirical": jsonable(dict(self.empirical)) if self.empirical is not None else None,
             "run": jsonable(dict(self.run)),
+            "scope": jsonable(self.scope),
             "dpverify_version": self.dpverify_version,
             "created": self.created,
         }
@@ -224,6 +339,7 @@ class Certificate:
         elif eps.get("prv"):
             tight = ("PRV upper", eps["prv"].get("upper"))
         lines = [f"verdict: {self.verdict.upper()} — {self.verdict_reason}"]
+        lines.append(f"scope: {self.scope_text}")
         claim = "none" if self.claimed_epsilon is None else f"{self.claimed_epsilon:g}"
         delta = "n/a" if self.delta is None else f"{self.delta:g}"
         recomputed = (

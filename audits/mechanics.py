@@ -102,6 +102,10 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
     }
     rules["num_nonfinite"] = _Finding("more non-finite examples than sampled")
     nonfinite_examples = nonfinite_steps = 0
+    # Which bug a clipped norm above C points to: clipped = pre-clip norm at every
+    # violating step means no per-example clipping happened (clipping after summation,
+    # or none); clipped < pre-clip means examples were clipped, at a larger norm.
+    clipped_below_raw = clipped_as_raw = 0
     missing = {"noise_std": 0, "max_clipped_norm": 0, "noise_draws": 0, "denominator": 0}
     varying_clip = varying_sigma = 0
     sigma_std_hint = 0
@@ -128,6 +132,12 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
             m = s.max_clipped_norm
             if not math.isfinite(m) or m > c * (1.0 + CLIP_TOLERANCE):
                 rules["clipped_norm"].add(f"step {s.step}: norm {m:.6g} > C = {c:g}")
+                raw = s.max_grad_norm
+                if raw is not None and math.isfinite(m) and math.isfinite(raw):
+                    if m < raw * (1.0 - CLIP_TOLERANCE):
+                        clipped_below_raw += 1
+                    else:
+                        clipped_as_raw += 1
                 worst_clipped = m if not math.isfinite(m) else max(worst_clipped, m / c)
         if s.noise_draws is None:
             missing["noise_draws"] += 1
@@ -151,6 +161,10 @@ def check_mechanics(header: Any, steps: Sequence[Any]) -> CheckResult:
                 f"step {s.step}: {s.num_clipped} clipped of {s.batch_size} sampled"
             )
     den_note = _check_denominators(dens, header, rules["denominator"])
+    if clipped_below_raw and not clipped_as_raw:
+        rules["clipped_norm"].hint = "clipping at a larger norm than recorded?"
+    elif clipped_below_raw:
+        rules["clipped_norm"].hint = ""
     if sigma_std_hint and sigma_std_hint == rules["noise_std"].count:
         rules["noise_std"].message = "noise std is σ, not σ·C"
     failed = {k: r for k, r in rules.items() if r.count}

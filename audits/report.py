@@ -6,6 +6,13 @@ Markdown and saves the plots beside it in ``report_plots/``.  Neither contains
 sampled indices, seeds or keys: only the certificate's public content and
 aggregate plots (batch-size and inclusion-count histograms, ε against steps,
 canary-score histograms — counts per bin, never which canary was included).
+
+Every value that comes from the run (header fields such as ``task`` or
+``run_id``, check reasons that quote them) is escaped: in Markdown, line
+breaks become spaces and Markdown and HTML syntax characters are
+backslash-escaped or written as entities (:func:`md_escape`); in HTML,
+``html.escape``.  A header field holding newlines, a Markdown heading or an
+HTML tag therefore cannot start a line of its own or forge a verdict line.
 """
 
 from __future__ import annotations
@@ -13,6 +20,7 @@ from __future__ import annotations
 import base64
 import html
 import os
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,7 +30,25 @@ from audits.certificate import Certificate
 from dpverify._validate import check_int
 from dpverify.errors import InvalidArgument, UnusableInput
 
-__all__ = ["render_markdown", "write_report"]
+__all__ = ["md_escape", "render_markdown", "write_report"]
+
+# Line and paragraph breaks of every kind, and other control characters.
+_BREAKS = re.compile(r"[\x00-\x1f\x7f\x85\u2028\u2029]+")
+# Characters with a meaning in Markdown (CommonMark's ASCII punctuation that can start
+# or end syntax); backslash-escaped.
+_MD_SPECIAL = re.compile(r"([\\`*_{}\[\]()#+!|~])")
+
+
+def md_escape(text: Any) -> str:
+    """``text`` as one Markdown line that renders literally.
+
+    Control characters and line breaks (``\\n``, ``\\r``, U+2028, …) become a
+    space; ``&``, ``<``, ``>`` become entities (no raw HTML); Markdown
+    punctuation is backslash-escaped.
+    """
+    out = _BREAKS.sub(" ", str(text))
+    out = out.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return _MD_SPECIAL.sub(r"\\\1", out)
 
 
 
@@ -168,7 +194,7 @@ def _sections(cert: Certificate) -> list[tuple[str, list[list[str]] | _Paragraph
 def _md_cell(s: str) -> str:
     if isinstance(s, _Status):
         return f"**{s.upper()}**" if s == "fail" else s.upper()
-    return s.replace("|", "\\|")
+    return md_escape(s)
 
 
 def _md_paragraph(pieces: _Paragraph) -> str:
@@ -188,9 +214,10 @@ def render_markdown(cert: Certificate, *, plot_links: Sequence[tuple[str, str]] 
     """The report as Markdown; ``plot_links`` are (caption, relative path) pairs."""
     parts = [
         "# dpverify audit report",
-        f"**Verdict: {cert.verdict.upper()}** — {cert.verdict_reason}",
-        f"_Audited {cert.created} by dpverify {cert.dpverify_version}; certificate schema "
-        f"{cert.to_json()['schema_version']}._",
+        f"**Verdict: {cert.verdict.upper()}** — {md_escape(cert.verdict_reason)}",
+        f"**Scope:** {md_escape(cert.scope_text)}",
+        f"_Audited {md_escape(cert.created)} by dpverify {md_escape(cert.dpverify_version)}; "
+        f"certificate schema {cert.to_json()['schema_version']}._",
     ]
     for heading, body in _sections(cert):
         parts.append(f"## {heading}")
@@ -228,6 +255,7 @@ def _render_html(cert: Certificate, plots: list[tuple[str, str, bytes]]) -> str:
         "<h1>dpverify audit report</h1>",
         f'<p class="verdict" style="color:{colour}"><b>Verdict: {cert.verdict.upper()}</b> — '
         f"{html.escape(cert.verdict_reason)}</p>",
+        f"<p><b>Scope:</b> {html.escape(cert.scope_text)}</p>",
         f"<p><i>Audited {html.escape(cert.created)} by dpverify "
         f"{html.escape(cert.dpverify_version)}.</i></p>",
     ]

@@ -32,7 +32,7 @@ from audits.evidence import collect_evidence
 from audits.integrity import check_integrity
 from audits.mechanics import check_mechanics
 from audits.privacy import check_privacy, claimed_privacy
-from audits.replay import check_replay
+from audits.replay import DEFAULT_REPLAY_STEPS, check_replay
 from audits.sampling import check_sampling, last_executions
 from dpverify._validate import check_int, check_probability
 from dpverify.errors import DpverifyError, LedgerCorrupt, UnusableInput
@@ -106,10 +106,11 @@ def audit_ledger(
     verify_report: Any,
     run_dir: Path | None = None,
     alpha: float = 1e-3,
-    replay_steps: int | None = 5,
+    replay_steps: int | None = DEFAULT_REPLAY_STEPS,
     noise_key_path: Path | None = None,
     progress: bool = False,
     seed: int = 0,
+    replay_seed: int | None = None,
     empirical_confidence: float = DEFAULT_CONFIDENCE,
     canary_scores_path: Path | None = None,
 ) -> Certificate:
@@ -121,10 +122,14 @@ def audit_ledger(
         verify_report: its :class:`dpverify.ledger.VerifyReport`.
         run_dir: the run directory for replay, or ``None``.
         alpha: family-wise false-positive rate of the sampling battery.
-        replay_steps: steps to replay; ``None`` disables replay.
+        replay_steps: replay budget in steps (whole checkpoint segments, plus
+            always the final one and those touching a resume); ``None``
+            disables replay.
         noise_key_path: noise key file for replay (default ``RUN_DIR/noise.key``).
         progress: show a progress bar on stderr (only on a TTY).
-        seed: seed of the battery's Monte-Carlo tests and of the replay sample.
+        seed: seed of the battery's Monte-Carlo tests.
+        replay_seed: the auditor's seed of the random choice of replayed
+            segments; ``None`` draws a fresh one (stated in the certificate).
         empirical_confidence: confidence of the canaries' ε lower bound.
         canary_scores_path: canary scores JSON for runs that carry their own
             (:func:`audits.empirical.load_scores_file`); default: computed
@@ -188,7 +193,11 @@ def audit_ledger(
         _guarded(
             "replay",
             lambda: check_replay(
-                run_dir, sample=replay_steps, seed=seed, noise_key_path=noise_key_path
+                run_dir,
+                ledger=ledger,
+                budget=replay_steps,
+                seed=replay_seed,
+                noise_key_path=noise_key_path,
             ),
         )
     )
@@ -232,10 +241,11 @@ def run_audit(
     path: str | os.PathLike[str],
     *,
     alpha: float = 1e-3,
-    replay_steps: int | None = 5,
+    replay_steps: int | None = DEFAULT_REPLAY_STEPS,
     noise_key_path: str | os.PathLike[str] | None = None,
     progress: bool = False,
     seed: int = 0,
+    replay_seed: int | None = None,
     empirical_confidence: float = DEFAULT_CONFIDENCE,
     canary_scores_path: str | os.PathLike[str] | None = None,
 ) -> Certificate:
@@ -244,12 +254,14 @@ def run_audit(
     Args:
         path: a run directory (holding ``ledger/``) or a ledger directory.
         alpha: family-wise false-positive rate of the sampling battery, in (0, 1).
-        replay_steps: how many randomly chosen steps to replay through the
-            reference trainer (plus every step next to a resume); ``None``
-            disables replay.
+        replay_steps: replay budget in steps: whole checkpoint segments drawn
+            at random, plus always the final segment and every segment
+            touching a resume; ``None`` disables replay.
         noise_key_path: the run's noise key file, when not ``RUN_DIR/noise.key``.
         progress: show a progress bar on stderr.
-        seed: seed of the battery's Monte-Carlo tests and of the replay sample.
+        seed: seed of the battery's Monte-Carlo tests.
+        replay_seed: the auditor's seed of the replayed segments' choice
+            (``None``: fresh from the OS; stated in the certificate).
         empirical_confidence: confidence in (0, 1) of the canaries' ε lower
             bound (the empirical check refutes an honest run with probability
             at most 1 − it).
@@ -316,6 +328,7 @@ def run_audit(
         noise_key_path=key,
         progress=progress,
         seed=seed,
+        replay_seed=replay_seed,
         empirical_confidence=empirical_confidence,
         canary_scores_path=scores,
     )

@@ -7,15 +7,22 @@ Prints JSON lines:
   "sampling_rate": 0.004, "seconds": ..., "per_check": {...}}`` — ``run_audit``
   with replay disabled over a Poisson ledger of 10⁴ steps at N = 60 000,
   q = 0.004 (≈ 2.4·10⁶ recorded indices);
-* ``{"bench": "replay", "task": "digits-mlp", "steps_replayed": K,
-  "seconds_per_step": ...}`` — replaying steps of a small trained digits run
-  through the float64 reference trainer (after a warm-up replay that pays the
-  one-off JAX start-up).
+* ``{"bench": "replay_segment", "task": "digits-mlp", "steps_replayed": 25,
+  "seconds_per_step": ...}`` — replaying one 25-step checkpoint segment of the
+  demo's model and batch size (256) through the float64 reference trainer and
+  comparing with the released checkpoint (after a warm-up replay that pays the
+  one-off JAX start-up);
+* ``{"bench": "replay_demo", "steps_replayed": ..., "replay_seconds": ...,
+  "seconds_per_replayed_step": ..., "audit_seconds": ...}`` — the whole
+  ``dpverify demo`` run (150 steps, a checkpoint every 25) trained, then
+  audited with the default replay budget (50 steps: the final segment and one
+  drawn at random).
 
 Usage::
 
     python benchmarks/audit.py [--steps 10000] [--dataset-size 60000]
-        [--sampling-rate 0.004] [--replay-steps 5] [--no-replay-bench]
+        [--sampling-rate 0.004] [--segment-steps 25] [--no-replay-bench]
+        [--no-demo-bench] [--no-audit-bench]
 
 ImageNet scale (``--scale imagenet``): jax_privacy's ImageNet configuration,
 N = 1 281 167, q = 0.012788, T = 71 589 (≈ 1.17·10⁹ sampled indices;
@@ -114,31 +121,72 @@ def bench_audit(n: int, q: float, steps: int) -> None:
         }))  # fmt: skip
 
 
-def bench_replay(replay_steps: int) -> None:
+def bench_replay(segment_steps: int) -> None:
+    """Seconds per replayed step: one checkpoint segment of the demo's model and batch."""
+    from dpverify.ledger import read_ledger
+    from dpverify.replay import checkpoint_segments
     from trainers.loop import TrainConfig, train
-    from trainers.replay import replay_steps as replay
+    from trainers.replay import replay_segments
 
     with tempfile.TemporaryDirectory() as tmp:
         run = Path(tmp) / "run"
-        steps = replay_steps + 1
-        config = TrainConfig(
-            task="digits-mlp",
-            expected_batch_size=64,
-            noise_multiplier=1.0,
-            clip_norm=1.0,
-            steps=steps,
-            seed=0,
-            checkpoint_every=1,
+        config = TrainConfig(  # the demo's task and defaults (batch 256, Adam), shorter
+            task="digits-mlp", steps=segment_steps + 1, seed=0, checkpoint_every=segment_steps
         )
         train(config, run, progress=False)
-        replay(run, steps=[0])  # warm-up: JAX start-up and tracing
+        ledger = read_ledger(run / "ledger")
+        (seg, last), _ = checkpoint_segments(ledger)
+        replay_segments(run, ledger, [last])  # warm-up: JAX start-up and tracing
         start = time.perf_counter()
-        report = replay(run, steps=list(range(1, steps)))
+        result = replay_segments(run, ledger, [seg], diagnose=False)
         seconds = time.perf_counter() - start
         print(json.dumps({
-            "bench": "replay", "task": "digits-mlp", "expected_batch_size": 64,
-            "steps_replayed": len(report.outcomes), "ok": report.ok,
-            "seconds_per_step": round(seconds / max(len(report.outcomes), 1), 3),
+            "bench": "replay_segment", "task": "digits-mlp", "expected_batch_size": 256,
+            "steps_replayed": seg.num_steps, "ok": all(o.ok for o in result.outcomes),
+            "rel_deviation": result.outcomes[0].rel_deviation,
+            "seconds_per_step": round(seconds / seg.num_steps, 3),
+        }))  # fmt: skip
+
+
+def bench_demo() -> None:
+    """The whole ``dpverify demo`` run (150 steps, checkpoints every 25): audit and replay time."""
+    import audits.runner as runner
+    from audits import run_audit
+    from audits.replay import DEFAULT_REPLAY_STEPS
+    from trainers.loop import TrainConfig, train
+
+    with tempfile.TemporaryDirectory() as tmp:
+        run = Path(tmp) / "demo"
+        start = time.perf_counter()
+        train(TrainConfig(task="digits-mlp", seed=0), run, progress=False)
+        train_seconds = time.perf_counter() - start
+        timing: dict[str, float] = {}
+        original = runner.check_replay
+
+        def timed(*a, **k):
+            t0 = time.perf_counter()
+            try:
+                return original(*a, **k)
+            finally:
+                timing["replay"] = time.perf_counter() - t0
+
+        runner.check_replay = timed
+        try:
+            start = time.perf_counter()
+            cert = run_audit(run, replay_seed=0)
+            audit_seconds = time.perf_counter() - start
+        finally:
+            runner.check_replay = original
+        replay = cert.check("replay")
+        steps = replay.details.get("steps_replayed") or 0
+        print(json.dumps({
+            "bench": "replay_demo", "verdict": cert.verdict, "replay_status": replay.status,
+            "budget": DEFAULT_REPLAY_STEPS, "steps_replayed": steps,
+            "steps_executed": replay.details.get("steps_executed"),
+            "replay_seconds": round(timing.get("replay", float("nan")), 2),
+            "seconds_per_replayed_step": round(timing.get("replay", 0.0) / max(steps, 1), 3),
+            "audit_seconds": round(audit_seconds, 2), "train_seconds": round(train_seconds, 2),
+            "max_rel_deviation": replay.details.get("max_rel_deviation"),
         }))  # fmt: skip
 
 
@@ -250,8 +298,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10_000)
     parser.add_argument("--dataset-size", type=int, default=60_000)
     parser.add_argument("--sampling-rate", type=float, default=0.004)
-    parser.add_argument("--replay-steps", type=int, default=5)
+    parser.add_argument("--segment-steps", type=int, default=25)
     parser.add_argument("--no-replay-bench", action="store_true")
+    parser.add_argument("--no-demo-bench", action="store_true")
+    parser.add_argument("--no-audit-bench", action="store_true")
     parser.add_argument("--scale", choices=("default", "imagenet"), default="default")
     parser.add_argument("--fraction", type=float, default=1.0, help="imagenet: share of T")
     parser.add_argument("--workdir", help="imagenet: folder for the temporary ledger")
@@ -264,9 +314,12 @@ def main() -> None:
     if args.scale == "imagenet":
         bench_imagenet(args.fraction, args.workdir, audit=not args.write_only)
         return
-    bench_audit(args.dataset_size, args.sampling_rate, args.steps)
+    if not args.no_audit_bench:
+        bench_audit(args.dataset_size, args.sampling_rate, args.steps)
     if not args.no_replay_bench:
-        bench_replay(args.replay_steps)
+        bench_replay(args.segment_steps)
+    if not args.no_demo_bench:
+        bench_demo()
 
 
 if __name__ == "__main__":

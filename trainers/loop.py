@@ -25,7 +25,8 @@ Run directory::
     RUN_DIR/noise.key      secret noise key (0600); the header holds its SHA-256
     RUN_DIR/private.json   secret sampler seed and canary key (0600)
     RUN_DIR/config.json    the resolved public plan (task, data path, hyperparameters)
-    RUN_DIR/summary.json   the run summary (no indices, no secrets)
+    RUN_DIR/summary.json   the run summary (0600: it holds the unnoised loss of the last
+                           batch; see docs/privacy-of-artefacts.md)
 """
 
 from __future__ import annotations
@@ -408,8 +409,8 @@ def _write_json(path: Path, obj: Any) -> None:
     from trainers.noise_key import write_private_file
 
     text = json.dumps(finite(obj), indent=2, sort_keys=False, default=_json_default)
+    # 0600: the summary holds unnoised statistics (the last batch's loss).
     write_private_file(path, text.encode() + b"\n")
-    path.chmod(0o644)
 
 
 def _json_default(obj: Any) -> Any:

@@ -1,29 +1,34 @@
-"""Replay recorded steps through the float64 reference trainer (for the auditor).
+"""The JAX segment replayer: checkpoint k → float64 reference → compare with checkpoint k′.
 
-For a logical step s that has a checkpoint right before it (the parameters
-after s steps), replay
+This is the public replay API of ``trainers`` (the auditor, ``audits.replay``,
+uses only the names in ``__all__``; the seam is described in
+:mod:`dpverify.replay`).  For each :class:`~dpverify.replay.Segment` of a run
+written by the dpverify JAX trainers, :func:`replay_segments`
 
-1. restores checkpoint s and checks its SHA-256 against the ledger's
-   :class:`~dpverify.ledger.Checkpoint` record,
-2. recomputes step s's noisy averaged gradient with
-   :func:`trainers.reference.reference_noisy_gradient` — a plain float64 loop
-   over the ledger's indices for s, the run's noise key, and the header's C, σ
-   and denominator q·N (what the accountant assumes, not what the trainer says),
-3. compares its update sketch (:mod:`trainers.sketch`) with the ``update_sketch``
-   of every ledger execution of step s, relative to the sketch's scale, within
-   the tolerance of the run's precision (:func:`trainers.precision.sketch_tolerance`).
+1. restores checkpoint k (its SHA-256 checked against the ledger),
+2. runs :func:`trainers.reference.reference_step` — a float64 Python loop over
+   the ledger's indices with the reference's own noise rule, clipping and
+   denominator — for every step k … k′−1, with the step's C and σ (the
+   header's when the step records none), the header's denominator q·N, the
+   run's noise key and the recorded PRNG setting,
+3. compares the parameters and optimiser state reached with checkpoint k′
+   (also digest-checked): parameters by ‖θ_ref − θ_rec‖ / ‖θ_rec(k′) − θ_rec(k)‖
+   (relative to how far the segment moved them), floating optimiser state by
+   ‖s_ref − s_rec‖ / ‖s_rec‖, integer state (step counts) exactly; the
+   largest must not exceed :func:`trainers.precision.replay_tolerance`.
 
-A masked trainer with a bug in its mechanics (padding not masked, noise per
-physical batch, noise σ instead of σC, clipping after summation, wrong
-denominator) records a sketch the reference does not reproduce.
+What is compared is what was released: a trainer that logs a noisy update
+sketch but applies a noiseless update, or reuses one noise draw over many
+steps, reaches parameters the reference does not.  The self-reported update
+sketch is used only by :func:`diagnose_segments`, to name a likely bug after a
+mismatch, never to pass a segment.
 
-Which steps: every replayable step at a resume point (where a restart could
-have gone wrong) plus a seeded random sample of the other replayable steps.
-Replay needs the run directory's ``config.json`` (task and data path), the
-checkpoint files, the noise key and the data; when one is missing the report
-says so in ``skipped_reason`` instead of passing or failing.
+Replay needs ``RUN_DIR/config.json`` (task and data path), the checkpoint
+files, the noise key, the data and a PRNG setting this JAX can reproduce
+(:func:`trainers.prng.replay_setting`); when one is missing the result is
+*skipped* with the reason.
 
-References: docs/masked-dpsgd.md ("Reference trainer") and docs/certificate.md (the replay check).
+References: Abadi et al. 2016, arXiv:1607.00133, Algorithm 1.
 """
 
 from __future__ import annotations
@@ -31,151 +36,112 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Iterable
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dpverify.errors import DpverifyError, InvalidArgument, UnusableInput
+from dpverify.errors import DpverifyError, UnusableInput
+from dpverify.replay import Segment, SegmentOutcome, SegmentReplay
 
-__all__ = ["ReplayOutcome", "ReplayReport", "replay_steps", "replayable_steps"]
+__all__ = [
+    "ReplayContext",
+    "compare_states",
+    "diagnose_segments",
+    "load_replay_context",
+    "replay_segment",
+    "replay_segments",
+    "run_reference",
+]
 
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ReplayOutcome:
-    """Replay of one logical step.
+@dataclasses.dataclass(frozen=True, kw_only=True, eq=False)
+class ReplayContext:
+    """Everything a replay of a JAX run needs, loaded once.
 
     Attributes:
-        step: the logical step index.
-        max_abs_deviation: largest |recorded − reference| sketch component
-            (over every execution of the step).
-        max_rel_deviation: that deviation relative to the reference sketch's
-            scale (≈ the norm of the noisy averaged gradient).
-        tolerance: relative tolerance of the run's precision.
-        ok: the recorded update matches the reference within tolerance.
-        reason: one line in plain words naming the step and the deviation.
+        run_dir: the run directory.
+        header: the ledger's :class:`~dpverify.ledger.RunHeader`.
+        dataset: the reloaded data set (fingerprint checked).
+        components: model, optimiser and parameter/optimiser templates.
+        noise_key: the run's noise key (raw key data of the recorded PRNG).
+        threefry_partitionable: the recorded PRNG flag.
+        precision: the recorded precision.
+        tolerance: relative tolerance of a segment (:func:`trainers.precision.replay_tolerance`).
+        canary_split: ``None``, or for a run trained with canaries
+            ``split(indices) -> (real indices, extra_sum)``: slots ≥ N₀ are
+            canaries, whose clipped sum the reference adds before the noise
+            (built from the committed canary key by :mod:`trainers.canaries`).
     """
 
-    step: int
-    max_abs_deviation: float
-    max_rel_deviation: float
+    run_dir: Path
+    header: Any
+    dataset: Any
+    components: Any
+    noise_key: Any
+    threefry_partitionable: bool
+    precision: str
     tolerance: float
-    ok: bool
-    reason: str
+    canary_split: Any = None
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict (non-finite numbers become ``None``)."""
-        out = dataclasses.asdict(self)
-        for k in ("max_abs_deviation", "max_rel_deviation"):
-            if not math.isfinite(out[k]):
-                out[k] = None
-        return out
+    def restore(self, step: int, digest: str, path: str | None) -> Any:
+        """Checkpoint ``step`` (:class:`trainers.checkpoint.CheckpointState`), digest-checked.
 
+        Raises:
+            UnusableInput: missing, unreadable or not matching ``digest``.
+        """
+        from trainers.checkpoint import checkpoint_path, load_checkpoint
 
-@dataclasses.dataclass(frozen=True, kw_only=True)
-class ReplayReport:
-    """Outcomes of a replay, or why it could not run.
-
-    Attributes:
-        outcomes: one :class:`ReplayOutcome` per replayed step, by step.
-        skipped_reason: ``None`` when replay ran; otherwise why it could not
-            (missing noise key, checkpoints, data, ...).
-    """
-
-    outcomes: tuple[ReplayOutcome, ...]
-    skipped_reason: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        """Replay ran, replayed at least one step, and every step matched."""
-        return (
-            self.skipped_reason is None and bool(self.outcomes) and all(o.ok for o in self.outcomes)
+        return load_checkpoint(
+            self.run_dir / (path or checkpoint_path(step)),
+            params_template=self.components.params,
+            opt_state_template=self.components.opt_state,
+            expected_digest=digest,
         )
 
-    @property
-    def failures(self) -> tuple[ReplayOutcome, ...]:
-        """Outcomes that did not match."""
-        return tuple(o for o in self.outcomes if not o.ok)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-friendly dict."""
+    def step_kwargs(self, step: Any) -> dict[str, Any]:
+        """Keyword arguments of :func:`trainers.reference.reference_step` for a Step record."""
+        h = self.header
         return {
-            "ok": self.ok,
-            "skipped_reason": self.skipped_reason,
-            "outcomes": [o.to_dict() for o in self.outcomes],
+            "clip_norm": step.clip_norm if step.clip_norm is not None else h.clip_norm,
+            "noise_multiplier": (
+                step.noise_multiplier if step.noise_multiplier is not None else h.noise_multiplier
+            ),
+            "denominator": h.denominator,
+            "noise_key": self.noise_key,
+            "step": step.step,
+            "threefry_partitionable": self.threefry_partitionable,
         }
 
 
-def _run_dir_of(path: str | Path) -> Path:
-    """The run directory for a run dir or its ``ledger/`` dir."""
-    p = Path(path)
-    if (p / "ledger").is_dir():
-        return p
-    if p.name == "ledger" and p.is_dir():
-        return p.parent
-    raise UnusableInput(f"{p} is not a run directory (no ledger/ inside)")
-
-
-def _checkpoint_map(run_dir: Path, ledger: Any) -> dict[int, Any]:
-    """Logical step → its latest Checkpoint record whose file exists."""
-    from trainers.checkpoint import checkpoint_path
-
-    out: dict[int, Any] = {}
-    for rec in ledger.checkpoints:
-        if (run_dir / (rec.path or checkpoint_path(rec.step))).is_file():
-            out[rec.step] = rec
-    return out
-
-
-def replayable_steps(run_dir: str | Path) -> tuple[int, ...]:
-    """Executed logical steps that have a checkpoint file right before them."""
-    from dpverify.ledger import read_ledger
-
-    rd = _run_dir_of(run_dir)
-    ledger = read_ledger(rd / "ledger")
-    executed = {s.step for s in ledger.steps}
-    return tuple(sorted(executed & set(_checkpoint_map(rd, ledger))))
-
-
-def _choose(
-    candidates: list[int],
-    resume_points: set[int],
-    steps: Iterable[int] | None,
-    sample: int,
-    seed: int,
-) -> list[int]:
-    if steps is not None:
-        chosen = sorted({int(s) for s in steps})
-        missing = [s for s in chosen if s not in candidates]
-        if missing:
-            raise InvalidArgument(
-                f"steps={missing[:5]!r} cannot be replayed: no checkpoint right before them"
-            )
-        return chosen
-    must = sorted(resume_points & set(candidates))
-    others = [s for s in candidates if s not in resume_points]
-    k = min(max(int(sample), 0), len(others))
-    picks = np.random.default_rng(seed).choice(len(others), size=k, replace=False) if k else ()
-    return sorted(set(must) | {others[int(i)] for i in picks})
-
-
-def _load_context(run_dir: Path, ledger: Any, noise_key_path: Any) -> tuple[Any, str | None]:
-    """(plan, dataset, components, noise prng key) or a reason replay cannot run."""
+def load_replay_context(
+    run_dir: str | Path, ledger: Any, noise_key_path: str | Path | None = None
+) -> tuple[ReplayContext | None, str | None]:
+    """``(context, None)``, or ``(None, reason)`` when replay cannot run."""
     from trainers.components import build_components
     from trainers.noise_key import load_noise_key, noise_prng_key
+    from trainers.precision import replay_tolerance
+    from trainers.prng import replay_setting
     from trainers.run_plan import RunPlan
     from trainers.session import load_dataset
 
+    rd = Path(run_dir)
     header = ledger.header
-    cfg_path = run_dir / "config.json"
+    framework = dict(header.extra or {}).get("framework", "jax")
+    if framework != "jax":
+        return None, f"a {framework!r} run is not replayed by the JAX reference"
+    setting, why = replay_setting(header.extra)
+    if setting is None:
+        return None, f"{why}: replay under another setting could refute an honest run"
+    cfg_path = rd / "config.json"
     if not cfg_path.is_file():
         return None, f"{cfg_path} is missing: the model and data cannot be rebuilt"
     try:
         plan = RunPlan.from_json(json.loads(cfg_path.read_text()))
     except (ValueError, DpverifyError) as exc:
         return None, f"{cfg_path} is unusable: {exc}"
-    key_path = Path(noise_key_path) if noise_key_path is not None else run_dir / "noise.key"
+    key_path = Path(noise_key_path) if noise_key_path is not None else rd / "noise.key"
     if not key_path.exists():
         return None, f"no noise key at {key_path} (the auditor needs it for replay)"
     try:
@@ -185,16 +151,30 @@ def _load_context(run_dir: Path, ledger: Any, noise_key_path: Any) -> tuple[Any,
         return None, str(exc)
     if header.dataset_fingerprint and dataset.fingerprint != header.dataset_fingerprint:
         return None, "the reloaded data set does not match the ledger's dataset_fingerprint"
-    comps = build_components(plan, dataset, 0)  # templates only: values are restored
-    split, why = _canary_split(run_dir, header, plan, comps.params)
+    precision = header.precision or "float32"
+    comps = build_components(plan, dataset, 0)  # templates: values are restored
+    split, why = _canary_split(rd, header, plan, comps.params)
     if why is not None:
         return None, why
-    return (plan, dataset, comps, noise_prng_key(key), split), None
+    return (
+        ReplayContext(
+            run_dir=rd,
+            header=header,
+            dataset=dataset,
+            components=comps,
+            noise_key=np.asarray(noise_prng_key(key)),
+            threefry_partitionable=setting["threefry_partitionable"],
+            precision=precision,
+            tolerance=replay_tolerance(precision),
+            canary_split=split,
+        ),
+        None,
+    )
 
 
 def _canary_split(run_dir: Path, header: Any, plan: Any, template: Any) -> tuple[Any, str | None]:
     """For a run with canaries: ``split(indices) -> (real, extra_sum)`` (or why not)."""
-    if not plan.canaries:
+    if not getattr(plan, "canaries", 0):
         return None, None
     from dpverify.empirical.canaries import canary_key_digest
     from trainers.canaries import reference_canaries
@@ -219,145 +199,173 @@ def _canary_split(run_dir: Path, header: Any, plan: Any, template: Any) -> tuple
     return split, None
 
 
-def replay_steps(
-    run_dir: str | Path,
-    *,
-    steps: Iterable[int] | None = None,
-    sample: int = 5,
-    seed: int = 0,
-    noise_key_path: str | Path | None = None,
-) -> ReplayReport:
-    """Replay steps of a run through the reference trainer and compare sketches.
+def _floats(tree: Any) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """(floating leaves, other leaves) of a pytree, as float64 / exact NumPy arrays."""
+    import jax
 
-    Args:
-        run_dir: the run directory (or its ``ledger/`` directory).
-        steps: the steps to replay; default: every replayable resume point
-            plus ``sample`` other replayable steps drawn with ``seed``.
-        sample: how many non-resume steps to draw.
-        seed: seed of that draw (public: it only picks which steps to check).
-        noise_key_path: the noise key file (default ``RUN_DIR/noise.key``).
+    fl, other = [], []
+    for leaf in jax.tree_util.tree_leaves(tree):
+        a = np.asarray(leaf)
+        if np.issubdtype(a.dtype, np.floating):
+            fl.append(a.astype(np.float64).ravel())
+        else:
+            other.append(a.ravel())
+    return fl, other
 
-    Returns:
-        :class:`ReplayReport`; ``skipped_reason`` says why nothing was replayed.
 
-    Raises:
-        UnusableInput: ``run_dir`` is not a run directory.
-        InvalidArgument: an explicitly requested step is not replayable.
+def _norm(parts: list[np.ndarray]) -> float:
+    return math.sqrt(sum(float(np.sum(p * p)) for p in parts))
+
+
+def compare_states(
+    ref_params: Any, ref_opt: Any, start_params: Any, end_params: Any, end_opt: Any
+) -> tuple[float, float]:
+    """``(relative deviation, max absolute deviation)`` of a replayed segment's end state.
+
+    Parameters: ‖θ_ref − θ_rec‖ / ‖θ_rec(end) − θ_rec(start)‖; floating
+    optimiser state: ‖s_ref − s_rec‖ / ‖s_rec‖; integer optimiser state must be
+    equal (else the deviation is infinite).  Non-finite values give ``inf``.
     """
-    from dpverify.ledger import read_ledger
-    from trainers.checkpoint import checkpoint_path, load_checkpoint
-    from trainers.precision import sketch_tolerance
+    pr, _ = _floats(ref_params)
+    pe, _ = _floats(end_params)
+    p0, _ = _floats(start_params)
+    moved = _norm([e - s for e, s in zip(pe, p0, strict=True)])
+    diff = [r - e for r, e in zip(pr, pe, strict=True)]
+    rel = _norm(diff) / max(moved, 1e-300)
+    abs_dev = max((float(np.max(np.abs(d))) for d in diff if d.size), default=0.0)
+    sr, ir = _floats(ref_opt)
+    se, ie = _floats(end_opt)
+    if len(sr) != len(se) or len(ir) != len(ie):
+        return math.inf, math.inf
+    if any(not np.array_equal(a, b) for a, b in zip(ir, ie, strict=True)):
+        return math.inf, math.inf
+    sdiff = [r - e for r, e in zip(sr, se, strict=True)]
+    if sdiff:
+        rel = max(rel, _norm(sdiff) / max(_norm(se), 1e-300))
+        abs_dev = max(abs_dev, max((float(np.max(np.abs(d))) for d in sdiff if d.size), default=0))
+    if not (math.isfinite(rel) and math.isfinite(abs_dev)):
+        return math.inf, math.inf
+    return rel, abs_dev
 
-    rd = _run_dir_of(run_dir)
-    try:
-        ledger = read_ledger(rd / "ledger")
-    except DpverifyError as exc:
-        return ReplayReport(outcomes=(), skipped_reason=f"the ledger cannot be read: {exc}")
-    ck = _checkpoint_map(rd, ledger)
-    executed = {s.step for s in ledger.steps}
-    candidates = sorted(executed & set(ck))
-    if not candidates:
-        return ReplayReport(outcomes=(), skipped_reason="no checkpoint files to replay from")
-    chosen = _choose(candidates, {r.step for r in ledger.resumes}, steps, sample, seed)
-    context, why = _load_context(rd, ledger, noise_key_path)
-    if context is None:
-        return ReplayReport(outcomes=(), skipped_reason=why)
-    _plan, dataset, comps, prng, split = context
-    header = ledger.header
-    precision = header.precision or "float32"
-    tol = sketch_tolerance(precision)
-    outcomes = []
-    for s in chosen:
-        rec = ck[s]
-        try:
-            state = load_checkpoint(
-                rd / (rec.path or checkpoint_path(s)),
-                params_template=comps.params,
-                opt_state_template=comps.opt_state,
-                expected_digest=rec.digest,
-            )
-        except UnusableInput as exc:
-            outcomes.append(_outcome(s, math.inf, math.inf, tol, f"step {s}: {exc}"))
-            continue
-        runs = [st for st in ledger.steps if st.step == s]
-        outcomes.append(
-            _replay_one(s, runs, state.params, comps, dataset, header, prng, precision, tol, split)
+
+def run_reference(
+    ctx: ReplayContext, segment: Segment, params: Any, opt_state: Any, **overrides: Any
+) -> tuple[Any, Any]:
+    """The float64 reference over every step of ``segment`` from ``(params, opt_state)``.
+
+    ``overrides`` replace :meth:`ReplayContext.step_kwargs` entries (used by
+    the diagnosis to replay a hypothesis, e.g. ``noise_multiplier=0``).
+    """
+    from trainers.reference import reference_step
+
+    comps, data = ctx.components, ctx.dataset
+    for rec in segment.steps:
+        kwargs = {**ctx.step_kwargs(rec), **overrides}
+        indices = rec.indices
+        if ctx.canary_split is not None:  # canary slots ≥ N₀ become a clipped extra sum
+            indices, kwargs["extra_sum"] = ctx.canary_split(rec.indices)
+        params, opt_state, _ = reference_step(
+            comps.model_apply,
+            comps.optimizer,
+            params,
+            opt_state,
+            data.x_train,
+            data.y_train,
+            indices,
+            **kwargs,
         )
-    return ReplayReport(outcomes=tuple(outcomes))
+    return params, opt_state
 
 
-def _outcome(step: int, dev: float, rel: float, tol: float, reason: str) -> ReplayOutcome:
-    return ReplayOutcome(
-        step=step,
-        max_abs_deviation=dev,
-        max_rel_deviation=rel,
-        tolerance=tol,
-        ok=False,
-        reason=reason,
-    )
-
-
-def _replay_one(
-    s: int,
-    runs: list,
-    params: Any,
-    comps: Any,
-    dataset: Any,
-    header: Any,
-    prng: Any,
-    precision: str,
-    tol: float,
-    split: Any = None,
-) -> ReplayOutcome:
-    from trainers.reference import reference_noisy_gradient
-    from trainers.sketch import compare_sketches
-
-    worst_abs, worst_rel, ok = 0.0, 0.0, True
-    cache: dict[bytes, Any] = {}
-    for run in runs:
-        if run.update_sketch is None:
-            return _outcome(s, math.inf, math.inf, tol, f"step {s}: no update_sketch recorded")
-        key = run.indices.tobytes()
-        if key not in cache:
-            # Canary runs: slots ≥ N₀ are canaries, added as a clipped sum (trainers.canaries).
-            indices, extra = (run.indices, None) if split is None else split(run.indices)
-            cache[key] = reference_noisy_gradient(
-                comps.model_apply,
-                params,
-                dataset.x_train,
-                dataset.y_train,
-                indices,
-                clip_norm=header.clip_norm,
-                noise_multiplier=header.noise_multiplier,
-                denominator=header.denominator,
-                noise_key=prng,
-                step=s,
-                sketch_dim=len(run.update_sketch),
-                extra_sum=extra,
-            )
-        cmp = compare_sketches(run.update_sketch, cache[key].update_sketch, precision=precision)
-        ok = ok and cmp.ok
-        if not cmp.max_abs_deviation <= worst_abs:
-            worst_abs = cmp.max_abs_deviation
-        if not cmp.max_rel_deviation <= worst_rel:
-            worst_rel = cmp.max_rel_deviation
-    times = "" if len(runs) == 1 else f" (all {len(runs)} executions)"
+def replay_segment(ctx: ReplayContext, segment: Segment) -> SegmentOutcome:
+    """Replay one segment and compare with its end checkpoint (see the module docstring)."""
+    where = f"steps {segment.start}–{segment.end - 1}"
+    try:
+        start = ctx.restore(segment.start, segment.start_digest, segment.start_path)
+        end = ctx.restore(segment.end, segment.end_digest, segment.end_path)
+    except UnusableInput as exc:
+        return _outcome(segment, math.inf, math.inf, ctx.tolerance, f"{where}: {exc}")
+    ref_params, ref_opt = run_reference(ctx, segment, start.params, start.opt_state)
+    rel, dev = compare_states(ref_params, ref_opt, start.params, end.params, end.opt_state)
+    ok = rel <= ctx.tolerance
     if ok:
         reason = (
-            f"step {s}: the recorded update matches the float64 reference{times} "
-            f"(relative deviation {worst_rel:.2g} <= {tol:.2g})"
+            f"{where}: the float64 reference reaches the released checkpoint {segment.end} "
+            f"(relative deviation {rel:.2g} <= {ctx.tolerance:.2g})"
         )
     else:
         reason = (
-            f"step {s}: the recorded update differs from the float64 reference by "
-            f"{worst_rel:.3g} of its scale (tolerance {tol:.2g}; largest component "
-            f"deviation {worst_abs:.3g})"
+            f"{where}: the released checkpoint {segment.end} differs from the float64 reference "
+            f"by {rel:.3g} of the segment's update (tolerance {ctx.tolerance:.2g}; largest "
+            f"component deviation {dev:.3g})"
         )
-    return ReplayOutcome(
-        step=s,
-        max_abs_deviation=worst_abs,
-        max_rel_deviation=worst_rel,
-        tolerance=tol,
+    return _outcome(segment, rel, dev, ctx.tolerance, reason, ok=ok)
+
+
+def _outcome(
+    segment: Segment, rel: float, dev: float, tol: float, reason: str, *, ok: bool = False
+) -> SegmentOutcome:
+    return SegmentOutcome(
+        start=segment.start,
+        end=segment.end,
         ok=ok,
+        rel_deviation=rel,
+        max_abs_deviation=dev,
+        tolerance=tol,
         reason=reason,
     )
+
+
+def replay_segments(
+    run_dir: str | Path,
+    ledger: Any,
+    segments: Sequence[Segment],
+    *,
+    noise_key_path: str | Path | None = None,
+    diagnose: bool = True,
+) -> SegmentReplay:
+    """Replay ``segments`` of a JAX run (the JAX segment replayer of :mod:`dpverify.replay`).
+
+    Args:
+        run_dir: the run directory.
+        ledger: its read :class:`~dpverify.ledger.Ledger`.
+        segments: the segments to replay (from :func:`dpverify.replay.checkpoint_segments`).
+        noise_key_path: the noise key file (default ``RUN_DIR/noise.key``).
+        diagnose: name the likely bug of the first mismatching segment
+            (:func:`diagnose_segments`).
+
+    Returns:
+        :class:`~dpverify.replay.SegmentReplay`: one outcome per segment, or
+        ``skipped_reason``.
+    """
+    ctx, why = load_replay_context(run_dir, ledger, noise_key_path)
+    if ctx is None:
+        return SegmentReplay(skipped_reason=why)
+    outcomes = [replay_segment(ctx, seg) for seg in segments]
+    if diagnose and ctx.canary_split is None:  # canary runs: the mismatch is reported as is
+        failed = [
+            (i, s)
+            for i, (s, o) in enumerate(zip(segments, outcomes, strict=True))
+            if not o.ok and math.isfinite(o.rel_deviation)
+        ]
+        if failed:
+            failed.sort(key=lambda item: item[1].num_steps)
+            words = diagnose_segments(ctx, [s for _, s in failed], ledger)
+            if words:
+                i = failed[0][0]
+                outcomes[i] = dataclasses.replace(outcomes[i], diagnosis=words)
+    return SegmentReplay(outcomes=tuple(outcomes))
+
+
+def diagnose_segments(ctx: ReplayContext, segments: Sequence[Segment], ledger: Any) -> str | None:
+    """Name the bug mismatching segments (shortest first) look like, in plain words.
+
+    ``None`` if no known bug fits.  See :mod:`trainers.replay_diagnosis`.
+    Informative only: never raises.
+    """
+    from trainers.replay_diagnosis import diagnose
+
+    try:
+        return diagnose(ctx, segments, ledger)
+    except Exception:  # the diagnosis must never turn a refutation into a crash
+        return None

@@ -1,7 +1,8 @@
 """``dpverify audit``: audit a run and issue its certificate.
 
 Exit codes: 0 certified; 1 refuted, or unverifiable (a corrupt or
-inconsistent ledger, or no claim to certify — the certificate says which);
+inconsistent ledger, or no claim to certify — the certificate says which),
+or certified without a part named by ``--require`` being verified;
 2 unusable input (a missing path, a path that is not a ledger or run
 directory, a bad option).
 """
@@ -12,6 +13,11 @@ import argparse
 import sys
 
 from dpverify.cli._common import integer, positive_float, print_json
+
+# Kept in step with audits.replay.DEFAULT_REPLAY_STEPS and audits.certificate.SCOPE_PARTS
+# (tests/cli pins both), so that --help does not import the auditor.
+_DEFAULT_REPLAY_STEPS = 50
+_SCOPE_PARTS = ("integrity", "sampling", "accounting", "mechanics", "replay", "empirical")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -33,9 +39,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--replay-steps",
         metavar="K",
         type=integer,
-        default=5,
-        help="randomly chosen steps to replay (plus steps next to resumes; default 5; "
-        "0 = no replay, like --no-replay)",
+        default=_DEFAULT_REPLAY_STEPS,
+        help=(
+            "replay budget in steps: whole checkpoint segments chosen at random, plus always "
+            "the final segment and every segment touching a resume "
+            f"(default {_DEFAULT_REPLAY_STEPS}; 0 = no replay, like --no-replay)"
+        ),
     )
     replay.add_argument("--no-replay", action="store_true", help="skip the replay check")
     p.add_argument(
@@ -51,7 +60,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="S",
         type=integer,
         default=0,
-        help="seed of the Monte-Carlo tests and of the replay sample (default 0)",
+        help="seed of the sampling battery's Monte-Carlo tests (default 0)",
+    )
+    p.add_argument(
+        "--replay-seed",
+        metavar="S",
+        type=integer,
+        help="seed of the random choice of replayed segments (default: fresh; printed)",
+    )
+    p.add_argument(
+        "--require",
+        metavar="PART",
+        action="append",
+        default=[],
+        choices=_SCOPE_PARTS,
+        help=(
+            "exit 1 unless PART of the certificate's scope was verified "
+            f"(repeatable; one of {', '.join(_SCOPE_PARTS)})"
+        ),
     )
     p.add_argument(
         "--empirical-confidence",
@@ -81,6 +107,7 @@ def _audit(args: argparse.Namespace) -> int:
         noise_key_path=args.noise_key,
         progress=not args.quiet and sys.stderr.isatty(),
         seed=args.seed,
+        replay_seed=args.replay_seed,
         empirical_confidence=args.empirical_confidence,
         canary_scores_path=args.canary_scores,
     )
@@ -98,7 +125,11 @@ def _audit(args: argparse.Namespace) -> int:
     if not args.quiet and written:  # where the files went (stderr when stdout is the JSON)
         out = sys.stderr if args.json == "-" else sys.stdout
         out.write("".join(line + "\n" for line in written))
-    return cert.exit_code
+    missing = [part for part in args.require if not cert.verified(part)]
+    for part in missing:
+        reason = cert.scope.get(part, {}).get("reason", "not checked")
+        sys.stderr.write(f"dpverify audit: --require {part}: NOT verified ({reason})\n")
+    return cert.exit_code or (1 if missing else 0)
 
 
 def _check_outputs(args: argparse.Namespace) -> None:

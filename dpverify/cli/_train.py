@@ -22,8 +22,8 @@ __all__ = ["register"]
 
 #: Default run directory of ``dpverify demo`` (a numbered sibling if it exists).
 DEMO_DIR = "dpverify-demo"
-#: Steps replayed by the demo's audit.
-DEMO_REPLAY_STEPS = 5
+#: Replay budget (steps) of the demo's audit: 50 of its 150 steps, in whole 25-step segments.
+DEMO_REPLAY_STEPS = 50
 
 
 def _physical_batch(text: str) -> int | str:

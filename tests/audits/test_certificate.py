@@ -88,8 +88,37 @@ def test_summary_puts_the_verdict_first(fakes):
     cert = _cert(fakes, "refuted")
     lines = cert.summary_text().splitlines()
     assert lines[0].startswith("verdict: REFUTED")
-    assert "recomputed PLD ε = 1.9" in lines[1]
+    assert lines[1].startswith("scope: REFUTED — sampling verified")  # what the verdict covers
+    assert "recomputed PLD ε = 1.9" in lines[2]
     assert any("[pass] sampling" in line and "p = 0.3" in line for line in lines)
     assert cert.check("sampling").p_value == 0.3
     with pytest.raises(InvalidArgument):
         cert.check("nope")
+
+
+def test_scope_counts_only_passed_checks(fakes):
+    from audits.check import CheckResult
+
+    checks = [
+        CheckResult(name="integrity", status="pass", reason="ok"),
+        CheckResult(name="sampling", status="pass", reason="ok"),
+        CheckResult(name="mechanics", status="warn", reason="fields not recorded"),
+        CheckResult(name="privacy", status="pass", reason="holds"),
+        CheckResult(name="replay", status="skip", reason="no checkpoints"),
+    ]
+    cert = Certificate(verdict="certified", verdict_reason="fine", checks=tuple(checks))
+    scope = cert.to_json()["scope"]
+    assert {k: v["verified"] for k, v in scope.items()} == {
+        "integrity": True,
+        "sampling": True,
+        "mechanics": False,
+        "accounting": True,
+        "replay": False,
+    }
+    assert cert.scope_text == (
+        "CERTIFIED — sampling and accounting verified; recorded mechanics NOT verified (warn); "
+        "clipping and noise NOT verified (no replay)"
+    )
+    assert cert.verified("accounting") and not cert.verified("replay")
+    with pytest.raises(InvalidArgument):
+        cert.verified("everything")

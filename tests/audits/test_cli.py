@@ -113,3 +113,33 @@ def test_a_named_noise_key_that_does_not_match_the_run_is_exit_2(tmp_path, fakes
     right.write_bytes(key)
     # the right key passes the input check (replay of a bare ledger is then skipped)
     assert main(["audit", str(ledger), "--noise-key", str(right), "--quiet"]) != 2
+
+
+def test_scope_is_printed_after_the_verdict_and_require_exits_1(tmp_path, fakes, capsys):
+    """A bare ledger (no run directory) is certified for sampling and accounting only:
+    the line after the verdict says clipping and noise were NOT verified, and
+    ``--require replay`` turns that into exit 1."""
+    ledger = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(30))
+    assert main(["audit", str(ledger)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith("verdict: CERTIFIED")
+    assert lines[1].startswith("scope: CERTIFIED — sampling")
+    assert "clipping and noise NOT verified (no replay)" in lines[1]
+    assert main(["audit", str(ledger), "--quiet", "--require", "sampling"]) == 0
+    assert main(["audit", str(ledger), "--quiet", "--require", "replay"]) == 1
+    err = capsys.readouterr().err
+    assert "--require replay: NOT verified" in err and "Traceback" not in err
+    code = main(["audit", str(ledger), "--quiet", "--require", "mechanics", "--require", "replay"])
+    assert code == 1
+    with pytest.raises(SystemExit) as exc:
+        main(["audit", str(ledger), "--require", "everything"])
+    assert exc.value.code == 2
+
+
+def test_cli_constants_match_the_auditor():
+    from audits.certificate import SCOPE_PARTS
+    from audits.replay import DEFAULT_REPLAY_STEPS
+    from dpverify.cli import _audit
+
+    assert _audit._DEFAULT_REPLAY_STEPS == DEFAULT_REPLAY_STEPS
+    assert set(_audit._SCOPE_PARTS) == set(SCOPE_PARTS)

@@ -18,7 +18,8 @@ def test_honest_steps_pass(fakes):
     ("overrides", "words"),
     [
         ({"noise_std": 1.1 / 2}, "noise std is not σ·C"),
-        ({"max_clipped_norm": 1.7}, "clipping after summation?"),
+        ({"max_clipped_norm": 1.7}, "clipping at a larger norm than recorded?"),
+        ({"max_clipped_norm": 3.0}, "clipping after summation?"),
         ({"max_clipped_norm": math.nan}, "clipping after summation?"),
         ({"noise_draws": 3}, "noise per physical batch?"),
         ({"num_clipped": 10_000}, "more examples clipped than sampled"),
@@ -127,3 +128,26 @@ def test_a_denominator_following_a_public_per_step_rate_passes(fakes):
     ]
     r = check_mechanics(ledger.header, steps)
     assert r.status == "pass" and "q_t·N" in r.reason
+
+
+def test_clipping_at_a_larger_norm_is_told_apart_from_clipping_after_summation(fakes):
+    # Clipped norms above C but below the pre-clip norms: examples were clipped, at 2·C.
+    over = {"max_clipped_norm": 2.0, "max_grad_norm": 3.5}
+    ledger = fakes.make_ledger(4, step_overrides=over)
+    r = check_mechanics(ledger.header, ledger.steps)
+    assert r.status == "fail" and "clipping at a larger norm than recorded?" in r.reason
+    assert "clipping after summation?" not in r.reason
+    # Clipped = pre-clip: no per-example clipping happened.
+    same = {"max_clipped_norm": 3.5, "max_grad_norm": 3.5}
+    r = check_mechanics(ledger.header, fakes.make_ledger(4, step_overrides=same).steps)
+    assert "clipping after summation?" in r.reason
+
+
+def test_nonfinite_examples_are_reported_not_refuted(fakes):
+    ledger = fakes.make_ledger(5, step_overrides={"num_nonfinite": 1})
+    r = check_mechanics(ledger.header, ledger.steps)
+    assert r.status == "pass", r.reason
+    assert "5 non-finite example(s) in 5 step(s) contributed zero" in r.reason
+    assert r.details["nonfinite_examples"] == 5
+    bad = fakes.make_ledger(2, step_overrides={"num_nonfinite": 10_000})
+    assert "more non-finite examples than sampled" in check_mechanics(bad.header, bad.steps).reason

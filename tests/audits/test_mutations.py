@@ -69,7 +69,7 @@ def trained(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def honest_certificate(trained):
-    return run_audit(trained(None), replay_steps=TRAIN_STEPS)
+    return run_audit(trained(None), replay_steps=TRAIN_STEPS, replay_seed=0)
 
 
 def test_honest_masked_run_is_certified_with_replay(trained, honest_certificate):
@@ -92,18 +92,37 @@ def test_honest_masked_run_is_certified_with_replay(trained, honest_certificate)
         ("noise_std_sigma", "noise not scaled by the clip norm?"),
         ("clip_after_sum", "clipping after summation?"),
         ("wrong_denominator", "wrong denominator?"),
+        ("noise_reused_across_steps", "noise reused across steps"),
+        ("noise_not_applied", "noise not applied to the update?"),
+        ("larger_clip_norm", "clipping at a larger norm than recorded?"),
     ],
 )
-def test_buggy_trainer_is_refuted(trained, mutation, words):
-    cert = run_audit(trained(mutation), replay_steps=TRAIN_STEPS)
+def test_buggy_trainer_is_refuted_by_its_released_parameters(trained, mutation, words):
+    cert = run_audit(trained(mutation), replay_steps=TRAIN_STEPS, replay_seed=0)
     assert cert.verdict == "refuted", cert.summary_text()
-    reasons = " ".join(c.reason for c in cert.failures)
-    assert words in reasons, reasons
     replay = cert.check("replay")
-    assert replay.status == "fail" and "does not match the reference" in replay.reason
-    assert "step" in replay.reason
-    if mutation in ("unmasked_padding", "clip_after_sum"):  # named by mechanics instead
-        assert "diagnosis" not in replay.details, replay.details["diagnosis"]
+    assert replay.status == "fail", replay.reason
+    assert "released parameters do not match the reference" in replay.reason
+    assert words in replay.reason, replay.reason  # replay itself names the bug
+    assert "steps " in replay.reason and not cert.verified("replay")
+    # No other check blames a different bug.
+    wrong = {
+        "clipping after summation?",
+        "noise per physical batch?",
+        "noise added per physical batch instead of once per step?",
+    } - {words}
+    reasons = " ".join(c.reason for c in cert.failures)
+    assert not any(w in reasons for w in wrong), reasons
+
+
+def test_scope_of_a_replayed_honest_run(honest_certificate):
+    cert = honest_certificate
+    assert cert.verified("replay") and cert.verified("mechanics") and cert.verified("accounting")
+    # (6 steps are too few for the sampling battery: it warns, and the scope says so.)
+    cov = cert.scope["replay"]["coverage"]
+    assert cov["steps_replayed"] == TRAIN_STEPS and cov["includes_final_parameters"] is True
+    assert "clipping and noise verified by replay of 6 of 6 steps" in cert.scope_text
+    assert cert.to_json()["scope"]["replay"]["verified"] is True
 
 
 def test_imported_jsonl_run_gets_every_check_but_replay(trained, tmp_path, honest_certificate):
@@ -116,6 +135,9 @@ def test_imported_jsonl_run_gets_every_check_but_replay(trained, tmp_path, hones
     replay = cert.check("replay")
     assert replay.status == "skip" and replay.reason, replay
     assert cert.verdict == "certified", cert.summary_text()
+    # The verdict line says what was not checked.
+    assert not cert.verified("replay")
+    assert "clipping and noise NOT verified (no replay)" in cert.summary_text()
     for name in ("integrity", "configuration", "sampling", "mechanics", "privacy"):
         assert cert.check(name).status in ("pass", "warn"), cert.check(name)
 

@@ -1,67 +1,187 @@
-"""Replay check: skips with reasons, names the first mismatching step (stubbed replay).
+"""Replay check: which segments are replayed, coverage, skips and failures (stubbed replayer).
 
-Real replays of trained runs are in test_mutations.py.
+Real replays of trained runs are in tests/trainers/test_replay.py and
+tests/audits/test_mutations.py.
 """
 
+from __future__ import annotations
+
+import sys
+import types
+
+import numpy as np
 import pytest
 
-from audits.replay import check_replay
-from dpverify.errors import UnusableInput
-from trainers.replay import ReplayOutcome, ReplayReport
+from audits import replay as audit_replay
+from audits.replay import check_replay, choose_segments
+from dpverify.ledger import LedgerWriter, read_ledger
+from dpverify.ledger.records import Checkpoint, RunHeader, Step
+from dpverify.replay import SegmentOutcome, SegmentReplay, checkpoint_segments
 
 
-def _outcome(step, rel, ok=True, reason=""):
-    return ReplayOutcome(
-        step=step,
-        max_abs_deviation=rel,
-        max_rel_deviation=rel,
-        tolerance=1e-5,
-        ok=ok,
-        reason=reason,
+def _header():
+    return RunHeader(
+        dataset_size=100,
+        sampler="poisson",
+        sampling_rate=0.1,
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        delta=1e-5,
     )
 
 
-@pytest.fixture
-def stub(monkeypatch):
-    def install(result):
-        def fake(run_dir, **kwargs):
-            if isinstance(result, Exception):
-                raise result
-            return result
+def _step(t):
+    return Step(step=t, indices=np.array([t % 100]))
 
-        monkeypatch.setattr("trainers.replay.replay_steps", fake)
+
+def write_ledger(path, plan):
+    """``plan``: a list of ints (steps), ``("ck", s)`` and ``("resume", s)`` items."""
+    writer = LedgerWriter.create(path, _header())
+    for item in plan:
+        if isinstance(item, int):
+            writer.append(_step(item))
+        elif item[0] == "ck":
+            writer.append(Checkpoint(step=item[1], digest=f"d{item[1]}", path=None))
+        else:
+            writer.close()
+            writer = LedgerWriter.resume(path, step=item[1], checkpoint_digest=f"d{item[1]}")
+    writer.close()
+    return read_ledger(path)
+
+
+PLAN = [("ck", 0), *range(0, 4), ("ck", 4), *range(4, 8), ("ck", 8)]
+PLAN += [*range(8, 12), ("ck", 12), *range(12, 16), ("ck", 16), *range(16, 20), ("ck", 20)]
+
+
+@pytest.fixture
+def ledger(tmp_path):
+    return write_ledger(tmp_path / "ledger", PLAN)
+
+
+@pytest.fixture
+def fake_replayer(monkeypatch):
+    """Register a framework 'fake' whose replayer returns what the test says."""
+    calls = []
+
+    def install(result_for):
+        mod = types.ModuleType("fake_replayer")
+
+        def replay_segments(run_dir, ledger, segments, *, noise_key_path=None):
+            calls.append([(s.start, s.end) for s in segments])
+            return result_for(segments)
+
+        mod.replay_segments = replay_segments
+        monkeypatch.setitem(sys.modules, "fake_replayer", mod)
+        monkeypatch.setitem(audit_replay.REPLAYERS, "jax", "fake_replayer")
+        return calls
 
     return install
 
 
-def test_disabled_and_bare_ledger_are_skipped(tmp_path):
-    assert check_replay(tmp_path, sample=None).reason == "replay was not requested"
-    r = check_replay(None, sample=5)
-    assert r.status == "skip" and "without its run directory" in r.reason
+def _ok(segments, rel=1e-6):
+    return SegmentReplay(
+        outcomes=tuple(
+            SegmentOutcome(
+                start=s.start,
+                end=s.end,
+                ok=True,
+                rel_deviation=rel,
+                max_abs_deviation=rel,
+                tolerance=1e-4,
+            )
+            for s in segments
+        )
+    )
 
 
-def test_skipped_reason_is_passed_through(stub, tmp_path):
-    stub(ReplayReport(outcomes=(), skipped_reason="no checkpoint files to replay from"))
-    r = check_replay(tmp_path)
-    assert r.status == "skip" and r.reason == "no checkpoint files to replay from"
+def test_choice_always_has_the_final_segment_and_respects_the_budget(ledger):
+    segments, _ = checkpoint_segments(ledger)
+    for seed in range(20):
+        chosen = choose_segments(segments, 8, seed)
+        assert chosen[-1].final and sum(s.num_steps for s in chosen) == 8
+    picks = {
+        tuple((s.start, s.end) for s in choose_segments(segments, 8, seed)) for seed in range(20)
+    }
+    assert len(picks) > 1  # the auditor's seed decides; the trainer cannot predict it
+    same = [(s.start, s.end) for s in choose_segments(segments, 8, 3)]
+    assert same == [(s.start, s.end) for s in choose_segments(segments, 8, 3)]
+    # A budget smaller than one segment still replays the final one.
+    assert [(s.start, s.end) for s in choose_segments(segments, 1, 0)] == [(16, 20)]
+    assert len(choose_segments(segments, 1000, 0)) == 5
 
 
-def test_replay_errors_become_skips(stub, tmp_path):
-    stub(UnusableInput("x is not a run directory"))
-    r = check_replay(tmp_path)
-    assert r.status == "skip" and "replay cannot run: x is not a run directory" in r.reason
+def test_resume_segments_are_always_replayed(tmp_path):
+    plan = [("ck", 0), 0, 1, ("ck", 2), 2, 3, ("ck", 4), 4, ("resume", 4), 4, 5, ("ck", 6)]
+    plan += [6, 7, ("ck", 8), 8, 9, ("ck", 10)]
+    segments, _ = checkpoint_segments(write_ledger(tmp_path / "l", plan))
+    for seed in range(10):
+        chosen = {(s.start, s.end) for s in choose_segments(segments, 1, seed)}
+        assert {(2, 4), (4, 6), (8, 10)} <= chosen
 
 
-def test_matching_steps_pass(stub, tmp_path):
-    stub(ReplayReport(outcomes=(_outcome(1, 1e-7), _outcome(4, 3e-7))))
-    r = check_replay(tmp_path)
-    assert r.status == "pass" and "2 replayed steps match" in r.reason
-    assert r.details["replayed"] == [1, 4]
+def test_coverage_is_stated_and_passes(ledger, tmp_path, fake_replayer):
+    calls = fake_replayer(_ok)
+    r = check_replay(tmp_path, ledger=ledger, budget=8, seed=5)
+    assert r.status == "pass", r.reason
+    assert "replayed 8 of 20 steps in 2 segments, including the final parameters" in r.reason
+    assert "auditor's seed 5" in r.reason
+    assert r.details["includes_final_parameters"] is True and r.details["seed"] == 5
+    assert calls[-1][-1] == (16, 20)
 
 
-def test_mismatch_names_step_and_deviation(stub, tmp_path):
-    bad = _outcome(4, 0.2, ok=False)
-    stub(ReplayReport(outcomes=(_outcome(1, 1e-7), bad)))
-    r = check_replay(tmp_path)
+def test_a_fresh_seed_is_drawn_and_reported(ledger, tmp_path, fake_replayer):
+    fake_replayer(_ok)
+    seeds = {check_replay(tmp_path, ledger=ledger, budget=8).details["seed"] for _ in range(3)}
+    assert len(seeds) > 1
+
+
+def test_mismatch_names_segment_and_diagnosis(ledger, tmp_path, fake_replayer):
+    def result(segments):
+        out = list(_ok(segments).outcomes)
+        out[-1] = SegmentOutcome(
+            start=16,
+            end=20,
+            ok=False,
+            rel_deviation=0.7,
+            max_abs_deviation=0.03,
+            tolerance=1e-4,
+            reason="steps 16–19: the released checkpoint 20 differs",
+            diagnosis="noise not applied to the update?",
+        )
+        return SegmentReplay(outcomes=tuple(out))
+
+    fake_replayer(result)
+    r = check_replay(tmp_path, ledger=ledger, budget=8, seed=0)
     assert r.status == "fail"
-    assert "at 1 of 2 replayed steps; step 4 deviates by 0.2 of its scale" in r.reason
+    assert "do not match the reference in 1 of 2 replayed segments" in r.reason
+    assert "noise not applied to the update?" in r.reason and "steps 16–19" in r.reason
+    assert r.details["diagnosis"] == "noise not applied to the update?"
+
+
+def test_skips_never_refute(ledger, tmp_path, fake_replayer, monkeypatch):
+    fake_replayer(lambda s: SegmentReplay(skipped_reason="no noise key at k"))
+    r = check_replay(tmp_path, ledger=ledger, budget=8, seed=0)
+    assert r.status == "skip" and r.reason == "no noise key at k"
+    assert check_replay(tmp_path, ledger=ledger, budget=None).reason == "replay was not requested"
+    assert "without its run directory" in check_replay(None, ledger=ledger).reason
+    # An unknown framework is skipped, with the frameworks that are known.
+    import dataclasses
+
+    header = dataclasses.replace(ledger.header, extra={"framework": "mxnet"})
+    odd = types.SimpleNamespace(header=header, records=ledger.records, steps=ledger.steps)
+    r = check_replay(tmp_path, ledger=odd, budget=8, seed=0)
+    assert r.status == "skip" and "no segment replayer for framework 'mxnet'" in r.reason
+
+
+def test_final_parameters_not_checkpointed_is_a_warning(tmp_path, fake_replayer):
+    led = write_ledger(tmp_path / "l", [("ck", 0), 0, 1, ("ck", 2), 2])
+    fake_replayer(_ok)
+    r = check_replay(tmp_path, ledger=led, budget=8, seed=0)
+    assert r.status == "warn" and "NOT including the final parameters" in r.reason
+
+
+def test_no_segments_is_a_skip(tmp_path, fake_replayer):
+    led = write_ledger(tmp_path / "l", [0, 1, 2])
+    fake_replayer(_ok)
+    r = check_replay(tmp_path, ledger=led, budget=8, seed=0)
+    assert r.status == "skip" and "no checkpoint segments" in r.reason

@@ -208,3 +208,25 @@ def test_plots_never_switch_the_global_matplotlib_backend():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+FORGED = "x\n\n**Verdict: CERTIFIED** — forged\r\n# Verdict\u2028<b>bold</b> | `code` [l](u)"
+
+
+def test_header_fields_cannot_forge_a_verdict_line(monkeypatch, fakes, tmp_path):
+    def make(name):
+        return CheckResult(name=name, status="fail", reason=f"quoting {FORGED}")
+
+    monkeypatch.setattr(runner, "check_configuration", lambda h, **k: make("configuration"))
+    header = fakes.make_header(task=FORGED, run_id=FORGED, sampler="poisson")
+    ledger = fakes.make_ledger(20, header=header)
+    cert = runner.audit_ledger(ledger, verify_report=fakes.verify_for(ledger), replay_steps=None)
+    md = write_report(cert, tmp_path / "r.md", epsilon_points=1).read_text()
+    lines = md.splitlines()
+    assert sum(line.startswith("**Verdict") for line in lines) == 1
+    assert all(not line.startswith("#") or line.startswith(("# dpverify", "## ")) for line in lines)
+    assert "<b>" not in md and "\u2028" not in md and "forged" in md
+    assert "\\*\\*Verdict: CERTIFIED\\*\\*" in md  # shown literally, not as bold
+    page = write_report(cert, tmp_path / "r.html", epsilon_points=1).read_text()
+    assert "<b>bold</b>" not in page and "&lt;b&gt;bold&lt;/b&gt;" in page
+    assert page.count('class="verdict"') == 1

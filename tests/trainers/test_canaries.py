@@ -79,7 +79,9 @@ def test_audit_runs_the_empirical_check_and_replays_canary_steps(run):
 def test_replay_needs_the_canary_key(run, tmp_path):
     import shutil
 
-    from trainers.replay import replay_steps
+    from dpverify.ledger import read_ledger
+    from dpverify.replay import checkpoint_segments
+    from trainers.replay import replay_segments
 
     out, _ = run
     copy = tmp_path / "r"
@@ -87,7 +89,8 @@ def test_replay_needs_the_canary_key(run, tmp_path):
     private = json.loads((copy / "private.json").read_text())
     private["canaries"]["key"] = bytes(32).hex()  # not the committed key
     (copy / "private.json").write_text(json.dumps(private))
-    report = replay_steps(copy, sample=1)
+    ledger = read_ledger(copy / "ledger")
+    report = replay_segments(copy, ledger, checkpoint_segments(ledger)[0])
     assert report.skipped_reason and "canary_key_digest" in report.skipped_reason
 
 

@@ -100,7 +100,8 @@ def test_header_records_the_run(run):
 
 def test_secrets_are_private_and_nowhere_public(run):
     out, _ = run
-    for name in ("noise.key", "private.json"):
+    # summary.json too: it holds the unnoised loss of the last batch.
+    for name in ("noise.key", "private.json", "summary.json"):
         assert stat.S_IMODE(os.stat(out / name).st_mode) == 0o600
     assert json.loads((out / "private.json").read_text())["seed"] == SEED
     key_hex = (out / "noise.key").read_bytes().hex()

@@ -1,14 +1,18 @@
-"""Replay through the float64 reference: honest runs match, mutated runs are flagged."""
+"""The JAX segment replayer: honest runs reach their released checkpoints, mutated runs do not."""
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
+import types
 
 import pytest
 
-from dpverify.errors import InvalidArgument, UnusableInput
+from dpverify.ledger import read_ledger
+from dpverify.replay import checkpoint_segments
 from trainers.loop import TrainConfig, train
-from trainers.replay import replay_steps, replayable_steps
+from trainers.prng import replay_setting
+from trainers.replay import load_replay_context, replay_segments
 
 # C != 1 so that the noise_std_sigma bug (σ instead of σ·C) changes the update.
 BASE = dict(
@@ -16,11 +20,17 @@ BASE = dict(
     expected_batch_size=24,
     noise_multiplier=1.0,
     clip_norm=0.5,
-    steps=4,
+    steps=6,
     physical_batch_size=16,
-    checkpoint_every=1,
+    checkpoint_every=3,
     seed=7,
 )
+
+
+def _replay(run, **kw):
+    ledger = read_ledger(run / "ledger")
+    segments, _ = checkpoint_segments(ledger)
+    return segments, replay_segments(run, ledger, segments, **kw)
 
 
 @pytest.fixture(scope="module")
@@ -30,67 +40,85 @@ def honest(tmp_path_factory):
     return out
 
 
-def test_replayable_steps_have_a_checkpoint_before_them(honest):
-    assert replayable_steps(honest) == (0, 1, 2, 3)
-    assert replayable_steps(honest / "ledger") == (0, 1, 2, 3)
+def test_honest_run_reaches_every_released_checkpoint(honest):
+    segments, result = _replay(honest)
+    assert [(s.start, s.end) for s in segments] == [(0, 3), (3, 6)]
+    assert result.skipped_reason is None
+    for o in result.outcomes:
+        assert o.ok and o.rel_deviation <= o.tolerance, o
+        assert f"steps {o.start}–{o.end - 1}" in o.reason
 
 
-def test_honest_run_matches_the_reference(honest):
-    report = replay_steps(honest, sample=10, seed=0)
-    assert report.skipped_reason is None and report.ok
-    assert [o.step for o in report.outcomes] == [0, 1, 2, 3]
-    for o in report.outcomes:
-        assert o.ok and o.max_rel_deviation <= o.tolerance
-        assert f"step {o.step}" in o.reason
-    assert report.to_dict()["ok"] is True
+def test_header_records_framework_and_pinned_prng(honest):
+    extra = read_ledger(honest / "ledger").header.extra
+    assert extra["framework"] == "jax"
+    assert extra["prng"] == {"impl": "threefry2x32", "threefry_partitionable": True}
 
 
-def test_sample_and_explicit_steps(honest):
-    assert len(replay_steps(honest, sample=2, seed=1).outcomes) == 2
-    assert [o.step for o in replay_steps(honest, steps=[2]).outcomes] == [2]
-    with pytest.raises(InvalidArgument, match="cannot be replayed"):
-        replay_steps(honest, steps=[99])
-    with pytest.raises(UnusableInput, match="not a run directory"):
-        replay_steps(honest / "checkpoints")
-
-
-@pytest.mark.parametrize("mutation", ["noise_std_sigma", "wrong_denominator"])
-def test_mutated_run_is_flagged(tmp_path, mutation):
+@pytest.mark.parametrize("mutation", ["noise_not_applied", "noise_reused_across_steps"])
+def test_mutated_run_is_refuted_by_its_released_parameters(tmp_path, mutation):
+    """The two bugs a self-reported sketch cannot show at a checkpointed step."""
     out = tmp_path / mutation
     train(TrainConfig(**BASE, mutation=mutation), out, progress=False)
-    report = replay_steps(out, sample=2, seed=0)
-    assert report.skipped_reason is None and not report.ok
-    bad = report.failures
-    assert bad, "a mutated trainer must not match the reference"
-    for o in bad:
-        assert o.max_rel_deviation > o.tolerance
-        assert f"step {o.step}" in o.reason and "differs" in o.reason
+    _, result = _replay(out)
+    bad = [o for o in result.outcomes if not o.ok]
+    assert bad and all(o.rel_deviation > 100 * o.tolerance for o in bad)
+    words = {
+        "noise_not_applied": "noise not applied to the update?",
+        "noise_reused_across_steps": "noise reused across steps",
+    }[mutation]
+    assert any(o.diagnosis and words in o.diagnosis for o in bad), [o.diagnosis for o in bad]
 
 
 def test_missing_or_wrong_noise_key_skips(honest, tmp_path):
-    report = replay_steps(honest, noise_key_path=tmp_path / "absent.key")
-    assert report.outcomes == () and "no noise key" in report.skipped_reason
+    _, result = _replay(honest, noise_key_path=tmp_path / "absent.key")
+    assert result.outcomes == () and "no noise key" in result.skipped_reason
     wrong = tmp_path / "wrong.key"
     wrong.write_bytes(b"\x01" * 32)
-    report = replay_steps(honest, noise_key_path=wrong)
-    assert "does not match" in report.skipped_reason and not report.ok
+    _, result = _replay(honest, noise_key_path=wrong)
+    assert "does not match" in result.skipped_reason
 
 
-def test_missing_config_or_checkpoints_skip(honest, tmp_path):
+def test_missing_config_skips(honest, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(honest, copy)
     (copy / "config.json").unlink()
-    assert "config.json" in replay_steps(copy).skipped_reason
-    shutil.rmtree(copy / "checkpoints")
-    assert "no checkpoint" in replay_steps(copy).skipped_reason
+    assert "config.json" in _replay(copy)[1].skipped_reason
 
 
-def test_tampered_checkpoint_fails_that_step(honest, tmp_path):
+def test_unreproducible_prng_setting_skips_never_refutes(honest):
+    ledger = read_ledger(honest / "ledger")
+    for extra, words in [
+        ({"framework": "jax"}, "does not record the PRNG setting"),
+        ({"framework": "jax", "prng": {"impl": "rbg", "threefry_partitionable": True}}, "'rbg'"),
+    ]:
+        odd = types.SimpleNamespace(header=dataclasses.replace(ledger.header, extra=extra))
+        ctx, why = load_replay_context(honest, odd)
+        assert ctx is None and words in why and "could refute an honest run" in why
+    assert replay_setting({"prng": {"impl": "threefry2x32", "threefry_partitionable": False}})[0]
+
+
+def test_tampered_checkpoint_fails_that_segment(honest, tmp_path):
     copy = tmp_path / "copy"
     shutil.copytree(honest, copy)
-    path = copy / "checkpoints" / "step-00000002.msgpack"
+    path = copy / "checkpoints" / "step-00000003.msgpack"
     data = bytearray(path.read_bytes())
     data[-3] ^= 0x01
     path.write_bytes(bytes(data))
-    (outcome,) = replay_steps(copy, steps=[2]).outcomes
-    assert not outcome.ok and "does not match its ledger digest" in outcome.reason
+    _, result = _replay(copy)
+    assert not any(o.ok for o in result.outcomes)  # both segments touch checkpoint 3
+    assert all("does not match its ledger digest" in o.reason for o in result.outcomes)
+
+
+@pytest.mark.parametrize(
+    ("task", "steps", "every"),
+    [("digits-cnn", 3, 1), ("digits-mlp", 50, 25)],  # the CNN takes the k + 2 dispatch path on CPU
+)
+def test_honest_runs_replay_at_every_checkpoint_interval(tmp_path, task, steps, every):
+    out = tmp_path / task
+    config = dict(BASE, task=task, steps=steps, checkpoint_every=every, expected_batch_size=16)
+    train(TrainConfig(**config), out, progress=False)
+    segments, result = _replay(out)
+    assert len(segments) == steps // every and segments[-1].final
+    assert result.skipped_reason is None
+    assert all(o.ok for o in result.outcomes), [o.reason for o in result.outcomes]

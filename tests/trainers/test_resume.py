@@ -18,7 +18,6 @@ from dpverify.cli import main
 from dpverify.errors import InvalidArgument, UnusableInput
 from dpverify.ledger import Checkpoint, Step, read_ledger
 from trainers.loop import TrainConfig, train
-from trainers.replay import replay_steps
 
 STEPS = 260
 # > the writer's group commit (64 records): steps after a checkpoint become durable
@@ -151,13 +150,18 @@ def test_final_claim_counts_the_repeats(resumed):
         assert ledger.seal.claimed_epsilon == pytest.approx(ledger.header.claimed_epsilon)
 
 
-def test_replay_covers_the_resume_point_and_passes(resumed):
+def test_replay_covers_the_resume_segments_and_passes(resumed):
+    """Even with a budget of 1 step, every segment touching the resume and the final
+    segment are replayed, from released checkpoints, and match the reference."""
     out, _, _, _ = resumed
-    report = replay_steps(out, sample=1, seed=0)
-    assert report.skipped_reason is None
     resume_step = read_ledger(out / "ledger").resumes[0].step
-    assert resume_step in [o.step for o in report.outcomes]
-    assert report.ok, [o.reason for o in report.outcomes]
+    cert = run_audit(out, replay_steps=1, replay_seed=0)
+    replay = cert.check("replay")
+    assert replay.status == "pass", replay.reason
+    done = [tuple(s) for s in replay.details["segments_replayed"]]
+    assert (resume_step, resume_step + EVERY) in done  # the segment after the resume
+    assert done[-1][1] == STEPS and replay.details["includes_final_parameters"]
+    assert "exceed the budget" in replay.reason and cert.verified("replay")
 
 
 def test_the_killed_run_can_be_audited(resumed):
@@ -175,7 +179,7 @@ def test_the_killed_run_can_be_audited(resumed):
 def test_the_resumed_run_is_certified_with_every_executed_step(resumed, capsys):
     out, _, _, _ = resumed
     ledger = read_ledger(out / "ledger")
-    cert = run_audit(out, replay_steps=1)
+    cert = run_audit(out, replay_steps=None)  # replay: the test above
     assert cert.verdict == "certified", cert.summary_text()
     assert cert.sealed is True
     assert cert.steps == len(ledger.steps) == ledger.seal.steps_executed
