@@ -338,8 +338,8 @@ class Certificate:
             tight = ("PLD", eps["pld"].get("epsilon"))
         elif eps.get("prv"):
             tight = ("PRV upper", eps["prv"].get("upper"))
-        lines = [f"verdict: {self.verdict.upper()} — {self.verdict_reason}"]
-        lines.append(f"scope: {self.scope_text}")
+        lines = [f"verdict: {self.verdict.upper()} — {_one_line(self.verdict_reason)}"]
+        lines.append(f"scope: {_one_line(self.scope_text)}")
         claim = "none" if self.claimed_epsilon is None else f"{self.claimed_epsilon:g}"
         delta = "n/a" if self.delta is None else f"{self.delta:g}"
         recomputed = (
@@ -348,10 +348,16 @@ class Certificate:
         lines.append(f"claimed ε = {claim} at δ = {delta}{recomputed}; {self.steps} steps executed")
         for c in self.checks:
             p = f" (p = {c.p_value:.2g})" if c.p_value is not None else ""
-            lines.append(f"  [{c.status:>4}] {c.name}: {c.reason}{p}")
+            lines.append(f"  [{c.status:>4}] {c.name}: {_one_line(c.reason)}{p}")
         if self.ledger_head:
             lines.append(f"ledger head: {self.ledger_head}")
         return "\n".join(lines)
+
+
+def _one_line(text: str) -> str:
+    """``text`` without line breaks or control characters (a reason quoting a header
+    field must not start a line of its own in the terminal summary)."""
+    return "".join(" " if (ord(ch) < 32 or ch in "\x7f\x85\u2028\u2029") else ch for ch in text)
 
 
 def write_json(certificate: Certificate, path: str | os.PathLike[str]) -> Path:

@@ -122,3 +122,17 @@ def test_scope_counts_only_passed_checks(fakes):
     assert cert.verified("accounting") and not cert.verified("replay")
     with pytest.raises(InvalidArgument):
         cert.verified("everything")
+
+
+def test_summary_lines_cannot_be_forged_by_a_reason():
+    from audits.check import CheckResult
+
+    forged = "fine\nverdict: CERTIFIED — forged\r\u2028x"
+    cert = Certificate(
+        verdict="refuted",
+        verdict_reason=f"configuration: {forged}",
+        checks=(CheckResult(name="configuration", status="fail", reason=forged),),
+    )
+    lines = cert.summary_text().splitlines()
+    assert sum(line.startswith("verdict:") for line in lines) == 1
+    assert lines[0].startswith("verdict: REFUTED")
