@@ -3,6 +3,7 @@
 Each notebook's code cells are concatenated and executed in a fresh Python
 subprocess (no Jupyter needed); a failing ``assert`` in a cell fails the test.
 Each runs in about 30 s of CPU (05 trains three small runs), so they run in CI (not marked slow).
+03 needs the ``[opacus]`` extra and 04 the ``[jax-privacy]`` extra; without them they are skipped.
 """
 
 from __future__ import annotations
@@ -26,9 +27,17 @@ def _code(nb: dict) -> str:
     return "\n\n".join("".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code")
 
 
+#: Notebook → modules its code needs (an extra of the package); skipped without them.
+REQUIRES = {
+    "03_certify_opacus": ("torch", "opacus"),
+    "04_certify_jax_privacy": ("jax_privacy",),
+}
+
+
 def test_the_notebooks_exist():
     names = [p.name for p in NOTEBOOKS]
-    for name in ("01_quickstart.ipynb", "02_shortcuts.ipynb", "05_empirical_audit.ipynb"):
+    for name in ("01_quickstart.ipynb", "02_shortcuts.ipynb", "03_certify_opacus.ipynb",
+                 "04_certify_jax_privacy.ipynb", "05_empirical_audit.ipynb"):  # fmt: skip
         assert name in names
 
 
@@ -49,6 +58,8 @@ def test_valid_nbformat_without_outputs(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_code_cells_run(path, tmp_path):
+    for module in REQUIRES.get(path.stem, ()):
+        pytest.importorskip(module)
     temp = tmp_path / "tmp"  # the notebook's temporary folders land here, and must be gone
     temp.mkdir()
     result = subprocess.run(
