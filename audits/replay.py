@@ -153,7 +153,9 @@ def check_replay(
     framework = str(dict(ledger.header.extra or {}).get("framework", "jax"))
     replay_segments, why = _replayer(framework)
     if replay_segments is None:
-        return CheckResult(name=_NAME, status="skip", reason=why, details=details)
+        return CheckResult(
+            name=_NAME, status="skip", reason=why or "no segment replayer", details=details
+        )
     chosen = choose_segments(segments, int(budget), seed)
     try:
         result = replay_segments(Path(run_dir), ledger, chosen, noise_key_path=noise_key_path)

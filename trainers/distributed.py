@@ -338,7 +338,7 @@ def end_process(code: int, *, timeout_s: float = 30.0) -> None:
         with _suppress():
             from jax._src import distributed as _jd
 
-            client = _jd.global_state.client
+            client: Any = _jd.global_state.client  # private JAX API, Optional in its stubs
             me = _INITIALIZED.process_id
             if me != LEADER:
                 client.key_value_set(f"dpverify/finished/{me}", "1")

@@ -131,7 +131,7 @@ def _at_step(ctx: Any, rec: Any, params: Any, ref: Any, kwargs: dict) -> str | N
     def fits(candidate: np.ndarray) -> bool:
         return _fits(s, candidate, prec)
 
-    def clipped_sum(clip: float, idx: Any) -> np.ndarray:
+    def clipped_sum(clip: float, idx: Any) -> tuple[np.ndarray, Any]:
         g = reference_noisy_gradient(
             ctx.components.model_apply,
             params,

@@ -20,7 +20,7 @@ def cert(monkeypatch, fakes):
 
     monkeypatch.setattr(runner, "check_configuration", lambda h, **k: make("configuration"))
     monkeypatch.setattr(runner, "check_sampling", lambda ledger, **k: make("sampling"))
-    monkeypatch.setattr(runner, "check_privacy", lambda ledger: (make("privacy"), None))
+    monkeypatch.setattr(runner, "check_privacy", lambda ledger, **k: (make("privacy"), None))
     monkeypatch.setattr(runner, "check_replay", lambda d, **k: make("replay"))
     ledger = fakes.make_ledger(30)
     return runner.audit_ledger(ledger, verify_report=fakes.verify_for(ledger))
