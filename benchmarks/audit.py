@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -137,14 +138,16 @@ def bench_replay(segment_steps: int) -> None:
         ledger = read_ledger(run / "ledger")
         (seg, last), _ = checkpoint_segments(ledger)
         replay_segments(run, ledger, [last])  # warm-up: JAX start-up and tracing
-        start = time.perf_counter()
+        start, cpu0 = time.perf_counter(), time.process_time()
         result = replay_segments(run, ledger, [seg], diagnose=False)
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu0
         print(json.dumps({
             "bench": "replay_segment", "task": "digits-mlp", "expected_batch_size": 256,
             "steps_replayed": seg.num_steps, "ok": all(o.ok for o in result.outcomes),
             "rel_deviation": result.outcomes[0].rel_deviation,
             "seconds_per_step": round(seconds / seg.num_steps, 3),
+            "cpu_seconds_per_step": round(cpu / seg.num_steps, 3),
+            "load_average": os.getloadavg()[0],
         }))  # fmt: skip
 
 
@@ -164,11 +167,12 @@ def bench_demo() -> None:
         original = runner.check_replay
 
         def timed(*a, **k):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             try:
                 return original(*a, **k)
             finally:
                 timing["replay"] = time.perf_counter() - t0
+                timing["replay_cpu"] = time.process_time() - c0
 
         runner.check_replay = timed
         try:
@@ -185,7 +189,9 @@ def bench_demo() -> None:
             "steps_executed": replay.details.get("steps_executed"),
             "replay_seconds": round(timing.get("replay", float("nan")), 2),
             "seconds_per_replayed_step": round(timing.get("replay", 0.0) / max(steps, 1), 3),
+            "replay_cpu_seconds": round(timing.get("replay_cpu", float("nan")), 2),
             "audit_seconds": round(audit_seconds, 2), "train_seconds": round(train_seconds, 2),
+            "load_average": os.getloadavg()[0],
             "max_rel_deviation": replay.details.get("max_rel_deviation"),
         }))  # fmt: skip
 
