@@ -193,7 +193,7 @@ class MaskedDPSGD:
     # -- compiled pieces ---------------------------------------------------------
 
     def _fused_impl(
-        self, params, opt_state, x_all, y_all, idx_buf, mask_buf, count, noise_key, step, extra
+        self, params, opt_state, x_all, y_all, idx_buf, mask_buf, count, noise_key, step, extra=None
     ):
         """The whole logical step: the first ``count`` rows of the buffers, then finalize."""
         import jax
@@ -208,7 +208,7 @@ class MaskedDPSGD:
         carry = jax.lax.fori_loop(0, count, body, self._init_body(params, extra))
         return self._finalize_body(params, opt_state, carry, noise_key, step)
 
-    def _init_impl(self, params, extra):
+    def _init_impl(self, params, extra=None):
         self.trace_counts["init"] += 1
         return self._init_body(params, extra)
 
