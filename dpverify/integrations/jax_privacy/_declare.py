@@ -7,15 +7,17 @@
 | ``CyclicPoissonSampling(p, cycle_length=b)`` | ``cyclic_poisson`` | p / b | ``cycle_length`` = b |
 | ``BallsInBinsSampling(cycle_length=b)`` | ``balls_in_bins`` | 1 / b | ``num_bins`` = b |
 | ``FixedBatchSampling(B)`` | ``fixed_size`` | B / N | ``batch_size`` = B |
-| ``BMinSepSampling(p, min_sep=b)`` | ``b_min_sep`` | p | ``min_sep``, ``sampling_prob`` |
+| ``BMinSepSampling(p, min_sep=b)`` | ``b_min_sep`` (refused until registered) | 1/(b−1+1/p) | ``min_sep``, ``sampling_prob`` |
 
 ``cyclic_poisson``'s q is the overall rate (expected batch q·N); within the
 active group each example is included with probability b·q = p.
 jax_privacy's balls-in-bins draws each example's bin once for the whole run
 (dpverify's own ``balls_in_bins`` sampler re-bins every epoch; both use every
 example once per cycle of b steps, and neither has an ε upper bound in the
-accountant libraries).  b-min-sep has no sampler, null or accountant in
-dpverify: its runs are recorded as what they are and audited as unverifiable.
+accountant libraries: such runs audit as unverifiable).  b-min-sep has no
+sampler, null or accountant in dpverify: it is refused (an unknown sampler
+would be refuted by the configuration check) until ``b_min_sep`` is in
+:data:`dpverify.samplers.SAMPLER_NAMES`.
 
 Refused (:class:`~dpverify.integrations.UnsupportedRun`): truncated *cyclic*
 Poisson, truncated b-min-sep, ``FixedBatchSampling(replace=True)`` (an example
@@ -98,6 +100,13 @@ def declare(strategy: Any, num_examples: int) -> Declaration:
         # jax_privacy accounts fixed batches under replace-one adjacency (SamplingMethod.FIXED_BATCH_SIZE).
         return out("fixed_size", {"batch_size": size}, size / n, "replace_one", size)
     if isinstance(strategy, bs.BMinSepSampling):
+        from dpverify.samplers import SAMPLER_NAMES
+
+        if "b_min_sep" not in SAMPLER_NAMES:
+            raise UnsupportedRun(
+                "b-min-sep sampling (BMinSepSampling) has no sampler, null or accountant in "
+                "dpverify yet, so its claim cannot be audited; use CyclicPoissonSampling"
+            )
         if strategy.truncated_batch_size is not None:
             raise UnsupportedRun("truncated b-min-sep sampling is not supported")
         p, b = float(strategy.sampling_prob), int(strategy.min_sep)
