@@ -22,7 +22,8 @@ machine the cheap regimes (run first) reach the target and the costliest ones
 ``--workers`` runs regimes in parallel.
 
 Usage: ``python benchmarks/stats_calibration.py [--reps 1000] [--alpha 0.05]
-[--time-budget 600] [--workers 2] [--only qn,N,T ...]``.
+[--time-budget 600] [--stop-at UNIX_TIME] [--workers 2] [--only qn,N,T ...]``;
+``--render OUT.jsonl`` prints the Markdown table of an output.
 """
 
 from __future__ import annotations
@@ -132,6 +133,32 @@ def run_regime(spec: tuple[float, int, int, int, float, float, int, float]) -> d
     }
 
 
+def render(path: str) -> str:
+    """The Markdown table of a JSONL output of this script (for docs/statistics.md)."""
+    rows = [json.loads(line) for line in open(path, encoding="utf-8") if '"qN"' in line]
+    rows.sort(key=lambda r: (r["T"], r["N"], r["qN"]))
+    out = [
+        "| T | N | q·N | ledgers | rejected | rate | 99 % interval of α | in it | PCG64 | Philox | `random` |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        g = r["generators"]
+        lo, hi = r["interval_99"]
+        cells = [
+            f"{r['T']:,}",
+            f"{r['N']:,}",
+            f"{r['qN']:g}",
+            f"{r['ledgers']}" + ("" if r["complete"] else " (time-boxed)"),
+            str(r["rejected"]),
+            f"{r['rate']:.3f}",
+            f"[{lo:.3f}, {hi:.3f}]",
+            "yes" if r["in_interval"] else ("below" if r["rate"] < lo else "ABOVE"),
+            *(f"{g[k]['rate']:.3f}" if g[k]["rate"] is not None else "–" for k in GENERATORS),
+        ]
+        out.append("| " + " | ".join(cells) + " |")
+    return "\n".join(out)
+
+
 def main(argv: list[str] | None = None) -> list[dict]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--reps", type=int, default=1000)
@@ -141,7 +168,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--only", nargs="*", default=None, help="regimes as qn,N,T")
+    parser.add_argument("--render", default=None, help="print the Markdown table of a JSONL output")
     args = parser.parse_args(argv)
+    if args.render:
+        print(render(args.render))
+        return []
     regimes = [(qn, n, t) for t in TS for n in NS for qn in QN if qn <= n]
     regimes.sort(key=lambda r: (r[0] >= 100 and r[2] > 500, r[2], r[0]))  # cheapest first
     if args.only:

@@ -33,7 +33,7 @@ import numpy as np
 from dpverify.errors import InvalidArgument
 from dpverify.stats._declared import FLOAT32_REL, NULL_SAMPLERS, DeclaredNull
 from dpverify.stats._results import BatteryResult
-from dpverify.stats.battery import DEFAULT_MAX_LAG, run_battery_on
+from dpverify.stats.battery import DEFAULT_MAX_LAG, EXACT_TEST_NAMES, run_battery_on
 
 __all__ = [
     "LedgerSampling",
@@ -48,7 +48,7 @@ __all__ = [
 MIN_SEGMENT_BATCHES = 20
 
 #: Tests whose evidence is exact: they run (and can fail) however short a segment is.
-EXACT_TESTS = ("batch_size_support", "group_membership")
+EXACT_TESTS = EXACT_TEST_NAMES
 
 
 def declared_null(header: Any, sampling_rate: float | None = None) -> DeclaredNull:

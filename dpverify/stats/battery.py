@@ -22,7 +22,9 @@ every test is written for them.  :func:`run_battery` streams the batches once
  T10    ``repeated_batches``          seed reused at any distance
 ======  ============================  ==============================================
 
-Only tests with a meaningful null for the run vote (a test whose
+The exact tests T0 and T0′ (impossible sizes, examples outside their group)
+reject on a certain violation and take no share of α.  Only tests with a
+meaningful null for the run vote (a test whose
 approximation does not hold for so few or so small batches reports
 ``meaningful=False`` and is left out of the correction).  The rate is tested
 one-sided: a declared q above what the indices show is conservative (ε grows
@@ -92,6 +94,9 @@ TRUNCATION_SCAN_WEIGHT = 0.25
 #: Holm weight of ``repeated_batches``: under the null it rejects with
 #: probability about C(T,2)·P(two batches equal), astronomically small.
 REPEATED_BATCHES_WEIGHT = 0.01
+
+#: Tests whose evidence is exact (p = 0 on a violation, else 1): outside the correction.
+EXACT_TEST_NAMES = ("batch_size_support", "group_membership")
 
 #: The battery's tests, in order (``group_membership`` only for cyclic Poisson).
 TEST_NAMES = (
@@ -308,9 +313,13 @@ def _shape_rate(summary: StreamSummary, null: DeclaredNull) -> float:
 def _assemble(summary: StreamSummary, null: DeclaredNull, alpha: float) -> BatteryResult:
     rate = _shape_rate(summary, null)
     raws = _run_tests(summary, null, rate)
-    voting = [r for r in raws if r.meaningful]
+    # Exact tests (p = 0 on a certain violation, else 1) reject on their own and take no
+    # share of α; the other meaningful tests share α by Holm.
+    exact = [r for r in raws if r.name in EXACT_TEST_NAMES]
+    voting = [r for r in raws if r.meaningful and r.name not in EXACT_TEST_NAMES]
     rejected_v, adjusted_v = holm([r.p_value for r in voting], alpha, [r.weight for r in voting])
     decisions = {id(r): (rej, adj) for r, rej, adj in zip(voting, rejected_v, adjusted_v, strict=True)}
+    decisions.update({id(r): (r.p_value == 0.0, r.p_value) for r in exact})
     tests = []
     for raw in raws:
         rej, adj = decisions.get(id(raw), (False, 1.0))
@@ -333,7 +342,7 @@ def _assemble(summary: StreamSummary, null: DeclaredNull, alpha: float) -> Batte
                 details=dict(raw.details),
             )
         )
-    k = max(1, len(voting))
+    k = max(1, len(voting))  # per-test level α/K for "conservative" and "cannot see"
     total = next(t for t in tests if t.name == "total_inclusions")
     observed = summary.total / (null.group_size * summary.steps) if summary.steps else 0.0
     conservative = bool(
