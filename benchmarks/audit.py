@@ -32,9 +32,12 @@ N = 1 281 167, q = 0.012788, T = 71 589 (≈ 1.17·10⁹ sampled indices;
   (``LedgerWriter.append`` + close, group commit 1024, indices drawn
   beforehand per chunk and not timed): steps/s and indices/s per wall and
   per CPU second, bytes per index; the sampler's own rate separately;
-* ``{"bench": "imagenet_audit", ...}`` — ``dpverify audit --no-replay`` run in
-  a fresh process streaming the ledger from disk: wall seconds, seconds per
-  check, and that process's peak resident memory (``ru_maxrss``).
+* ``{"bench": "imagenet_audit", ...}`` — ``run_audit(…, replay_steps=None)``
+  (``dpverify audit --no-replay``) in a fresh process: wall and CPU seconds,
+  seconds per check, and that process's peak resident memory (``ru_maxrss``);
+* ``{"bench": "imagenet_battery_streaming", ...}`` — the sampling battery alone
+  streaming the ledger from disk (``sampling_from_ledger(path)``), in a fresh
+  process: what the audit's dominant check costs without holding the ledger.
 """
 
 from __future__ import annotations
@@ -231,6 +234,22 @@ def _timed_audit(path: Path) -> dict:
     }
 
 
+def _timed_battery(path: Path) -> dict:
+    """The sampling battery alone, streaming the ledger from disk (``sampling_from_ledger(path)``)."""
+    import resource
+
+    from dpverify.stats import sampling_from_ledger
+
+    start, cpu = time.perf_counter(), time.process_time()
+    result = sampling_from_ledger(path)
+    return {
+        "passed": bool(result.passed),
+        "seconds": round(time.perf_counter() - start, 3),
+        "cpu_seconds": round(time.process_time() - cpu, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
 def bench_imagenet(fraction: float, workdir: str | None, *, audit: bool = True) -> None:
     """Write an ImageNet-scale Poisson ledger, then audit it in a fresh process."""
     import os
@@ -296,7 +315,14 @@ def bench_imagenet(fraction: float, workdir: str | None, *, audit: bool = True) 
         )
         result = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps({"bench": "imagenet_audit", "steps": steps, "indices": total,
-                          **result}))  # fmt: skip
+                          **result}), flush=True)  # fmt: skip
+        out = subprocess.run(
+            [sys.executable, __file__, "--battery-only", str(path)],
+            env=env, capture_output=True, text=True, check=True,
+        )
+        result = json.loads(out.stdout.strip().splitlines()[-1])
+        print(json.dumps({"bench": "imagenet_battery_streaming", "steps": steps,
+                          "indices": total, **result}))  # fmt: skip
 
 
 def main() -> None:
@@ -313,7 +339,11 @@ def main() -> None:
     parser.add_argument("--workdir", help="imagenet: folder for the temporary ledger")
     parser.add_argument("--write-only", action="store_true", help="imagenet: skip the audit")
     parser.add_argument("--audit-only", metavar="LEDGER", help=argparse.SUPPRESS)
+    parser.add_argument("--battery-only", metavar="LEDGER", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.battery_only:
+        print(json.dumps(_timed_battery(Path(args.battery_only))))
+        return
     if args.audit_only:
         print(json.dumps(_timed_audit(Path(args.audit_only))))
         return

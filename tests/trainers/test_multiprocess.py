@@ -147,3 +147,25 @@ def test_noise_added_on_every_process_is_refuted(tmp_path):
     # Everything the ledger records about the mechanism looks right: only replay sees it.
     for name in ("integrity", "mechanics", "privacy"):
         assert cert.check(name).status == "pass", cert.summary_text()
+
+
+@pytest.mark.slow
+def test_killing_process_0_the_writer_then_resume_loses_nothing(tmp_path, monkeypatch):
+    """The ledger writer itself dies (SIGKILL before step 3): the records it had made durable
+    stay, the followers stop, and --resume re-executes (and counts) what came after."""
+    job = tmp_path / "job"
+    killed = launch(2, job, env={"DPVERIFY_TEST_KILL_AT": "0:3"})
+    assert killed.returncode == 128 + 9, killed.stderr[-3000:]
+    assert "process 0 ended with signal SIGKILL" in killed.stderr
+    before = [s.step for s in read_ledger(job / "ledger").steps]
+    # Steps 0, 1 were flushed by checkpoint 2; step 2's record may not have been.
+    assert before in ([0, 1], [0, 1, 2])
+    resumed = launch(2, job, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    after = read_ledger(job / "ledger")
+    assert [s.step for s in after.steps] == [*before, 2, 3]
+    assert after.seal.steps_executed == len(after.steps)
+    single_process_twin(job, tmp_path / "twin", monkeypatch, "digits-mlp")
+    assert_same_run(job, tmp_path / "twin")
+    cert = run_audit(job, replay_steps=STEPS)
+    assert cert.verdict == "certified", cert.summary_text()
