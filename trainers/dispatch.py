@@ -261,9 +261,14 @@ class MaskedDPSGD:
         if self._ghost is not None:  # ghost norms + book-keeping (trainers.clipping)
             ghost_pass = self._ghost(params, xb, yb)
             return ghost_pass.losses, ghost_pass
-        return per_example_grads(
-            self.model_apply, self.loss_fn, self.config.precision, params, xb, yb
-        )
+
+        def grads(p, x, y):
+            return per_example_grads(self.model_apply, self.loss_fn, self.config.precision, p, x, y)
+
+        placement = self.placement
+        if placement is not None and xb.shape[0] % placement.count == 0:  # rows stay local
+            return placement.per_row(grads, params, xb, yb)
+        return grads(params, xb, yb)
 
     def _accumulate_body(self, carry, params, x_all, y_all, idx, mask, noise_key, step, batch):
         import jax.numpy as jnp

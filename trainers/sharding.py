@@ -170,6 +170,34 @@ class DataParallel:
 
         return jax.lax.with_sharding_constraint(a, self.batch)
 
+    def per_row(self, fn: Any, params: Any, *rows: Any) -> Any:
+        """Inside ``jit``: ``fn(params, *rows)`` computed on each device's rows only.
+
+        ``fn`` maps replicated ``params`` and row-sharded arrays (leading axis
+        = batch) to row-sharded outputs (per-example losses and gradients).
+        Run through ``jax.shard_map`` with the parameters first made
+        device-varying (``jax.lax.pcast(..., to="varying")``): without it,
+        ``grad`` of a per-device loss against replicated parameters would sum
+        the gradient over devices and mix examples.  Leaving the per-example
+        ``vmap(grad)`` of a convolution to the SPMD partitioner instead gave
+        per-example norms that differ from one device's (digits CNN, 2 CPU
+        devices: max gradient norm 13.755 vs 13.780).
+        """
+        import jax
+        from jax.sharding import PartitionSpec
+
+        def local(p: Any, *r: Any) -> Any:
+            p = jax.tree_util.tree_map(lambda a: jax.lax.pcast(a, (AXIS,), to="varying"), p)
+            return fn(p, *r)
+
+        spec = PartitionSpec(AXIS)
+        return jax.shard_map(
+            local,
+            mesh=self.mesh,
+            in_specs=(PartitionSpec(), *([spec] * len(rows))),
+            out_specs=spec,
+        )(params, *rows)
+
     def describe(self) -> dict[str, Any]:
         """JSON-able provenance, e.g. for ``RunHeader.extra``: count and platform."""
         return {"devices": self.count, "platform": self.devices[0].platform}
