@@ -150,9 +150,11 @@ def render(path: str) -> str:
             f"{r['qN']:g}",
             f"{r['ledgers']}" + ("" if r["complete"] else " (time-boxed)"),
             str(r["rejected"]),
-            f"{r['rate']:.3f}",
-            f"[{lo:.3f}, {hi:.3f}]",
-            "yes" if r["in_interval"] else ("below" if r["rate"] < lo else "ABOVE"),
+            f"{r['rate']:.3f}" if r["ledgers"] else "–",
+            f"[{lo:.3f}, {hi:.3f}]" if r["ledgers"] else "–",
+            "not run"
+            if not r["ledgers"]
+            else ("yes" if r["in_interval"] else ("below" if r["rate"] < lo else "ABOVE")),
             *(f"{g[k]['rate']:.3f}" if g[k]["rate"] is not None else "–" for k in GENERATORS),
         ]
         out.append("| " + " | ".join(cells) + " |")
