@@ -162,7 +162,13 @@ def _agree_on_data(mine: str | None, leaders: str | None) -> None:
 def _follower_session(run_dir: Path, blob: dict[str, Any]) -> Any:
     from trainers.components import build_components
     from trainers.run_plan import RunPlan
-    from trainers.session import Session, _init_seed, load_dataset, make_sampler
+    from trainers.session import (
+        Session,
+        _init_seed,
+        load_dataset,
+        make_sampler,
+        resolve_run_clipping,
+    )
 
     plan = RunPlan.from_json(blob["plan"])
     if "sealed_summary" in blob:
@@ -176,6 +182,7 @@ def _follower_session(run_dir: Path, blob: dict[str, Any]) -> Any:
     seed = int(private["seed"])
     dataset = load_dataset(plan.task, plan.data_path)
     comps = build_components(plan, dataset, _init_seed(seed))
+    clipping, clipping_reason = resolve_run_clipping(plan, comps, dataset)  # as process 0
     params, opt_state = distributed.broadcast_tree((comps.params, comps.opt_state))
     _agree_on_data(dataset.fingerprint, blob["fingerprint"])
     sampler = make_sampler(
@@ -203,4 +210,6 @@ def _follower_session(run_dir: Path, blob: dict[str, Any]) -> Any:
         resumed=bool(blob["resumed"]),
         leader=False,
         shared=True,
+        clipping=clipping,
+        clipping_reason=clipping_reason,
     )
