@@ -167,3 +167,28 @@ def test_cannot_see_is_computed_for_the_run_and_is_honest():
             batches.append(np.sort(np.concatenate((cold, warm))))
         res = _run(batches)
         assert res.test("inclusion_count_dispersion").rejected, res.explain()
+
+
+def test_contiguous_blocks_are_named_before_the_repeats_they_cause():
+    """Windows of contiguous indices at random offsets repeat by chance; blocks are the cause."""
+    rng = np.random.default_rng(11)
+    batches = []
+    for _ in range(T):
+        b = int(rng.binomial(N, Q))
+        o = int(rng.integers(0, N - b))
+        batches.append(np.arange(o, o + b))
+    res = _run(batches)
+    assert not res.passed
+    assert "neighbouring indices" in res.diagnosis and "blocks" in res.diagnosis, res.diagnosis
+
+
+@pytest.mark.parametrize(("group", "factor"), [(200, 3.0), (N // 2, 0.5)])
+def test_examples_at_different_rates_are_named_not_shuffling(group, factor):
+    """Some examples sampled at factor·q: counts too uneven, not epoch structure or seed reuse."""
+    rng = np.random.default_rng(12)
+    p = np.full(N, Q)
+    p[:group] = factor * Q
+    batches = [np.flatnonzero(rng.random(N) < p) for _ in range(T)]
+    res = _run(batches)
+    assert not res.passed
+    assert res.diagnosis.startswith("some examples are included much more often"), res.diagnosis
