@@ -253,6 +253,7 @@ class MaskedDPSGD:
                 precision=self.config.precision,
                 params=params,
                 x_one=jax.ShapeDtypeStruct(x0.shape, x0.dtype),
+                devices=self.device_count,
             )
             self._ghost, self.clipping, self.clipping_reason = ghost, method, reason
         return self.clipping

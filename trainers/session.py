@@ -141,9 +141,12 @@ class Session:
         return compute_epsilon([seg], self.plan.delta).to_json()
 
 
-def resolve_run_clipping(plan: RunPlan, comps: Any, dataset: Any) -> tuple[str, str]:
+def resolve_run_clipping(
+    plan: RunPlan, comps: Any, dataset: Any, devices: int | None = None
+) -> tuple[str, str]:
     """``(method, reason)``: what ``plan.clipping`` resolves to for this model
-    and data (:func:`trainers.clipping.select.resolve_clipping`; shapes only).
+    and data on ``devices`` devices of this process (every device of every
+    process in a multi-process run) (:func:`trainers.clipping.select.resolve_clipping`; shapes only).
     The method is recorded in the header's ``extra.clipping``."""
     import jax
 
@@ -160,6 +163,7 @@ def resolve_run_clipping(plan: RunPlan, comps: Any, dataset: Any) -> tuple[str, 
         precision=plan.precision,
         params=comps.params,
         x_one=jax.ShapeDtypeStruct(x0.shape, x0.dtype),
+        devices=jax.device_count() if jax.process_count() > 1 else (devices or 1),
     )
     return method, reason
 
@@ -355,7 +359,7 @@ def _create_run(
     config_path.chmod(0o644)  # public: the auditor rebuilds model and data from it
     declared_params = sampler.params() if plan.declared_sampler == sampler.name else {}
     comps = build_components(plan, dataset, init_seed)
-    clipping, clipping_reason = resolve_run_clipping(plan, comps, dataset)
+    clipping, clipping_reason = resolve_run_clipping(plan, comps, dataset, config.devices)
     from trainers.prng import prng_record
 
     header = RunHeader(
@@ -542,7 +546,9 @@ def open_resume(run_dir: Path, config: TrainConfig | None) -> Session:
         seed,
         dict(private.get("sampler_params") or {}),
     )
-    clipping, clipping_reason = resolve_run_clipping(plan, comps, dataset)
+    clipping, clipping_reason = resolve_run_clipping(
+        plan, comps, dataset, None if config is None else config.devices
+    )
     writer = LedgerWriter.resume(ledger_dir, step=start, checkpoint_digest=ck_digest)
     return Session(
         run_dir=run_dir,

@@ -28,18 +28,24 @@ def test_tiny_run_reports_every_mode_and_ratio(throughput, tmp_path, capsys):
     argv += ["--physical-batch-size", "4", "--expected-batch-size", "8", "--out", str(out)]
     assert throughput.main(argv) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["mode"] for r in records] == [
+    modes = [r["mode"] for r in records]
+    assert modes == [
         "nonprivate",
         "dpsgd_vmap",
-        "masked_trainer",
+        "dpsgd_ghost",
+        "masked_trainer_vmap",
+        "masked_trainer_ghost",
         "ratios",
     ]
-    assert capsys.readouterr().out.count("\n") == 4
-    masked = records[2]
-    assert masked["compilations"] == 1 and masked["steps"] >= 3
-    assert masked["physical_batch_size"] == 4 and masked["ledger_bytes"] > 0
-    assert all(r["examples_per_second"] > 0 for r in records[:3])
-    assert 0 <= records[3]["ledger_share"] < 1
+    assert capsys.readouterr().out.count("\n") == len(modes)
+    by = dict(zip(modes, records, strict=True))
+    for m in ("vmap", "ghost"):
+        masked = by[f"masked_trainer_{m}"]
+        assert masked["compilations"] == 1 and masked["steps"] >= 3
+        assert masked["physical_batch_size"] == 4 and masked["ledger_bytes"] > 0
+        assert 0 <= by["ratios"][f"ledger_share_{m}"] < 1
+        assert by["ratios"][f"dpsgd_{m}/nonprivate"] > 0
+    assert all(r["examples_per_second"] > 0 for r in records[:-1])
 
 
 def test_bad_arguments_exit_2(throughput, capsys):

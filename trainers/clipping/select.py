@@ -17,6 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from dpverify._validate import check_choice
+from dpverify.errors import InvalidArgument
 
 __all__ = ["CLIPPING_METHODS", "check_clipping", "resolve_clipping"]
 
@@ -38,6 +39,7 @@ def resolve_clipping(
     precision: str,
     params: Any,
     x_one: Any,
+    devices: int = 1,
 ) -> tuple[str, Any, str]:
     """The method to use: ``(method, ghost_or_None, reason)``.
 
@@ -47,16 +49,28 @@ def resolve_clipping(
         params: the parameters (shapes are used).
         x_one: one example, without batch axis (an array or a
             ``jax.ShapeDtypeStruct``).
+        devices: devices each physical batch is split over (all processes
+            together).  Ghost clipping is not verified on sharded runs (its
+            per-example pass is not placed per device, and a sharded
+            per-example computation against replicated parameters can mix
+            examples), so ``auto`` then chooses vmap and ``ghost`` is refused.
 
     Raises:
         UnsupportedLayer: ``requested == "ghost"`` and a trainable layer has
             no ghost rule.
+        InvalidArgument: ``requested == "ghost"`` on more than one device.
     """
     from trainers.clipping.ghost import GhostClipping, UnsupportedLayer
 
     check_clipping(requested)
     if requested == "vmap":
         return "vmap", None, "clipping=vmap requested"
+    if devices > 1:
+        if requested == "ghost":
+            raise InvalidArgument(
+                f"clipping='ghost' is not supported on {devices} devices yet; use clipping='vmap'"
+            )
+        return "vmap", None, f"auto chose vmap: ghost clipping is not verified on {devices} devices"
     ghost = GhostClipping(model_apply, loss_fn, trainable, precision)
     try:
         plan = ghost.plan(params, x_one)
