@@ -88,3 +88,31 @@ def test_cli_rejects_unknown_clipping_in_one_line(tmp_path):
     assert proc.returncode == 2
     assert "clipping='fast'" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_sharded_runs_use_vmap_and_refuse_ghost():
+    """Ghost's per-example pass is not placed per device: auto picks vmap on >1 device."""
+    import jax
+    import jax.numpy as jnp
+
+    from trainers.clipping.select import resolve_clipping
+    from trainers.dpsgd import trainable_leaves
+    from trainers.losses import softmax_cross_entropy
+    from trainers.models import MLP
+
+    model = MLP(num_classes=10)
+    x_one = jax.ShapeDtypeStruct((64,), jnp.float32)
+    params = model.init(jax.random.key(0), jnp.zeros((1, 64)))["params"]
+    kw = dict(
+        model_apply=lambda p, x: model.apply({"params": p}, x),
+        loss_fn=softmax_cross_entropy,
+        trainable=trainable_leaves(params),
+        precision="float32",
+        params=params,
+        x_one=x_one,
+    )
+    assert resolve_clipping("auto", **kw)[0] == "ghost"
+    method, ghost, reason = resolve_clipping("auto", devices=2, **kw)
+    assert method == "vmap" and ghost is None and "2 devices" in reason
+    with pytest.raises(InvalidArgument, match="clipping='ghost' is not supported on 2 devices"):
+        resolve_clipping("ghost", devices=2, **kw)
