@@ -7,6 +7,8 @@ whatever the code does; speed is measured in ``benchmarks/`` instead.
 
 from __future__ import annotations
 
+import pytest
+
 try:
     from hypothesis import settings
 except ImportError:  # a core install without the [testing] extra
@@ -14,3 +16,42 @@ except ImportError:  # a core install without the [testing] extra
 else:
     settings.register_profile("dpverify", deadline=None)
     settings.load_profile("dpverify")
+
+
+def _plan_ledger(path, plan):
+    """A small Poisson ledger (N = 100, q = 0.1) written from a plan; returns it read back.
+
+    ``plan`` is a list of ints (a step with one index), ``("ck", s)`` (a
+    checkpoint record at step ``s``, digest ``f"d{s}"``) and ``("resume", s)``
+    (close the writer and resume from checkpoint ``s``).
+    """
+    import numpy as np
+
+    from dpverify.ledger import LedgerWriter, read_ledger
+    from dpverify.ledger.records import Checkpoint, RunHeader, Step
+
+    header = RunHeader(
+        dataset_size=100,
+        sampler="poisson",
+        sampling_rate=0.1,
+        noise_multiplier=1.0,
+        clip_norm=1.0,
+        delta=1e-5,
+    )
+    writer = LedgerWriter.create(path, header)
+    for item in plan:
+        if isinstance(item, int):
+            writer.append(Step(step=item, indices=np.array([item % 100])))
+        elif item[0] == "ck":
+            writer.append(Checkpoint(step=item[1], digest=f"d{item[1]}", path=None))
+        else:
+            writer.close()
+            writer = LedgerWriter.resume(path, step=item[1], checkpoint_digest=f"d{item[1]}")
+    writer.close()
+    return read_ledger(path)
+
+
+@pytest.fixture
+def plan_ledger():
+    """:func:`_plan_ledger`: write a small ledger from a plan of steps, checkpoints and resumes."""
+    return _plan_ledger

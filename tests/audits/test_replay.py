@@ -9,53 +9,19 @@ from __future__ import annotations
 import sys
 import types
 
-import numpy as np
 import pytest
 
 from audits import replay as audit_replay
 from audits.replay import check_replay, choose_segments
-from dpverify.ledger import LedgerWriter, read_ledger
-from dpverify.ledger.records import Checkpoint, RunHeader, Step
 from dpverify.replay import SegmentOutcome, SegmentReplay, checkpoint_segments
-
-
-def _header():
-    return RunHeader(
-        dataset_size=100,
-        sampler="poisson",
-        sampling_rate=0.1,
-        noise_multiplier=1.0,
-        clip_norm=1.0,
-        delta=1e-5,
-    )
-
-
-def _step(t):
-    return Step(step=t, indices=np.array([t % 100]))
-
-
-def write_ledger(path, plan):
-    """``plan``: a list of ints (steps), ``("ck", s)`` and ``("resume", s)`` items."""
-    writer = LedgerWriter.create(path, _header())
-    for item in plan:
-        if isinstance(item, int):
-            writer.append(_step(item))
-        elif item[0] == "ck":
-            writer.append(Checkpoint(step=item[1], digest=f"d{item[1]}", path=None))
-        else:
-            writer.close()
-            writer = LedgerWriter.resume(path, step=item[1], checkpoint_digest=f"d{item[1]}")
-    writer.close()
-    return read_ledger(path)
-
 
 PLAN = [("ck", 0), *range(0, 4), ("ck", 4), *range(4, 8), ("ck", 8)]
 PLAN += [*range(8, 12), ("ck", 12), *range(12, 16), ("ck", 16), *range(16, 20), ("ck", 20)]
 
 
 @pytest.fixture
-def ledger(tmp_path):
-    return write_ledger(tmp_path / "ledger", PLAN)
+def ledger(tmp_path, plan_ledger):
+    return plan_ledger(tmp_path / "ledger", PLAN)
 
 
 @pytest.fixture
@@ -110,10 +76,10 @@ def test_choice_always_has_the_final_segment_and_respects_the_budget(ledger):
     assert len(choose_segments(segments, 1000, 0)) == 5
 
 
-def test_resume_segments_are_always_replayed(tmp_path):
+def test_resume_segments_are_always_replayed(tmp_path, plan_ledger):
     plan = [("ck", 0), 0, 1, ("ck", 2), 2, 3, ("ck", 4), 4, ("resume", 4), 4, 5, ("ck", 6)]
     plan += [6, 7, ("ck", 8), 8, 9, ("ck", 10)]
-    segments, _ = checkpoint_segments(write_ledger(tmp_path / "l", plan))
+    segments, _ = checkpoint_segments(plan_ledger(tmp_path / "l", plan))
     for seed in range(10):
         chosen = {(s.start, s.end) for s in choose_segments(segments, 1, seed)}
         assert {(2, 4), (4, 6), (8, 10)} <= chosen
@@ -173,15 +139,15 @@ def test_skips_never_refute(ledger, tmp_path, fake_replayer, monkeypatch):
     assert r.status == "skip" and "no segment replayer for framework 'mxnet'" in r.reason
 
 
-def test_final_parameters_not_checkpointed_is_a_warning(tmp_path, fake_replayer):
-    led = write_ledger(tmp_path / "l", [("ck", 0), 0, 1, ("ck", 2), 2])
+def test_final_parameters_not_checkpointed_is_a_warning(tmp_path, fake_replayer, plan_ledger):
+    led = plan_ledger(tmp_path / "l", [("ck", 0), 0, 1, ("ck", 2), 2])
     fake_replayer(_ok)
     r = check_replay(tmp_path, ledger=led, budget=8, seed=0)
     assert r.status == "warn" and "NOT including the final parameters" in r.reason
 
 
-def test_no_segments_is_a_skip(tmp_path, fake_replayer):
-    led = write_ledger(tmp_path / "l", [0, 1, 2])
+def test_no_segments_is_a_skip(tmp_path, fake_replayer, plan_ledger):
+    led = plan_ledger(tmp_path / "l", [0, 1, 2])
     fake_replayer(_ok)
     r = check_replay(tmp_path, ledger=led, budget=8, seed=0)
     assert r.status == "skip" and "no checkpoint segments" in r.reason

@@ -23,10 +23,11 @@ from __future__ import annotations
 import copy
 import hashlib
 import io
-import os
-import secrets
 from pathlib import Path
 from typing import Any
+
+from dpverify.private_files import create_noise_key
+from dpverify.private_files import write_private_file as write_private
 
 __all__ = [
     "NOISE_DOMAIN",
@@ -41,34 +42,6 @@ __all__ = [
 
 #: Domain-separation prefix of the per-step noise seed (versioned).
 NOISE_DOMAIN = b"dpverify/opacus-noise/v1"
-
-
-def write_private(path: Path, data: bytes) -> None:
-    """Atomic 0600 write: temp file, fsync, rename, directory fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
-
-
-def create_noise_key(run_dir: Path) -> tuple[bytes, str]:
-    """A fresh 32-byte key at ``RUN_DIR/noise.key``; returns ``(key, sha256 hex)``."""
-    key = secrets.token_bytes(32)
-    write_private(run_dir / "noise.key", key)
-    return key, hashlib.sha256(key).hexdigest()
 
 
 def noise_generator(key: bytes, step: int) -> Any:
