@@ -289,8 +289,11 @@ def _pileup_p(law: SizeLaw, steps: int, largest: int, at_largest: int) -> float:
     sf_incl = np.maximum(1.0 - np.concatenate(([0.0], cdf[:-1])), pmf)
     ok = (pmf > 0.0) & (cdf > 0.0)
     support, pmf, cdf, sf_incl = support[ok], pmf[ok], cdf[ok], sf_incl[ok]
-    with np.errstate(divide="ignore"):
-        w = np.log(sf_incl / pmf)
+    with np.errstate(divide="ignore", over="ignore"):
+        ratio = sf_incl / pmf
+    # where the ratio overflows (a pmf in the subnormal tail, e.g. at ImageNet's N) take
+    # the logarithm of each side: the same number, finite
+    w = np.where(np.isfinite(ratio), np.log(ratio), np.log(sf_incl) - np.log(pmf))
     live = w > 1e-15
     k_star = np.full(support.size, steps + 1.0)
     k_star[live] = np.ceil(lam / w[live] - 1e-9)

@@ -90,3 +90,15 @@ def test_total_inclusions_under_a_cap_compares_with_the_capped_mean():
     res = total_inclusions(np.full(200, 52), law)  # above the cap's mean (< 50)
     assert res.p_value < 1e-6
     assert f"{law.mean * 200:,.0f} expected" in res.failure and "10,400 inclusions" in res.failure
+
+
+def test_truncation_scan_at_imagenet_size_has_no_overflow():
+    """N = 1 281 167, q = 0.012788: the pile-up weights stay finite (no RuntimeWarning)."""
+    import warnings
+
+    law = SizeLaw(dataset_size=1_281_167, sampling_rate=0.012788)
+    sizes = np.random.default_rng(0).binomial(1_281_167, 0.012788, size=2000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        res = truncation_scan(sizes, law)
+    assert 0.0 <= res.p_value <= 1.0

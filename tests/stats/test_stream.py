@@ -127,3 +127,38 @@ def test_a_billion_examples_need_no_per_example_arrays():
         tracemalloc.stop()
     assert peak < 200e6, peak
     assert res.passed, res.explain()
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    n=st.integers(1, 50),
+    steps=st.integers(0, 150),
+    q=st.floats(0.0, 1.0),
+    max_lag=st.sampled_from([1, 2, 5, 31, 63, 64]),
+    chunk=st.integers(1, 300),
+    seed=st.integers(0, 2**32),
+)
+def test_masked_path_equals_sorting_path(n, steps, q, max_lag, chunk, seed):
+    """The sort-free dense path (recent-inclusion masks) gives the same summary, bit for bit."""
+    rng = np.random.default_rng(seed)
+    matrix = rng.random((steps, n)) < q
+    out = []
+    for masked in (True, False):
+        stream = BatchStream(n, max_lag=max_lag, chunk_indices=chunk, masked=masked)
+        for row in matrix:
+            stream.add(np.flatnonzero(row))
+        out.append(stream.finish())
+    a, b = out
+    for name in ("sizes", "seen", "seen_counts", "seen_last", "lag_overlap", "hashes"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    size = max(a.gap_hist.size, b.gap_hist.size)
+    assert np.array_equal(np.pad(a.gap_hist, (0, size - a.gap_hist.size)),
+                          np.pad(b.gap_hist, (0, size - b.gap_hist.size)))  # fmt: skip
+    assert a.adjacent_pairs == b.adjacent_pairs
+
+
+def test_masked_path_needs_dense_state_and_a_short_window():
+    with pytest.raises(InvalidArgument, match="masked=True"):
+        BatchStream(10, max_lag=65, masked=True)
+    with pytest.raises(InvalidArgument, match="masked=True"):
+        BatchStream(10, max_lag=4, sparse=True, masked=True)
