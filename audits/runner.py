@@ -24,11 +24,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from audits.certificate import Certificate, empirical_section, public_run_config
 from audits.check import CheckResult
 from audits.configuration import check_configuration
 from audits.empirical import DEFAULT_CONFIDENCE, check_empirical
-from audits.evidence import collect_evidence
+from audits.evidence import InclusionCounts, collect_evidence
 from audits.integrity import check_integrity
 from audits.mechanics import check_mechanics
 from audits.privacy import check_privacy, claimed_privacy
@@ -38,6 +40,69 @@ from dpverify._validate import check_int, check_probability
 from dpverify.errors import DpverifyError, LedgerCorrupt, UnusableInput
 
 __all__ = ["audit_ledger", "run_audit"]
+
+
+class _StreamedChecks:
+    """What the audit computes from the index arrays, fed record by record in one pass.
+
+    :func:`run_audit` reads the ledger once with
+    :func:`dpverify.ledger.outline.read_outline`; each verified record comes
+    here as it is decoded: the sampling battery
+    (:class:`dpverify.stats.SamplingStream`: plan and every segment's
+    statistics) and the inclusion counts of the report.  Nothing keeps the
+    index arrays, so memory is O(N + T), not O(recorded indices).  An error
+    in the battery is kept and raised where the sampling check runs, so it is
+    reported as that check's failure, as when the check reads the ledger itself.
+    """
+
+    def __init__(self, *, alpha: float, seed: int) -> None:
+        self._alpha, self._seed = alpha, seed
+        self._sampling: Any = None
+        self._error: BaseException | None = None
+        self.counts: InclusionCounts | None = None
+
+    def add(self, record: Any) -> None:
+        from dpverify import stats
+        from dpverify.ledger import RunHeader, Step
+
+        if isinstance(record, RunHeader):
+            self.counts = InclusionCounts(record.dataset_size)
+            if str(record.sampler).lower() in stats.NULL_SAMPLERS:
+                try:
+                    self._sampling = stats.SamplingStream(
+                        record, alpha=self._alpha, seed=self._seed
+                    )
+                except Exception as exc:  # raised again by the sampling check
+                    self._error = exc
+        elif isinstance(record, Step):
+            if self.counts is not None:
+                self.counts.add(record.indices)
+            if self._sampling is not None:
+                try:
+                    self._sampling.add(record)
+                except Exception as exc:  # raised again by the sampling check
+                    self._sampling, self._error = None, exc
+
+    def sampling_result(self) -> Any:
+        """The battery's :class:`~dpverify.stats.LedgerSampling` (or its error, raised)."""
+        if self._error is not None:
+            raise self._error
+        if self._sampling is None:
+            raise RuntimeError("the sampling battery was not fed")
+        result, self._sampling = self._sampling.finish(), None
+        self._error = RuntimeError("the sampling battery was finished already")
+        return result
+
+    def evidence_counts(self, ledger: Any, logical: list[Any]) -> InclusionCounts | None:
+        """The inclusion counts of the last executions only (superseded ones re-read, un-counted)."""
+        if self.counts is None:
+            return None
+        last = {id(s) for s in logical}
+        for s in ledger.steps:
+            if id(s) not in last:  # a step executed again after a resume
+                self.counts.remove(np.asarray(s.indices))
+        counts, self.counts = self.counts, None
+        return counts
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -113,6 +178,7 @@ def audit_ledger(
     replay_seed: int | None = None,
     empirical_confidence: float = DEFAULT_CONFIDENCE,
     canary_scores_path: Path | None = None,
+    _streamed: _StreamedChecks | None = None,
 ) -> Certificate:
     """Audit an already-read ledger (the core of :func:`run_audit`).
 
@@ -174,7 +240,15 @@ def audit_ledger(
         )
     )
     bar.update(1)
-    checks.append(_guarded("sampling", lambda: check_sampling(ledger, alpha=alpha, seed=seed)))
+    streamed_result = _streamed.sampling_result if _streamed is not None else None
+    checks.append(
+        _guarded(
+            "sampling",
+            lambda: check_sampling(
+                ledger, alpha=alpha, seed=seed, sampling_result=streamed_result
+            ),
+        )
+    )
     bar.update(1)
     checks.append(_guarded("mechanics", lambda: check_mechanics(header, ledger.steps)))
     bar.update(1)
@@ -220,6 +294,7 @@ def audit_ledger(
     epsilon_report = report_box[0] if report_box else None
     verdict, reason = _verdict(checks, claimed)
     logical = last_executions(ledger.steps)
+    counts = _streamed.evidence_counts(ledger, logical) if _streamed is not None else None
     return Certificate(
         verdict=verdict,
         verdict_reason=reason,
@@ -232,7 +307,7 @@ def audit_ledger(
         ledger_head=ledger.head,
         sealed=ledger.seal is not None,
         run=public_run_config(header),
-        evidence=collect_evidence(ledger, steps=logical, delta=delta),
+        evidence=collect_evidence(ledger, steps=logical, delta=delta, counts=counts),
         empirical=empirical_section(checks[-1]),
     )
 
@@ -281,6 +356,7 @@ def run_audit(
         ('certified', 0)
     """
     from dpverify import ledger as ledger_api
+    from dpverify.ledger.outline import read_outline
 
     check_probability("alpha", alpha, allow_one=False)
     check_probability("empirical_confidence", empirical_confidence, allow_one=False)
@@ -300,10 +376,14 @@ def run_audit(
     run_dir = ledger_path.parent if ledger_path.name == "ledger" else None
     ledger = None
     verify_report: Any
+    streamed = _StreamedChecks(alpha=alpha, seed=seed)
     try:
-        # read_ledger verifies framing, checksums and the chain as it reads.
-        ledger = ledger_api.read_ledger(ledger_path)
+        # One streaming pass: read_outline verifies framing, checksums and the chain as it
+        # reads, feeds every step's indices to the battery and the counts, and keeps only
+        # an outline of the records (index arrays re-read on demand, e.g. by replay).
+        ledger = read_outline(ledger_path, on_record=streamed.add)
     except LedgerCorrupt:
+        streamed = None  # type: ignore[assignment]
         try:  # scan again, without raising, to say which record is bad
             verify_report = ledger_api.verify_ledger(ledger_path)
         except LedgerCorrupt as exc:  # e.g. the manifest is missing: nothing can be read
@@ -331,4 +411,5 @@ def run_audit(
         replay_seed=replay_seed,
         empirical_confidence=empirical_confidence,
         canary_scores_path=scores,
+        _streamed=streamed,
     )

@@ -26,7 +26,7 @@ the privacy check reports them.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from audits.check import CheckResult
@@ -63,13 +63,23 @@ def _cannot_see(battery: Any) -> str:
     return "cannot see: " + ", ".join(parts)
 
 
-def check_sampling(ledger: Any, *, alpha: float = 1e-3, seed: int = 0) -> CheckResult:
+def check_sampling(
+    ledger: Any,
+    *,
+    alpha: float = 1e-3,
+    seed: int = 0,
+    sampling_result: Callable[[], Any] | None = None,
+) -> CheckResult:
     """Test the ledger's batches against the declared sampler.
 
     Args:
         ledger: a read :class:`dpverify.ledger.Ledger`.
         alpha: family-wise false-positive rate of the battery.
         seed: seed of the battery's own randomness (the audit is reproducible).
+        sampling_result: returns the :class:`dpverify.stats.LedgerSampling`
+            already computed while the ledger was read (the audit runner's
+            one streaming pass, :class:`dpverify.stats.SamplingStream`, with
+            the same ``alpha`` and ``seed``); default: computed here.
 
     Returns:
         ``fail`` leading with the most specific cause; ``warn`` when a segment
@@ -89,7 +99,10 @@ def check_sampling(ledger: Any, *, alpha: float = 1e-3, seed: int = 0) -> CheckR
                 f"{', '.join(stats.NULL_SAMPLERS)} do): the privacy check reports it"
             ),
         )
-    result = stats.sampling_from_ledger(ledger, alpha=alpha, seed=seed)
+    if sampling_result is not None:
+        result = sampling_result()
+    else:
+        result = stats.sampling_from_ledger(ledger, alpha=alpha, seed=seed)
     segs = result.segments
     many = len(segs) > 1
     first_battery = segs[0].battery if segs else None

@@ -80,6 +80,7 @@ class LedgerScan:
         self._head = GENESIS
         self._commitments: dict[int, list[Commitment]] = {}
         self.heads_checked = 0
+        self.frame_info: tuple[int, bytes, bytes] | None = None
 
     @property
     def head(self) -> str:
@@ -173,6 +174,8 @@ class LedgerScan:
                 if bad is not None:
                     raise LedgerCorrupt(bad, record_index=0)
             state.accept(record)
+            #: (file offset, chain value before, chain value after) of the record just yielded
+            self.frame_info = (frame.offset, self._head, frame.chain)
             self._head = frame.chain
             yield record
 

@@ -3,6 +3,7 @@
 from dpverify.stats._declared import NULL_SAMPLERS as NULL_SAMPLERS
 from dpverify.stats._declared import DeclaredNull as DeclaredNull
 from dpverify.stats._ledger import LedgerSampling as LedgerSampling
+from dpverify.stats._ledger import SamplingStream as SamplingStream
 from dpverify.stats._ledger import SegmentResult as SegmentResult
 from dpverify.stats._ledger import battery_from_ledger as battery_from_ledger
 from dpverify.stats._ledger import declared_null as declared_null

@@ -30,13 +30,16 @@ from typing import Any
 
 import numpy as np
 
+from dpverify._validate import check_int, check_probability
 from dpverify.errors import InvalidArgument
 from dpverify.stats._declared import FLOAT32_REL, NULL_SAMPLERS, DeclaredNull
 from dpverify.stats._results import BatteryResult
-from dpverify.stats.battery import DEFAULT_MAX_LAG, EXACT_TEST_NAMES, run_battery_on
+from dpverify.stats._stream import BatchStream, StreamSummary
+from dpverify.stats.battery import DEFAULT_MAX_LAG, EXACT_TEST_NAMES, _assemble, _window
 
 __all__ = [
     "LedgerSampling",
+    "SamplingStream",
     "SegmentResult",
     "battery_from_ledger",
     "declared_null",
@@ -175,62 +178,80 @@ class _Plan:
 
 
 def _digest(indices: np.ndarray) -> bytes:
-    return hashlib.blake2b(np.asarray(indices, dtype=np.int64).tobytes(), digest_size=16).digest()
+    arr = np.ascontiguousarray(indices, dtype=np.int64)  # no copy for the reader's arrays
+    return hashlib.blake2b(arr.data.cast("B"), digest_size=16).digest()
+
+
+class _Planner:
+    """The plan built one execution at a time (it only looks back): kept or not, segment."""
+
+    def __init__(self, header: Any) -> None:
+        self.q0 = float(header.sampling_rate)
+        self.first: dict[int, bytes] = {}
+        self.keep: list[bool] = []
+        self.rates: list[float] = []
+        self.segment_of: list[int] = []
+        self.bounds: list[list[int]] = []
+        self.mismatched: list[int] = []
+        self.reproduced = self.redrawn = 0
+        self.seg_rate: float | None = None
+
+    def add(self, record: Any) -> int:
+        """Plan one execution; its segment, or -1 when it is left out (a reproduced batch)."""
+        step = int(record.step)
+        rate = float(record.sampling_rate) if record.sampling_rate is not None else self.q0
+        digest = _digest(record.indices)
+        kept = True
+        if step in self.first:
+            if self.first[step] == digest:
+                kept = False
+                self.reproduced += 1
+            else:
+                self.redrawn += 1
+                self.mismatched.append(step)
+        else:
+            self.first[step] = digest
+        self.keep.append(kept)
+        self.rates.append(rate)
+        if not kept:
+            self.segment_of.append(-1)
+            return -1
+        seg_rate = self.seg_rate
+        if seg_rate is None or not math.isclose(rate, seg_rate, rel_tol=FLOAT32_REL, abs_tol=0.0):
+            self.seg_rate = rate
+            self.bounds.append([step, step, 0])
+        self.bounds[-1][1] = step
+        self.bounds[-1][2] += 1
+        self.segment_of.append(len(self.bounds) - 1)
+        return len(self.bounds) - 1
+
+    def plan(self, addressable: bool) -> _Plan:
+        findings: list[str] = []
+        mismatched = self.mismatched
+        if mismatched and addressable:
+            shown = ", ".join(str(s) for s in mismatched[:5]) + (" ..." if len(mismatched) > 5 else "")
+            findings.append(
+                f"{len(mismatched)} re-executed step(s) drew a different batch than their first "
+                f"execution (step {shown}): the sampler is step-addressable, so a resumed run must "
+                "redraw the same batches; the batches were changed or the sampler was re-seeded"
+            )
+        return _Plan(
+            keep=self.keep,
+            segment_of=self.segment_of,
+            rates=self.rates,
+            bounds=[tuple(b) for b in self.bounds],  # type: ignore[misc]
+            findings=findings,
+            logical=len(self.first),
+            reproduced=self.reproduced,
+            redrawn=self.redrawn,
+        )
 
 
 def _plan(steps: Iterable[Any], header: Any, addressable: bool) -> _Plan:
-    first: dict[int, bytes] = {}
-    keep: list[bool] = []
-    rates: list[float] = []
-    segment_of: list[int] = []
-    bounds: list[list[int]] = []
-    findings: list[str] = []
-    mismatched: list[int] = []
-    reproduced = redrawn = 0
-    seg_rate: float | None = None
-    q0 = float(header.sampling_rate)
+    planner = _Planner(header)
     for record in steps:
-        step = int(record.step)
-        rate = float(record.sampling_rate) if record.sampling_rate is not None else q0
-        digest = _digest(record.indices)
-        kept = True
-        if step in first:
-            if first[step] == digest:
-                kept = False
-                reproduced += 1
-            else:
-                redrawn += 1
-                mismatched.append(step)
-        else:
-            first[step] = digest
-        keep.append(kept)
-        rates.append(rate)
-        if not kept:
-            segment_of.append(-1)
-            continue
-        if seg_rate is None or not math.isclose(rate, seg_rate, rel_tol=FLOAT32_REL, abs_tol=0.0):
-            seg_rate = rate
-            bounds.append([step, step, 0])
-        bounds[-1][1] = step
-        bounds[-1][2] += 1
-        segment_of.append(len(bounds) - 1)
-    if mismatched and addressable:
-        shown = ", ".join(str(s) for s in mismatched[:5]) + (" ..." if len(mismatched) > 5 else "")
-        findings.append(
-            f"{len(mismatched)} re-executed step(s) drew a different batch than their first "
-            f"execution (step {shown}): the sampler is step-addressable, so a resumed run must "
-            "redraw the same batches; the batches were changed or the sampler was re-seeded"
-        )
-    return _Plan(
-        keep=keep,
-        segment_of=segment_of,
-        rates=rates,
-        bounds=[tuple(b) for b in bounds],  # type: ignore[misc]
-        findings=findings,
-        logical=len(first),
-        reproduced=reproduced,
-        redrawn=redrawn,
-    )
+        planner.add(record)
+    return planner.plan(addressable)
 
 
 def _steps_of(ledger_or_path: Any) -> tuple[Any, Any]:
@@ -253,6 +274,101 @@ def _steps_of(ledger_or_path: Any) -> tuple[Any, Any]:
     return ledger_or_path.header, lambda: iter(ledger_or_path.steps)
 
 
+class SamplingStream:
+    """:func:`sampling_from_ledger` fed one execution at a time, in ledger order.
+
+    Each execution is planned as it arrives (the plan only looks back: a
+    re-execution is compared with the first execution of its step; a new
+    segment starts where the recorded rate changes) and its batch goes
+    straight into its segment's streaming battery; a finished segment keeps
+    only its :class:`~dpverify.stats._stream.StreamSummary` (O(N + T)), and
+    :meth:`finish` runs every segment's tests at level α/m, m known only then.
+    The result is the same as :func:`sampling_from_ledger`'s.
+
+    Args: as :func:`sampling_from_ledger`, with the run ``header``.
+
+    Raises:
+        InvalidArgument: the header's sampler has no null, or bad parameters.
+    """
+
+    def __init__(
+        self,
+        header: Any,
+        *,
+        alpha: float = 1e-3,
+        seed: int = 0,
+        step_addressable_run: bool | None = None,
+        max_lag: int = DEFAULT_MAX_LAG,
+    ) -> None:
+        self._alpha = check_probability("alpha", alpha, allow_one=False)
+        self._seed = check_int("seed", seed, minimum=0)
+        self._max_lag = check_int("max_lag", max_lag, minimum=1)
+        self._header = header
+        self._null = declared_null(header)
+        self._addressable = (
+            step_addressable(header) if step_addressable_run is None else step_addressable_run
+        )
+        self._planner = _Planner(header)
+        self._segment = -1
+        self._stream: BatchStream | None = None
+        self._done: list[StreamSummary] = []
+
+    def add(self, record: Any) -> None:
+        """Plan one execution (a step record) and feed its batch to its segment."""
+        seg = self._planner.add(record)
+        if seg < 0:
+            return
+        if seg != self._segment:
+            self._close_segment()
+            null = declared_null(self._header, self._planner.seg_rate)
+            self._stream = BatchStream(
+                null.dataset_size, max_lag=_window(null, self._max_lag), hash_seed=self._seed
+            )
+            self._segment = seg
+        assert self._stream is not None
+        self._stream.add(record.indices)
+
+    def _close_segment(self) -> None:
+        if self._stream is not None:
+            self._done.append(self._stream.finish())
+            self._stream = None
+
+    def finish(self) -> LedgerSampling:
+        """Every segment's battery at α/m; the stream can not be extended after."""
+        self._close_segment()
+        plan = self._planner.plan(self._addressable)
+        level = self._alpha / max(1, len(plan.bounds))
+        segments: list[SegmentResult] = []
+        for k, ((lo, hi, count), summary) in enumerate(zip(plan.bounds, self._done, strict=True)):
+            rate = next(r for r, s in zip(plan.rates, plan.segment_of, strict=True) if s == k)
+            result = _assemble(summary, declared_null(self._header, rate), level)
+            if not result.passed:
+                status = "fail"
+            elif count < MIN_SEGMENT_BATCHES or not any(
+                t.meaningful for t in result.tests if t.name not in EXACT_TESTS
+            ):
+                status = "too_short"
+            else:
+                status = "pass"
+            segments.append(
+                SegmentResult(
+                    first_step=lo, last_step=hi, batches=count, sampling_rate=rate,
+                    status=status, battery=result,
+                )
+            )  # fmt: skip
+        self._done = []
+        return LedgerSampling(
+            null=self._null,
+            segments=tuple(segments),
+            findings=tuple(plan.findings),
+            executions=len(plan.keep),
+            logical_steps=plan.logical,
+            reproduced=plan.reproduced,
+            redrawn=plan.redrawn,
+            alpha=self._alpha,
+        )
+
+
 def sampling_from_ledger(
     ledger_or_path: Any,
     *,
@@ -265,7 +381,8 @@ def sampling_from_ledger(
 
     Args:
         ledger_or_path: a read ledger (``.header``, ``.steps``) or a ledger /
-            run directory path (streamed: two passes, memory O(N + T)).
+            run directory path (streamed in one pass: memory O(N + T) per
+            segment of constant rate).
         alpha: family-wise false-positive rate over all segments.
         seed: see :func:`dpverify.stats.run_battery`.
         step_addressable_run: override :func:`step_addressable`.
@@ -275,50 +392,12 @@ def sampling_from_ledger(
         InvalidArgument: the header's sampler has no null, or bad parameters.
     """
     header, steps = _steps_of(ledger_or_path)
-    addressable = step_addressable(header) if step_addressable_run is None else step_addressable_run
-    plan = _plan(steps(), header, addressable)
-    m = max(1, len(plan.bounds))
-    level = alpha / m
-    segments: list[SegmentResult] = []
-    for k, (lo, hi, count) in enumerate(plan.bounds):
-        rate = next(r for r, s in zip(plan.rates, plan.segment_of, strict=True) if s == k)
-
-        def batches(k: int = k) -> Iterator[np.ndarray]:
-            for record, s in zip(steps(), plan.segment_of, strict=True):
-                if s == k:
-                    yield record.indices
-
-        result = run_battery_on(
-            batches(), declared_null(header, rate), alpha=level, seed=seed, max_lag=max_lag
-        )
-        if not result.passed:
-            status = "fail"
-        elif count < MIN_SEGMENT_BATCHES or not any(
-            t.meaningful for t in result.tests if t.name not in EXACT_TESTS
-        ):
-            status = "too_short"
-        else:
-            status = "pass"
-        segments.append(
-            SegmentResult(
-                first_step=lo,
-                last_step=hi,
-                batches=count,
-                sampling_rate=rate,
-                status=status,
-                battery=result,
-            )
-        )
-    return LedgerSampling(
-        null=declared_null(header),
-        segments=tuple(segments),
-        findings=tuple(plan.findings),
-        executions=len(plan.keep),
-        logical_steps=plan.logical,
-        reproduced=plan.reproduced,
-        redrawn=plan.redrawn,
-        alpha=alpha,
+    stream = SamplingStream(
+        header, alpha=alpha, seed=seed, step_addressable_run=step_addressable_run, max_lag=max_lag
     )
+    for record in steps():
+        stream.add(record)
+    return stream.finish()
 
 
 def battery_from_ledger(

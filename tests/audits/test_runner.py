@@ -1,5 +1,6 @@
 """Audit runner: verdict rules, with each check replaced by a stub of given status."""
 
+import numpy as np
 import pytest
 
 from audits import runner
@@ -221,3 +222,64 @@ def test_privacy_gets_the_sampling_checks_verdict_on_the_rates(monkeypatch, fake
     )
     _audit(fakes)
     assert seen == {"rates_verified": True}
+
+
+def _in_memory_certificate(path):
+    """The audit as it was before streaming: the whole ledger read, then audited."""
+    from dpverify.ledger import read_ledger
+
+    ledger = read_ledger(path)
+    report = runner._ScanReport(
+        ok=True, records=len(ledger.records), steps=len(ledger.steps), head=ledger.head,
+        sealed=ledger.seal is not None, torn_tail_bytes=ledger.torn_tail_bytes,
+    )  # fmt: skip
+    return runner.audit_ledger(ledger, verify_report=report, replay_steps=None)
+
+
+def _resumed_ledger(fakes, *, redraw: bool):
+    """40 steps, a resume at step 30 re-executing 30..39 (same batches, or step 33 redrawn),
+    and a rate change for the last 10 steps."""
+    from dpverify.ledger import Resume, Seal
+
+    header = fakes.make_header(sampling_rate=0.05)
+    rng = np.random.default_rng(5)
+    first = [fakes.honest_step(header, t, rng) for t in range(40)]
+    again = list(first[30:])
+    if redraw:
+        again[3] = fakes.honest_step(header, 33, np.random.default_rng(99))
+    late = [fakes.honest_step(header, t, rng, sampling_rate=0.04) for t in range(40, 50)]
+    records = [header, *first, Resume(step=30), *again, *late, Seal(steps_executed=60, final_step=50)]
+    return fakes.FakeLedger(header=header, records=tuple(records))
+
+
+@pytest.mark.parametrize("redraw", [False, True])
+def test_streamed_audit_equals_the_in_memory_audit(tmp_path, fakes, redraw):
+    """One streaming pass (battery, counts, outline) gives the certificate of the whole-ledger audit,
+    resumes, a redrawn re-execution and a rate change included."""
+    path = fakes.write_ledger(tmp_path / "ledger", _resumed_ledger(fakes, redraw=redraw))
+    streamed = runner.run_audit(path, replay_steps=None)
+    whole = _in_memory_certificate(path)
+    assert streamed.verdict == whole.verdict
+    for a, b in zip(streamed.checks, whole.checks, strict=True):
+        assert (a.name, a.status, a.reason) == (b.name, b.status, b.reason)
+        assert a.details == b.details, a.name
+    ev, ew = streamed.evidence, whole.evidence
+    assert np.array_equal(ev.count_histogram, ew.count_histogram)
+    assert np.array_equal(ev.batch_sizes, ew.batch_sizes)
+    assert ev.count_histogram[1:].sum() > 0
+    if redraw:
+        assert streamed.check("sampling").details["redrawn_executions"] == 1
+
+
+def test_streamed_audit_reports_a_battery_error_as_the_sampling_check(tmp_path, fakes, monkeypatch):
+    from dpverify import stats
+
+    def broken(self, record):
+        raise ValueError("boom in the battery")
+
+    monkeypatch.setattr(stats.SamplingStream, "add", broken)
+    path = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(6))
+    cert = runner.run_audit(path, replay_steps=None)
+    sampling = cert.check("sampling")
+    assert sampling.failed and "boom in the battery" in sampling.reason
+    assert sampling.details.get("error") is True

@@ -31,6 +31,7 @@ PUBLIC = {
         "NULL_SAMPLERS",
         "LedgerSampling",
         "SegmentResult",
+        "SamplingStream",
         "declared_null",
         "step_addressable",
         "holm",
