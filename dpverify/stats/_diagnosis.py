@@ -7,15 +7,21 @@ order of specificity, not the test with the smallest p-value:
 1. sizes the declared sampler cannot produce, examples outside their group
    (exact violations);
 2. blocks of contiguous indices sampled together (they also make batches
-   repeat and overlap at lags, so they come before seed reuse);
-3. seed or key reuse (repeated batches, excess overlap at a lag);
+   repeat and overlap at lags, so they come before seed reuse) — unless the
+   per-example counts explain the excess of neighbouring pairs (a contiguous
+   part of the data set sampled more often, or never);
+3. seed or key reuse (repeated batches, excess overlap at one lag) — an
+   excess spread evenly over every lag is what uneven per-example rates
+   give (an example in every batch), and is named as such;
 4. shuffling (too little overlap, counts too even, returns too regular), with
    a DataLoader with ``drop_last=False`` (fixed batch size, one short batch per
    epoch) or fixed-size shuffled batches (DataLoader / DistributedSampler)
    named when the batch sizes show it;
 5. examples sampled at different rates (counts too uneven given the batch
    sizes; this also shifts the return gaps and, for an oversampled group, the
-   total), with the overall rate added when it is above the declared one too;
+   total), with the overall rate added when it is above the declared one too,
+   and the extreme it comes from when there is one (examples never sampled,
+   an example in far more batches than the rate allows);
 6. a real rate above the declared one (it also shifts the return gaps);
 7. an undeclared cap (pile-up at the largest size, or a largest batch too small);
 8. consecutive batches correlated; fixed-size batches; then the rest.
@@ -23,10 +29,14 @@ order of specificity, not the test with the smallest p-value:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+from scipy import stats
+
+from dpverify.stats._format import number
 
 __all__ = ["diagnose"]
 
@@ -71,18 +81,110 @@ def _modest_lag_excess(scan: Any) -> bool:
     return expected > 0.0 and scan.statistic < 2.0 * expected
 
 
-def diagnose(failures: Sequence[Any], sizes: np.ndarray, dataset_size: int) -> str:
-    """One plain-words cause for the rejected tests (``failures``: TestResults)."""
+def _excess_even_over_lags(scan: Any, summary: Any) -> bool:
+    """The best lag's overlap excess is no larger than the typical lag's.
+
+    A seed reused every k steps makes batches k apart (and its multiples) share
+    far more than other lags; examples sampled at uneven rates (one example in
+    every batch) raise the overlap at *every* lag by about the same factor.
+    Compares the largest observed/expected ratio over the scanned lags with
+    their median, expected overlaps ``Σ_t b_t·b_{t+k}/N`` from the batch sizes.
+    """
+    if summary is None or scan.details.get("expected") in (None, 0):
+        return False
+    sizes = np.asarray(summary.sizes, dtype=np.float64)
+    n = float(summary.dataset_size)
+    top = int(scan.details.get("max_lag") or 0)
+    ratios = []
+    for k in range(2, top + 1):
+        mean = float(np.dot(sizes[:-k], sizes[k:])) / n
+        if mean > 0:
+            ratios.append(float(summary.lag_overlap[k]) / mean)
+    if len(ratios) < 3:
+        return False
+    typical = float(np.median(ratios))
+    return typical > 1.0 and max(ratios) <= 1.5 * typical
+
+
+def _adjacency_explained_by_counts(test: Any, summary: Any) -> bool:
+    """Neighbouring index pairs no more frequent than the per-example counts predict.
+
+    Sampled independently at rates ``p_i`` over T steps, indices i and i+1 are
+    in the same batch ``T·p_i·p_{i+1}`` times in expectation, estimated
+    without bias by ``c_i·c_{i+1}/T`` (independent counts).  Blocks sampled
+    together exceed it by far; a contiguous part of the data set sampled at a
+    higher rate (or the rest never) does not.
+    """
+    if summary is None or summary.steps == 0 or summary.seen.size < 2:
+        return False
+    seen = np.asarray(summary.seen)
+    counts = np.asarray(summary.seen_counts, dtype=np.float64)
+    nb = np.flatnonzero(np.diff(seen) == 1)
+    predicted = float(np.dot(counts[nb], counts[nb + 1])) / summary.steps
+    return float(test.statistic) <= predicted + 4.0 * math.sqrt(max(predicted, 1.0))
+
+
+def _count_extreme(summary: Any) -> str:
+    """The extreme behind uneven counts, in words ('' when none stands out).
+
+    Never-sampled examples: under Poisson sampling with batch sizes b_t an
+    example is missed by every step with probability ``Π_t (1 − b_t/N)``.  The
+    most frequent example: ``c_max`` against Binomial(T, S/(N·T)), reported when
+    fewer than 1 in 1000 data sets of this size would show one that high.
+    """
+    if summary is None or summary.steps == 0:
+        return ""
+    n = int(summary.dataset_size)
+    sizes = np.asarray(summary.sizes, dtype=np.float64)
+    if n <= 1 or np.any(sizes > n):
+        return ""
+    with np.errstate(divide="ignore"):
+        expected_never = n * float(np.exp(np.sum(np.log1p(-sizes / n))))
+    never = n - int(np.asarray(summary.seen).size)
+    parts = []
+    if never > 10 and never > 3.0 * expected_never + 5.0 * math.sqrt(max(expected_never, 1.0)):
+        parts.append(
+            f"{number(never)} of {number(n)} examples were never sampled ({number(expected_never)} "
+            "expected): part of the data set unused, or dataset_size overstated?"
+        )
+    counts = np.asarray(summary.seen_counts)
+    if counts.size:
+        c_max = int(counts.max())
+        rate = float(sizes.sum()) / (n * summary.steps)
+        if n * float(stats.binom.sf(c_max - 1, summary.steps, rate)) < 1e-3:
+            parts.append(
+                f"an example was included in {number(c_max)} of {number(summary.steps)} steps "
+                f"(about {number(rate * summary.steps)} expected)"
+            )
+    return "; ".join(parts)
+
+
+def diagnose(
+    failures: Sequence[Any], sizes: np.ndarray, dataset_size: int, summary: Any = None
+) -> str:
+    """One plain-words cause for the rejected tests (``failures``: TestResults).
+
+    ``summary`` (the battery's :class:`StreamSummary`, optional) lets the
+    headline tell uneven per-example rates from blocks and seed reuse, and
+    name the extreme count behind them.
+    """
     by: Mapping[str, Any] = {t.name: t for t in failures}
     for name in ("batch_size_support", "group_membership"):
         if name in by:
             return by[name].reason
+    uneven = "inclusion_count_dispersion" in by and _dir(by["inclusion_count_dispersion"]) == "high"
     if "adjacent_index_pairs" in by and _dir(by["adjacent_index_pairs"]) == "high":
-        return by["adjacent_index_pairs"].reason
+        if not (uneven and _adjacency_explained_by_counts(by["adjacent_index_pairs"], summary)):
+            return by["adjacent_index_pairs"].reason
     if "repeated_batches" in by:
         return by["repeated_batches"].reason
-    uneven = "inclusion_count_dispersion" in by and _dir(by["inclusion_count_dispersion"]) == "high"
-    if "lagged_overlap_scan" in by and not (uneven and _modest_lag_excess(by["lagged_overlap_scan"])):
+    if "lagged_overlap_scan" in by and not (
+        uneven
+        and (
+            _modest_lag_excess(by["lagged_overlap_scan"])
+            or _excess_even_over_lags(by["lagged_overlap_scan"], summary)
+        )
+    ):
         return by["lagged_overlap_scan"].reason
     shuffling = [
         by[n]
@@ -100,6 +202,9 @@ def diagnose(failures: Sequence[Any], sizes: np.ndarray, dataset_size: int) -> s
         return f"shuffling, not independent sampling: {shuffling[0].reason}"
     if uneven:
         reason = by["inclusion_count_dispersion"].reason
+        extreme = _count_extreme(summary)
+        if extreme:
+            reason += f" ({extreme})"
         if "total_inclusions" in by:
             reason += f"; overall, {by['total_inclusions'].reason}"
         return reason

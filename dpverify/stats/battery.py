@@ -366,6 +366,6 @@ def _assemble(summary: StreamSummary, null: DeclaredNull, alpha: float) -> Batte
         sampler_label=null.label(),
         observed_rate=observed / null.cycle_length,
         conservative=conservative,
-        diagnosis=diagnose(failures, summary.sizes, null.dataset_size) if failures else "",
+        diagnosis=diagnose(failures, summary.sizes, null.dataset_size, summary) if failures else "",
         cannot_see=cannot,
     )
