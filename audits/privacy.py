@@ -111,7 +111,9 @@ def _verified_options(header: Any, steps: Any) -> dict[str, Any]:
     return options
 
 
-def check_privacy(ledger: Any, *, rates_verified: bool | None = None) -> tuple[CheckResult, Any | None]:
+def check_privacy(
+    ledger: Any, *, rates_verified: bool | None = None, max_groups: int | None = None
+) -> tuple[CheckResult, Any | None]:
     """Recompute ε for the executed steps and judge the claim.
 
     Args:
@@ -119,6 +121,8 @@ def check_privacy(ledger: Any, *, rates_verified: bool | None = None) -> tuple[C
         rates_verified: the sampling check's verdict on the recorded per-step
             rates (``details["rates_verified"]``); unless True, no step is
             accounted below the header's rate.
+        max_groups: passed to :func:`dpverify.accounting.compute_epsilon`
+            (``None``: its default).
 
     Returns:
         ``(result, epsilon_report)``; ``epsilon_report`` is the
@@ -144,6 +148,8 @@ def check_privacy(ledger: Any, *, rates_verified: bool | None = None) -> tuple[C
     n = header.dataset_size
     # the declared sampler, its parameters plus N, and the neighbouring relation
     options = _verified_options(header, ledger.steps)
+    if max_groups is not None:
+        options["max_groups"] = max_groups
     report = accounting.compute_epsilon(segments, delta, **options)
     eps = {name: getattr(report, name).epsilon for name in ("rdp", "pld", "prv")}
     details: dict[str, Any] = {

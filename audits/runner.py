@@ -179,6 +179,7 @@ def audit_ledger(
     empirical_confidence: float = DEFAULT_CONFIDENCE,
     canary_scores_path: Path | None = None,
     _streamed: _StreamedChecks | None = None,
+    max_groups: int | None = None,
 ) -> Certificate:
     """Audit an already-read ledger (the core of :func:`run_audit`).
 
@@ -200,6 +201,9 @@ def audit_ledger(
         canary_scores_path: canary scores JSON for runs that carry their own
             (:func:`audits.empirical.load_scores_file`); default: computed
             from the run directory's checkpoints and canary key.
+        max_groups: distinct (q, σ) pairs PLD composes one by one (``None``:
+            :data:`dpverify.accounting.DEFAULT_MAX_GROUPS`; see
+            :func:`dpverify.accounting.compute_epsilon`).
 
     Returns:
         The :class:`~audits.certificate.Certificate`.
@@ -257,7 +261,9 @@ def audit_ledger(
     def _privacy() -> CheckResult:
         sampling = next(c for c in checks if c.name == "sampling")
         rates_verified = sampling.status == "pass" and sampling.details.get("rates_verified")
-        result, report = check_privacy(ledger, rates_verified=bool(rates_verified))
+        result, report = check_privacy(
+            ledger, rates_verified=bool(rates_verified), max_groups=max_groups
+        )
         report_box.append(report)
         return result
 
@@ -323,6 +329,7 @@ def run_audit(
     replay_seed: int | None = None,
     empirical_confidence: float = DEFAULT_CONFIDENCE,
     canary_scores_path: str | os.PathLike[str] | None = None,
+    max_groups: int | None = None,
 ) -> Certificate:
     """Audit the run at ``path`` and issue its certificate.
 
@@ -341,6 +348,9 @@ def run_audit(
             bound (the empirical check refutes an honest run with probability
             at most 1 − it).
         canary_scores_path: a canary scores JSON file (imported runs).
+        max_groups: distinct (q, σ) pairs PLD composes one by one before it
+            rounds a heterogeneous schedule into that many groups (``None``:
+            the default, 1 000).
 
     Returns:
         The certificate; a corrupt ledger gives verdict ``unverifiable``.
@@ -367,6 +377,8 @@ def run_audit(
             raise UnusableInput(f"canary scores file {scores} does not exist")
     if replay_steps is not None:
         check_int("replay_steps", replay_steps, minimum=1)
+    if max_groups is not None:
+        check_int("max_groups", max_groups, minimum=1)
     key = None
     if noise_key_path is not None:
         key = Path(noise_key_path)
@@ -412,4 +424,5 @@ def run_audit(
         empirical_confidence=empirical_confidence,
         canary_scores_path=scores,
         _streamed=streamed,
+        max_groups=max_groups,
     )

@@ -28,9 +28,20 @@ tiny-q case q = 1e-7, T = 1e6, δ = 1e-12 (PLD far above valid upper bounds)::
      "estimate_range": [...], "rdp": ..., "pld": ..., "prv_upper": ...,
      "disagreements": [...], "wall_s": ...}
 
+With ``--heterogeneous`` it times PLD on σ linear 1.5 → 0.8 at q = 0.01 over
+T = 1 000 and 10 000 distinct (q, σ) pairs (``--steps`` to choose), at the
+default ``max_groups`` (1 000: T = 1 000 is composed pair by pair, T = 10⁴ is
+rounded into 1 000 dominating groups), and the rounding's width: the same PLD
+on the groups the run dominates (q down, σ up)::
+
+    {"case": "sigma_decay", "steps": ..., "groups": ..., "pairs_exact": ...,
+     "pld": ..., "pld_dominated": ..., "rounding_width": (pld - dominated) / pld,
+     "cpu_s": ..., "wall_s": ..., "exact": ... (stored reference, T = 1 000 only)}
+
 Usage::
 
     python benchmarks/accounting.py            # full sizes (several minutes)
+    python benchmarks/accounting.py --heterogeneous --steps 1000 10000
     python benchmarks/accounting.py --quick    # smoke test (seconds)
     python benchmarks/accounting.py --accuracy --max-groups 32   # minutes
 """
@@ -129,10 +140,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--accuracy", action="store_true", help="bracket vs exact (see above)")
     parser.add_argument("--max-groups", type=int, default=32, help="with --accuracy")
+    parser.add_argument("--heterogeneous", action="store_true", help="PLD time on σ decay")
+    parser.add_argument("--steps", type=int, nargs="+", default=[1000, 10_000])
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     if args.accuracy:
         return _accuracy(args.max_groups)
+    if args.heterogeneous:
+        return _heterogeneous(args.steps)
 
     from dpverify.accounting import compute_epsilon
     from dpverify.accounting.accountants import group_segments, pessimistic_groups
@@ -177,8 +192,8 @@ def _accuracy(max_groups: int) -> int:
     from dpverify.accounting import Segment, compute_epsilon
 
     here = Path(__file__).resolve().parents[1] / "tests" / "accounting"
-    sys.path.insert(0, str(here))
-    from make_heterogeneous_reference import schedules
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from heterogeneous_reference import schedules
 
     ref = json.loads((here / "heterogeneous_reference.json").read_text())["cases"]
     cases = [
@@ -204,6 +219,46 @@ def _accuracy(max_groups: int) -> int:
             "prv_upper": r.prv.epsilon,
             "disagreements": list(r.disagreements),
             "wall_s": round(time.perf_counter() - wall, 1),
+        }
+        sys.stdout.write(json.dumps(row) + "\n")
+        sys.stdout.flush()
+    return 0
+
+
+def _heterogeneous(steps_list: list[int]) -> int:
+    from pathlib import Path
+
+    from dpverify.accounting import Segment, compute_epsilon
+    from dpverify.accounting._engines import pld_epsilon_groups
+    from dpverify.accounting.accountants import DEFAULT_MAX_GROUPS
+    from dpverify.accounting.grouping import bracket_groups, group_segments
+
+    ref_path = Path(__file__).resolve().parents[1] / "tests/accounting/heterogeneous_reference.json"
+    ref = json.loads(ref_path.read_text())["cases"]["sigma_decay_1.5_to_0.8"]["pld_epsilon"]
+    for steps in steps_list:
+        segs = [
+            Segment(sampling_rate=0.01, noise_multiplier=1.5 - 0.7 * t / (steps - 1), steps=1)
+            for t in range(steps)
+        ]
+        cpu, wall = time.process_time(), time.perf_counter()
+        report = compute_epsilon(segs, DELTA, accountants=("pld",))
+        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+        pld = report.pld
+        _, dominated = bracket_groups(group_segments(segs), DEFAULT_MAX_GROUPS)
+        low = pld_epsilon_groups(
+            dominated, DELTA, "add_remove", pld.details["value_discretization_interval"]
+        )[0]
+        row = {
+            "case": "sigma_decay",
+            "steps": steps,
+            "groups": pld.details.get("groups"),
+            "pairs_exact": pld.details.get("pairs_exact"),
+            "pld": pld.epsilon,
+            "pld_dominated": low,
+            "rounding_width": round((pld.epsilon - low) / pld.epsilon, 6),
+            "cpu_s": round(cpu, 1),
+            "wall_s": round(wall, 1),
+            "exact": ref if steps == 1000 else None,
         }
         sys.stdout.write(json.dumps(row) + "\n")
         sys.stdout.flush()

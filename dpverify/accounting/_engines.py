@@ -34,7 +34,9 @@ from dpverify.errors import InvalidArgument
 __all__ = [
     "LIBRARY_FAILURES",
     "pld_delta",
+    "pld_delta_groups",
     "pld_epsilon",
+    "pld_epsilon_groups",
     "prv_delta",
     "prv_epsilon",
     "rdp_delta",
@@ -152,6 +154,43 @@ def pld_epsilon(event, delta: float, neighbouring: str, discretization: float):
             details,
         )
     return eps, None, details
+
+
+def pld_epsilon_groups(
+    groups: Sequence[tuple[tuple[float, float], int]],
+    delta: float,
+    neighbouring: str,
+    discretization: float,
+):
+    """PLD's ε at δ for Poisson groups, each distinct pair's PLD built by :mod:`._fastpld`."""
+    from dpverify.accounting._fastpld import composed_pld
+
+    eps = float(composed_pld(groups, discretization, neighbouring).get_epsilon_for_delta(delta))
+    details = {"value_discretization_interval": discretization}
+    if math.isinf(eps):
+        return (
+            None,
+            (
+                f"PLD unavailable: it gives ε = ∞ at δ = {delta:g}, below the probability "
+                "mass its discretisation resolves (every step has noise, so this is not a "
+                "bound; see RDP and PRV)"
+            ),
+            details,
+        )
+    return eps, None, details
+
+
+def pld_delta_groups(
+    groups: Sequence[tuple[tuple[float, float], int]],
+    epsilon: float,
+    neighbouring: str,
+    discretization: float,
+):
+    """PLD's δ at ε for Poisson groups (see :func:`pld_epsilon_groups`)."""
+    from dpverify.accounting._fastpld import composed_pld
+
+    pld = composed_pld(groups, discretization, neighbouring)
+    return float(pld.get_delta_for_epsilon(epsilon)), None, {}
 
 
 def prv_epsilon(

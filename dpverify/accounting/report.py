@@ -157,7 +157,8 @@ class EpsilonReport:
     def tight(self) -> float | None:
         """The tight estimate ε, or ``None``.
 
-        PLD when every (q, σ) pair was composed exactly and it agrees with the
+        PLD when it composed every (q, σ) pair exactly (``details["pairs_exact"]``
+        for a run whose RDP and PRV were bracketed) and it agrees with the
         upper bounds (:attr:`disagreements`); else PRV's estimate when it was
         composed exactly (error at most ``eps_error``, Gopi et al. 2021); else
         ``None`` (a bracketed run has a range, see :attr:`lower`).
@@ -172,11 +173,12 @@ class EpsilonReport:
     @property
     def tight_name(self) -> str | None:
         """Which accountant :attr:`tight` comes from (``"pld"``, ``"prv"`` or ``None``)."""
+        pld = self.pld.epsilon
+        pld_exact = self.rounding is None or bool(self.pld.details.get("pairs_exact"))
+        if pld_exact and pld is not None and math.isfinite(pld) and not self.disagreements:
+            return "pld"
         if self.rounding is not None:
             return None
-        pld = self.pld.epsilon
-        if pld is not None and math.isfinite(pld) and not self.disagreements:
-            return "pld"
         if self.prv.epsilon is not None and "estimate" in self.prv.details:
             return "prv"
         return None

@@ -92,6 +92,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="canary scores JSON {'scores': [...], 'included': [...]} for runs that carry "
         "their own (default: computed from RUN_DIR's checkpoints and canary key)",
     )
+    p.add_argument(
+        "--max-groups",
+        type=integer,
+        default=None,
+        metavar="K",
+        help="PLD composes up to K distinct (q, σ) pairs of a heterogeneous schedule one by "
+        "one; beyond, it rounds them into K groups (default 1000; ~10–40 ms per pair)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(handler=_audit)
 
@@ -110,6 +118,7 @@ def _audit(args: argparse.Namespace) -> int:
         replay_seed=args.replay_seed,
         empirical_confidence=args.empirical_confidence,
         canary_scores_path=args.canary_scores,
+        max_groups=args.max_groups,
     )
     written = []
     if args.json == "-":

@@ -57,8 +57,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=integer,
         default=None,
         metavar="K",
-        help="compose up to K distinct (q, σ) pairs of a run exactly; beyond, the run is "
-        "bracketed (default 32; the tight accountants' cost grows about linearly in K)",
+        help="PLD composes up to K distinct (q, σ) pairs of a run one by one; beyond, it "
+        "rounds them into K groups (default 1000; ~10–40 ms per pair). RDP and PRV use at "
+        "most 32 groups",
     )
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     p.set_defaults(handler=_epsilon)
@@ -132,7 +133,10 @@ def _progress_done() -> None:
 
 def _epsilon(args: argparse.Namespace) -> int:
     from dpverify import accounting
+    from dpverify._validate import check_int
 
+    if args.max_groups is not None:  # validated for both forms, as `audit` does
+        check_int("max_groups", args.max_groups, minimum=1)
 
     if args.run_dir is not None:
         given = [
@@ -146,9 +150,7 @@ def _epsilon(args: argparse.Namespace) -> int:
             )
         kwargs = {"accountants": args.accountant}
         if args.max_groups is not None:
-            from dpverify._validate import check_int
-
-            kwargs["max_groups"] = check_int("max_groups", args.max_groups, minimum=1)
+            kwargs["max_groups"] = args.max_groups
         if args.neighbouring is not None:
             kwargs["neighbouring"] = args.neighbouring
         report = accounting.epsilon_from_ledger(

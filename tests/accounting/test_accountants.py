@@ -279,6 +279,7 @@ def test_many_distinct_pairs_are_rounded_pessimistically():
         segs, DELTA, accountants=("rdp", "pld"), pld_discretization=1e-3, max_groups=8
     )
     assert "bracketed by 8 groups" in r.pld.details["grouping"] and r.rounding
+    assert r.pld.details["pairs_exact"] is False and r.tight is None
     total = sum(s.steps for s in segs)
     worst = Segment(
         sampling_rate=max(s.sampling_rate for s in segs), noise_multiplier=1.0, steps=total
@@ -290,7 +291,7 @@ def test_many_distinct_pairs_are_rounded_pessimistically():
     lo = compute_epsilon(best, DELTA, accountants=("rdp", "pld"), pld_discretization=1e-3)
     for name in ("rdp", "pld"):
         assert getattr(lo, name).epsilon < getattr(r, name).epsilon <= getattr(hi, name).epsilon
-    # exact RDP (cheap) is below the rounded one, but close
+    # RDP on 32 rounded groups (the most it composes) is below the 8-group one, but close
     exact = compute_epsilon(segs, DELTA, accountants=("rdp",), max_groups=1000).rdp.epsilon
     assert exact <= r.rdp.epsilon <= exact * 1.15
 

@@ -307,3 +307,11 @@ def test_max_groups_and_the_rounding_note(capsys, make_run):
     assert code == 0 and "bracketed" not in out
     code, _, err = run([*argv, "--max-groups", "0"], capsys)
     assert code == 2 and "max_groups=0" in err
+
+
+def test_max_groups_is_validated_without_a_run_too(capsys):
+    argv = ["epsilon", "--sampling-rate", "0.01", "--noise-multiplier", "1", "--steps", "10"]
+    code, _, err = run([*argv, "--delta", "1e-5", "--max-groups", "-3"], capsys)
+    assert code == 2 and "max_groups=-3" in err and err.count("\n") == 1
+    code, out, _ = run([*argv, "--delta", "1e-5", "--max-groups", "5", "--accountant", "rdp"], capsys)
+    assert code == 0 and "RDP" in out

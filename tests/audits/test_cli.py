@@ -25,6 +25,8 @@ def _one_line_error(capsys):
         ["audit", "{ledger}", "--report", "{tmp}/r.pdf"],
         ["audit", "{ledger}", "--json", "{tmp}/missing/c.json"],
         ["audit", "{ledger}", "--noise-key", "{tmp}/no.key"],
+        ["audit", "{ledger}", "--max-groups", "0"],
+        ["audit", "{ledger}", "--max-groups", "many"],
     ],
 )
 def test_unusable_input_is_one_line_and_exit_2(argv, tmp_path, fakes, capsys):
@@ -143,3 +145,22 @@ def test_cli_constants_match_the_auditor():
 
     assert _audit._DEFAULT_REPLAY_STEPS == DEFAULT_REPLAY_STEPS
     assert set(_audit._SCOPE_PARTS) == set(SCOPE_PARTS)
+
+
+def test_max_groups_reaches_the_accountant(tmp_path, fakes, capsys, monkeypatch):
+    import audits.privacy
+
+    ledger = fakes.write_ledger(tmp_path / "ledger", fakes.make_ledger(3))
+    seen = []
+    real = audits.privacy.check_privacy
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("max_groups"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr("audits.runner.check_privacy", spy)
+    main(["audit", str(ledger), "--no-replay", "--quiet", "--max-groups", "7"])
+    main(["audit", str(ledger), "--no-replay", "--quiet"])
+    assert seen == [7, None]
+    assert main(["audit", str(ledger), "--max-groups", "0"]) == 2
+    assert "max_groups=0" in _one_line_error(capsys)

@@ -196,3 +196,53 @@ def test_fixed_size_is_accounted_at_the_batches_recorded_not_a_smaller_declarati
         accountants="rdp",
     )
     assert report.rdp.epsilon > 3 * at_one.rdp.epsilon
+
+
+def _decaying_ledger(fakes, claim, steps=1000):
+    """σ linear 1.5 → 0.8 over ``steps`` at q = 0.01, per-step σ recorded (the stored schedule)."""
+    from dpverify.ledger.records import Seal
+
+    header = fakes.make_header(
+        dataset_size=10_000, sampling_rate=0.01, noise_multiplier=1.5, claimed_epsilon=claim
+    )
+    rng = np.random.default_rng(5)
+    records = [header]
+    for t in range(steps):
+        sigma = 1.5 - 0.7 * t / (steps - 1)
+        records.append(
+            fakes.honest_step(header, t, rng, noise_multiplier=sigma, noise_std=sigma * 1.0)
+        )
+    records.append(Seal(steps_executed=steps, final_step=steps))
+    return fakes.FakeLedger(header=header, records=tuple(records))
+
+
+def _exact_decay():
+    import json
+    from pathlib import Path
+
+    ref = Path(__file__).parents[1] / "accounting" / "heterogeneous_reference.json"
+    return json.loads(ref.read_text())["cases"]["sigma_decay_1.5_to_0.8"]["pld_epsilon"]
+
+
+@pytest.mark.slow
+def test_sigma_decay_claimed_at_the_exact_composition_is_certified_and_2pc_below_refuted(fakes):
+    """Issue 10.10: 1 000 distinct σ, claim = dp-accounting's exact per-step composition."""
+    exact = _exact_decay()
+    result, report = check_privacy(_decaying_ledger(fakes, exact))
+    assert result.status == "pass", result.reason
+    assert "rounded" in result.reason  # RDP and PRV used rounded groups: said so
+    assert report.pld.details["pairs_exact"] and abs(report.pld.epsilon - exact) < 5e-3 * exact
+    low, _ = check_privacy(_decaying_ledger(fakes, 0.98 * exact))
+    assert low.status == "fail" and not low.details.get("unverifiable"), low.reason
+    assert "rounded" in low.reason and low.details["reference"] == "pld"
+
+
+def test_a_refutation_never_rests_on_rounded_groups(fakes):
+    """PLD rounded into few groups (an upper bound only): a claim below it is not refuted."""
+    ledger = _decaying_ledger(fakes, 1.0, steps=120)
+    exact = check_privacy(ledger, max_groups=1000)[1].pld.epsilon
+    claim = 0.99 * exact
+    result, report = check_privacy(_decaying_ledger(fakes, claim, steps=120), max_groups=8)
+    assert report.pld.details["pairs_exact"] is False and report.pld.epsilon > exact
+    assert result.status == "fail" and result.details["unverifiable"], result.reason
+    assert "rounded" in result.reason
