@@ -229,8 +229,9 @@ class MaskedDPSGD:
             carry["sum"] = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), extra)
         return carry
 
-    def resolve_clipping(self, params: Any, x: Any) -> str:
-        """Decide ``config.clipping`` for these parameters and inputs (once; no compilation).
+    def resolve_clipping(self, params: Any, x: Any, y: Any = None) -> str:
+        """Decide ``config.clipping`` for these parameters and inputs (once; under ``auto``
+        two compilations of the clipping part, :mod:`trainers.clipping.cost`).
 
         Sets :attr:`clipping` (``"vmap"`` or ``"ghost"``) and
         :attr:`clipping_reason` (one line saying why); the first :meth:`step`
@@ -245,6 +246,7 @@ class MaskedDPSGD:
             if self._trainable is None:
                 self._trainable = trainable_leaves(params, self.frozen)
             x0 = x[0]
+            y0 = None if y is None else y[0]
             method, ghost, reason = resolve_clipping(
                 self.config.clipping,
                 model_apply=self.model_apply,
@@ -254,6 +256,8 @@ class MaskedDPSGD:
                 params=params,
                 x_one=jax.ShapeDtypeStruct(x0.shape, x0.dtype),
                 devices=self.device_count,
+                physical_batch_size=self.config.physical_batch_size,
+                y_one=None if y0 is None else jax.ShapeDtypeStruct(y0.shape, y0.dtype),
             )
             self._ghost, self.clipping, self.clipping_reason = ghost, method, reason
         return self.clipping
@@ -375,7 +379,7 @@ class MaskedDPSGD:
         if self._trainable is None:
             self._trainable = trainable_leaves(params, self.frozen)
         if self.clipping is None:
-            self.resolve_clipping(params, x)
+            self.resolve_clipping(params, x, y)
         if self.fused_batches is None:
             self.fused_batches = self._auto_fused_batches(params, x, y)
         batches = split_physical_batches(indices, cfg.physical_batch_size, pad_index=pad_index)

@@ -146,7 +146,8 @@ def resolve_run_clipping(
 ) -> tuple[str, str]:
     """``(method, reason)``: what ``plan.clipping`` resolves to for this model
     and data on ``devices`` devices of this process (every device of every
-    process in a multi-process run) (:func:`trainers.clipping.select.resolve_clipping`; shapes only).
+    process in a multi-process run) (:func:`trainers.clipping.select.resolve_clipping`; under ``auto`` two
+    compilations of the clipping part, nothing run).
     The method is recorded in the header's ``extra.clipping``."""
     import jax
 
@@ -154,7 +155,7 @@ def resolve_run_clipping(
     from trainers.dpsgd import trainable_leaves
     from trainers.losses import softmax_cross_entropy
 
-    x0 = dataset.x_train[0]
+    x0, y0 = dataset.x_train[0], dataset.y_train[0]
     method, _, reason = resolve_clipping(
         plan.clipping,
         model_apply=comps.model_apply,
@@ -164,6 +165,8 @@ def resolve_run_clipping(
         params=comps.params,
         x_one=jax.ShapeDtypeStruct(x0.shape, x0.dtype),
         devices=jax.device_count() if jax.process_count() > 1 else (devices or 1),
+        physical_batch_size=plan.physical_batch_size,
+        y_one=jax.ShapeDtypeStruct(y0.shape, y0.dtype),
     )
     return method, reason
 

@@ -116,3 +116,79 @@ def test_sharded_runs_use_vmap_and_refuse_ghost():
     assert method == "vmap" and ghost is None and "2 devices" in reason
     with pytest.raises(InvalidArgument, match="clipping='ghost' is not supported on 2 devices"):
         resolve_clipping("ghost", devices=2, **kw)
+
+
+def _auto(model, x_one, p, **extra):
+    import jax
+    import jax.numpy as jnp
+
+    from trainers.clipping.select import resolve_clipping
+    from trainers.dpsgd import trainable_leaves
+    from trainers.losses import softmax_cross_entropy
+
+    params = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *x_one.shape), x_one.dtype))
+    return resolve_clipping(
+        "auto",
+        model_apply=lambda p_, x: model.apply({"params": p_}, x),
+        loss_fn=softmax_cross_entropy,
+        trainable=trainable_leaves(params["params"]),
+        precision="float32",
+        params=params["params"],
+        x_one=x_one,
+        physical_batch_size=p,
+        **extra,
+    )
+
+
+def test_auto_compares_whole_methods_on_the_four_models():
+    """auto = the method whose compiled clipping step needs less working memory.
+
+    Deterministic (XLA's buffer plan of fixed shapes).  The small CNN is the
+    case where ghost loses (unfolded patches and output gradients of its
+    feature maps outweigh ~5 600 per-example gradient values), so auto must
+    pick vmap there although every layer has a ghost rule; the MLP, the ViT
+    and the text transformer (per-example embedding-table gradient V·D) go
+    to ghost.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from trainers import tasks
+    from trainers.clipping import cost
+
+    expect = {
+        "digits-mlp": (tasks._mlp(10), (64,), jnp.float32, "ghost"),
+        "digits-cnn": (tasks._digits_cnn(10), (8, 8), jnp.float32, "vmap"),
+        "digits-vit": (tasks._digits_vit(10), (8, 8), jnp.float32, "ghost"),
+        "text": (tasks._text_transformer(2), (32,), jnp.int32, "ghost"),
+    }
+    for name, (model, shape, dtype, want) in expect.items():
+        method, ghost, reason = _auto(model, jax.ShapeDtypeStruct(shape, dtype), 16)
+        assert method == want, (name, reason)
+        assert (ghost is not None) == (want == "ghost")
+        assert reason.startswith(f"auto chose {want}") and "working memory at p=16" in reason
+        assert "\n" not in reason
+    # the comparison is remembered per computation: asking again compiles nothing new
+    size = len(cost._CACHE)
+    model, shape, dtype, _ = expect["digits-cnn"]
+    assert _auto(model, jax.ShapeDtypeStruct(shape, dtype), 16)[0] == "vmap"
+    assert len(cost._CACHE) == size
+
+
+def test_trainer_records_the_auto_choice_once():
+    import jax
+    import numpy as np
+    import optax
+
+    from trainers import tasks
+    from trainers.dpsgd import DPSGDConfig, MaskedDPSGD
+
+    model = tasks._digits_cnn(10)
+    x = np.random.default_rng(0).uniform(size=(20, 8, 8)).astype(np.float32)
+    y = np.arange(20, dtype=np.int32) % 10
+    params = model.init(jax.random.key(0), x[:1])["params"]
+    cfg = DPSGDConfig(clip_norm=1.0, noise_multiplier=1.0, denominator=8.0, physical_batch_size=16)
+    trainer = MaskedDPSGD(lambda p, xb: model.apply({"params": p}, xb), optax.sgd(0.1), cfg)
+    assert trainer.resolve_clipping(params, x, y) == "vmap"
+    assert "auto chose vmap" in trainer.clipping_reason and "ghost" in trainer.clipping_reason
+    assert trainer.resolve_clipping(params, x, y) == "vmap"  # decided once

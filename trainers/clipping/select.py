@@ -4,8 +4,11 @@
   works for any model.
 * ``ghost`` — :class:`trainers.clipping.GhostClipping`; an unsupported
   trainable layer is an :class:`~trainers.clipping.UnsupportedLayer` error.
-* ``auto`` — ghost when every trainable layer is supported, else vmap; the
-  choice and its reason are returned so the caller can say them once.
+* ``auto`` — ghost when every trainable layer is supported AND the whole
+  method holds no more per example than vmap (:mod:`trainers.clipping.cost`:
+  e.g. a small CNN's unfolded patches and output gradients outweigh its
+  per-example gradients), else vmap; the choice and its reason (with both
+  costs) are returned so the caller can say them once.
 
 Both compute the same clipped sum (tests/trainers/test_ghost.py), so the
 choice changes speed and memory, never the mechanism.
@@ -40,6 +43,8 @@ def resolve_clipping(
     params: Any,
     x_one: Any,
     devices: int = 1,
+    physical_batch_size: int | None = None,
+    y_one: Any = None,
 ) -> tuple[str, Any, str]:
     """The method to use: ``(method, ghost_or_None, reason)``.
 
@@ -54,6 +59,9 @@ def resolve_clipping(
             per-example pass is not placed per device, and a sharded
             per-example computation against replicated parameters can mix
             examples), so ``auto`` then chooses vmap and ``ghost`` is refused.
+        physical_batch_size: p, the batch ``auto`` compiles both methods at
+            (:func:`trainers.clipping.cost.method_cost`; default 32).
+        y_one: one label (default: an int32 class label).
 
     Raises:
         UnsupportedLayer: ``requested == "ghost"`` and a trainable layer has
@@ -80,9 +88,24 @@ def resolve_clipping(
         why = str(exc).removesuffix("; use clipping='vmap'")
         return "vmap", None, f"auto chose vmap: {why}"
     layers = len(plan.layers)
-    return (
-        "ghost",
-        ghost,
-        f"{requested} chose ghost: {layers} layer(s) by ghost norms"
-        + (f", {len(plan.loose)} parameter(s) per example" if plan.loose else ""),
+    what = f"{layers} layer(s) by ghost norms" + (
+        f", {len(plan.loose)} parameter(s) per example" if plan.loose else ""
     )
+    if requested == "ghost":
+        return "ghost", ghost, f"clipping=ghost requested: {what}"
+    from trainers.clipping.cost import DEFAULT_BATCH, method_cost
+
+    cost = method_cost(
+        model_apply=model_apply,
+        loss_fn=loss_fn,
+        trainable=trainable,
+        precision=precision,
+        params=params,
+        x_one=x_one,
+        ghost=ghost,
+        batch=physical_batch_size or DEFAULT_BATCH,
+        y_one=y_one,
+    )
+    if cost.cheaper == "vmap":
+        return "vmap", None, f"auto chose vmap: cheaper per example; {cost.describe()}"
+    return "ghost", ghost, f"auto chose ghost: {what}; {cost.describe()}"
