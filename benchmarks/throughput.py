@@ -117,6 +117,9 @@ _TABLE: dict[tuple[str, str], tuple[dict[str, Any], tuple[int, int, int], int, i
     # text: (model kwargs, (tokens,), p, E, N); vocabulary TEXT_VOCAB
     ("gpu", "text"): (_TEXT_SMALL, (128,), 128, 512, 50_000),
     ("cpu", "text"): (_TINY_TEXT, (64,), 32, 128, 4096),
+    # mlp: the digits MLP's shape (8×8 inputs, one hidden layer of 64)
+    ("gpu", "mlp"): ({"hidden": (512, 512)}, (32, 32, 3), 256, 1024, 50_000),
+    ("cpu", "mlp"): ({"hidden": (64,)}, (8, 8, 1), 32, 128, 4096),
 }
 
 
@@ -138,9 +141,9 @@ def _setups(device: str, models: list[str], args: argparse.Namespace) -> list[Se
 
 
 def _model(setup: Setup):
-    from trainers.models import CNN, TextTransformer, ViT
+    from trainers.models import CNN, MLP, TextTransformer, ViT
 
-    cls = {"cnn": CNN, "vit": ViT, "text": TextTransformer}[setup.name]
+    cls = {"cnn": CNN, "vit": ViT, "text": TextTransformer, "mlp": MLP}[setup.name]
     return cls(num_classes=10, **setup.kwargs)
 
 
@@ -532,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--models",
         default="cnn,vit",
-        help="comma-separated subset of cnn,vit,text (default cnn,vit)",
+        help="comma-separated subset of cnn,vit,text,mlp (default cnn,vit)",
     )
     parser.add_argument("--seconds", type=float, default=None, help="timed seconds per mode")
     parser.add_argument("--physical-batch-size", type=int, default=None)
@@ -633,9 +636,9 @@ def main(argv: list[str] | None = None) -> int:
         run_processes(args, counts)
         return 0
     models = [m.strip() for m in args.models.split(",") if m.strip()]
-    bad = [m for m in models if m not in ("cnn", "vit", "text")]
+    bad = [m for m in models if m not in ("cnn", "vit", "text", "mlp")]
     if bad or not models:
-        print(f"--models={args.models!r} must name some of cnn, vit, text", file=sys.stderr)
+        print(f"--models={args.models!r} must name some of cnn, vit, text, mlp", file=sys.stderr)
         return 2
     args.models = models
     clipping = [m.strip() for m in args.clipping.split(",") if m.strip()]
