@@ -12,7 +12,8 @@ bounds, and in between it is unverifiable.
 The claim audited is the seal's (``Seal.claimed_epsilon`` at ``Seal.delta``)
 when the run was sealed with one, else the header's.  A claim at δ ≥ 1/N is
 not a meaningful guarantee (it permits publishing an example outright): it is
-unverifiable, whatever ε it states.
+unverifiable, whatever ε it states; a claim at δ = 0 is refuted (the Gaussian
+mechanism's privacy loss is unbounded: δ(ε) > 0 at every finite ε).
 
 Per-step sampling rates are used only when the sampling check verified them
 (``rates_verified``); otherwise each step is accounted at the larger of its
@@ -140,6 +141,21 @@ def check_privacy(
 
     header = ledger.header
     claimed, delta = claimed_privacy(ledger)
+    if claimed is not None and delta == 0.0:
+        # The Gaussian mechanism's privacy loss is unbounded, subsampled or not:
+        # δ(ε) > 0 for every finite ε, so no (ε, 0) claim can hold.
+        return (
+            CheckResult(
+                name=_NAME,
+                status="fail",
+                reason=(
+                    f"claimed ε = {claimed:g} at δ = 0 cannot hold: Gaussian noise has an unbounded "
+                    "privacy loss, so it gives a finite ε only at some δ > 0"
+                ),
+                details={"claimed_epsilon": claimed, "delta": 0.0},
+            ),
+            None,
+        )
     steps, raised = _accounted_steps(ledger, rates_verified)
     segments = accounting.segments_from_ledger(types.SimpleNamespace(header=header, steps=steps))
     executed = sum(seg.steps for seg in segments)

@@ -128,6 +128,17 @@ def test_a_claim_at_delta_not_below_one_over_n_is_unverifiable(fakes):
     assert "not a meaningful guarantee" in result.reason and "δ = 0.5" in result.reason
 
 
+@pytest.mark.parametrize("claimed", [0.5, 100.0])
+def test_a_claim_at_delta_zero_is_refuted(fakes, claimed):
+    """No finite ε holds at δ = 0 for Gaussian noise: refuted (not unverifiable, not an error)."""
+    ledger = fakes.make_ledger(5, sealed=False)
+    seal = Seal(steps_executed=5, final_step=5, claimed_epsilon=claimed, delta=0.0)
+    sealed = dataclasses.replace(ledger, records=(*ledger.records, seal))
+    result, report = check_privacy(sealed)
+    assert result.status == "fail" and not result.details.get("unverifiable")
+    assert "δ = 0 cannot hold" in result.reason and report is None
+
+
 def test_tiny_delta_pld_infinite_is_unavailable_and_rdp_confirms(fakes):
     """δ ≤ 1e-15: PLD returns ∞; a claim at or above RDP's bound holds."""
     from dpverify import accounting
