@@ -55,7 +55,12 @@ MASK_MAX_LAG = 64
 #: Largest N whose hash weights are tabulated once (8 bytes per example).
 WEIGHT_TABLE_MAX = 1 << 22
 
-_POW2 = np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64))
+#: ``_SHIFT[d]`` = 2^(d−1) for 1 <= d <= 64, and 0 for d = 65 (a gap beyond the window).
+_SHIFT = np.concatenate(
+    ([np.uint64(0)], np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64)), [np.uint64(0)])
+).astype(np.uint64)
+#: ``last`` of an example never seen on the masked path: any "gap" from it exceeds every real gap.
+_NEVER = -(1 << 50)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -237,6 +242,9 @@ class BatchStream:
             )
         self._masked = bool(masked)
         self._recent = np.zeros(self._n if masked else 0, dtype=np.uint64)
+        if masked:
+            assert isinstance(self._state, _DenseState)
+            self._state.last.fill(_NEVER)
         self._table: np.ndarray | None = None
         if masked and self._n <= WEIGHT_TABLE_MAX:
             self._table = _weights(np.arange(self._n, dtype=np.int64), self._key)
@@ -317,31 +325,38 @@ class BatchStream:
         j < max_lag.  At step t, with gap d = t − last[i] >= 1, the mask
         ``recent[i] << (d − 1)`` has bit p set exactly when example i was
         included at step t − (p + 1): its set bits p < max_lag are the earlier
-        inclusions at lags 1..max_lag.
+        inclusions at lags 1..max_lag.  The shift is a multiplication by
+        ``_SHIFT[min(d, 65)]`` (2^(d−1), and 0 beyond a gap of 64, which
+        empties the mask); an example never seen has ``last = _NEVER``, so its
+        "gap" is above any real one and is dropped from the gap histogram.
         """
         state = self._state
         assert isinstance(state, _DenseState)
         last_arr, recent = state.last, self._recent
         max_lag = self._max_lag
         low_bits = np.uint64((1 << max_lag) - 1)  # bits 0..max_lag-1
+        full = max_lag == 64  # then the masks need no trimming
         one = np.uint64(1)
         gaps: list[np.ndarray] = []
         masks: list[np.ndarray] = []
         for t, b in enumerate(batches, start=t0):
             if b.size == 0:
                 continue
-            prev = last_arr[b]
-            d = t - prev
-            gaps.append(d[prev >= 0])
-            rel = (recent[b] * _POW2[np.minimum(d - 1, 63)]) & low_bits  # << (d − 1), mod 2⁶⁴
-            rel[d > max_lag] = 0
+            d = t - last_arr[b]
+            gaps.append(d)
+            rel = recent[b] * _SHIFT[np.minimum(d, 65)]  # << (d − 1), mod 2⁶⁴; 0 past lag 64
+            if not full:
+                rel &= low_bits
             masks.append(rel)
-            recent[b] = ((rel << one) | one) & low_bits
+            nxt = (rel << one) | one
+            if not full:
+                nxt &= low_bits
+            recent[b] = nxt
             last_arr[b] = t
-        if flat.size:
-            state.counts += np.bincount(flat, minlength=self._n)
         if gaps:
-            hist = np.bincount(np.concatenate(gaps))
+            g = np.concatenate(gaps)
+            g = g[g <= t0 + len(batches)]  # drop first inclusions (gap from _NEVER)
+            hist = np.bincount(g) if g.size else np.zeros(1, dtype=np.int64)
             if hist.size > self._gap_hist.size:
                 hist[: self._gap_hist.size] += self._gap_hist
                 self._gap_hist = hist
@@ -349,6 +364,8 @@ class BatchStream:
                 self._gap_hist[: hist.size] += hist
         if masks:
             self._lag_overlap[1:] += _bit_positions(np.concatenate(masks), self._max_lag)
+        if flat.size:
+            state.counts += np.bincount(flat, minlength=self._n)
 
     def _check(self, flat: np.ndarray, starts: np.ndarray, t0: int) -> None:
         if flat.size == 0:
