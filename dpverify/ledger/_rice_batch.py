@@ -132,25 +132,31 @@ def _encode_group(out: list, slots: list[int], ns: np.ndarray, gaps: np.ndarray,
     """Rice-encode consecutive blocks (sizes ``ns``, all parameter ``k``) of ``gaps``."""
     total = gaps.size
     first = np.cumsum(ns) - ns
-    # High parts: one bit array, each block's unary region byte-aligned.
+    # High parts: one bit array, each block's unary region byte-aligned.  Value j of
+    # block b ends its unary code at bit 8·ustart[b] − 1 + Σ_{i<=j in b} (g_i >> k) + 1:
+    # one cumsum, with each block's start offset folded into its first term.
     cs = gaps >> k
     cs += 1
-    np.cumsum(cs, out=cs)  # cs[j] - before[block] = end of value j's unary code
-    before = np.zeros(ns.size, dtype=np.int64)
-    before[1:] = cs[first[1:] - 1]
-    unary_bytes = (cs[first + ns - 1] - before + 7) // 8
+    sums = np.add.reduceat(cs, first)  # unary bits per block
+    unary_bytes = (sums + 7) // 8
     ustart = np.cumsum(unary_bytes) - unary_bytes
+    jump = np.empty(ns.size, dtype=np.int64)
+    jump[0] = -1
+    jump[1:] = 8 * unary_bytes[:-1] - sums[:-1]
+    cs[first] += jump
+    np.cumsum(cs, out=cs)
     ubits = np.zeros(int(unary_bytes.sum()) * 8, dtype=np.uint8)
-    pos = np.repeat(8 * ustart - before - 1, ns)
-    pos += cs
-    ubits[pos] = 1
+    ubits[cs] = 1
     unary = np.packbits(ubits).tobytes()
     low_bytes = (ns * k + 7) // 8
     if k:
+        # Low parts: block b's values go to slots 8·gstart[b] + (j − first[b]) of groups of 8.
         groups = (ns + 7) // 8
         gstart = np.cumsum(groups) - groups
-        dest = np.repeat(8 * gstart - first, ns)
-        dest += np.arange(total)
+        dest = np.ones(total, dtype=np.int64)
+        dest[0] = 0
+        dest[first[1:]] = 1 + 8 * groups[:-1] - ns[:-1]
+        np.cumsum(dest, out=dest)
         padded = np.zeros(int(groups.sum()) * 8, dtype=np.uint64)
         padded[dest] = (gaps & ((1 << k) - 1)).view(np.uint64)
         low = _groups_to_bytes(padded, k).tobytes()
