@@ -34,10 +34,10 @@ N = 1 281 167, q = 0.012788, T = 71 589 (≈ 1.17·10⁹ sampled indices;
   per CPU second, bytes per index; the sampler's own rate separately;
 * ``{"bench": "imagenet_audit", ...}`` — ``run_audit(…, replay_steps=None)``
   (``dpverify audit --no-replay``) in a fresh process: wall and CPU seconds,
-  seconds per check, and that process's peak resident memory (``ru_maxrss``);
-* ``{"bench": "imagenet_battery_streaming", ...}`` — the sampling battery alone
-  streaming the ledger from disk (``sampling_from_ledger(path)``), in a fresh
-  process: what the audit's dominant check costs without holding the ledger.
+  seconds per check and per part of the one streaming pass (``read_pass_*``:
+  verify + decode, battery, inclusion counts), that process's peak resident
+  memory (``ru_maxrss``) and the load average.  ``--battery-only LEDGER``
+  times the sampling battery alone (``sampling_from_ledger(path)``).
 """
 
 from __future__ import annotations
@@ -341,13 +341,6 @@ def bench_imagenet(fraction: float, workdir: str | None, *, audit: bool = True) 
         result = json.loads(out.stdout.strip().splitlines()[-1])
         print(json.dumps({"bench": "imagenet_audit", "steps": steps, "indices": total,
                           **result}), flush=True)  # fmt: skip
-        out = subprocess.run(
-            [sys.executable, __file__, "--battery-only", str(path)],
-            env=env, capture_output=True, text=True, check=True,
-        )
-        result = json.loads(out.stdout.strip().splitlines()[-1])
-        print(json.dumps({"bench": "imagenet_battery_streaming", "steps": steps,
-                          "indices": total, **result}))  # fmt: skip
 
 
 def main() -> None:
@@ -364,7 +357,7 @@ def main() -> None:
     parser.add_argument("--workdir", help="imagenet: folder for the temporary ledger")
     parser.add_argument("--write-only", action="store_true", help="imagenet: skip the audit")
     parser.add_argument("--audit-only", metavar="LEDGER", help=argparse.SUPPRESS)
-    parser.add_argument("--battery-only", metavar="LEDGER", help=argparse.SUPPRESS)
+    parser.add_argument("--battery-only", metavar="LEDGER", help="the battery alone on LEDGER")
     args = parser.parse_args()
     if args.battery_only:
         print(json.dumps(_timed_battery(Path(args.battery_only))))

@@ -46,11 +46,11 @@ def launch(n: int, out: Path, *extra: str, env: dict | None = None, task: str = 
 
 def single_process_twin(job: Path, out: Path, monkeypatch, task: str) -> dict:
     """A single-process run with the job's seed and (patched in) the job's noise key."""
-    import trainers.noise_key as noise_key_module
+    import dpverify.private_files as private_files
     from trainers.loop import TrainConfig, train
 
     key = (job / "noise.key").read_bytes()
-    monkeypatch.setattr(noise_key_module.secrets, "token_bytes", lambda n: key[:n])
+    monkeypatch.setattr(private_files.secrets, "token_bytes", lambda n: key[:n])
     config = TrainConfig(
         task=task, expected_batch_size=40, noise_multiplier=1.0, clip_norm=0.5,
         physical_batch_size=16, steps=STEPS, checkpoint_every=EVERY, seed=5,
@@ -169,3 +169,26 @@ def test_killing_process_0_the_writer_then_resume_loses_nothing(tmp_path, monkey
     assert_same_run(job, tmp_path / "twin")
     cert = run_audit(job, replay_steps=STEPS)
     assert cert.verdict == "certified", cert.summary_text()
+
+
+def test_a_two_process_job_resumes_with_one_process(tmp_path, monkeypatch):
+    """Parameters are replicated and process 0's checkpoint holds them whole, so the process
+    count may change at a resume: a 2-process job killed before step 3 resumes as a plain
+    single-process run, records what the single-process twin records, and is certified."""
+    job = tmp_path / "job"
+    killed = launch(2, job, env={"DPVERIFY_TEST_KILL_AT": "1:3"})
+    assert killed.returncode == 128 + 9, killed.stderr[-3000:]
+    cmd = [sys.executable, "-m", "dpverify", "train", "--task", "digits-mlp", "--out", str(job),
+           *COMMON, "--json", "--resume"]  # fmt: skip
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    resumed = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    summary = json.loads(resumed.stdout)
+    assert summary["processes"] == 1 and summary["steps_executed"] == 5
+    after = read_ledger(job / "ledger")
+    assert [s.step for s in after.steps] == [0, 1, 2, 2, 3]
+    single_process_twin(job, tmp_path / "twin", monkeypatch, "digits-mlp")
+    assert_same_run(job, tmp_path / "twin")
+    cert = run_audit(job, replay_steps=STEPS)
+    assert cert.verdict == "certified", cert.summary_text()
+    assert cert.check("replay").status == "pass", cert.summary_text()
