@@ -18,14 +18,14 @@ import numpy as np
 
 __all__ = ["AuditEvidence", "InclusionCounts", "collect_evidence"]
 
-#: Largest N whose counts are one dense array (4 bytes per example).
+#: Largest N whose counts are one dense array (8 bytes per example).
 DENSE_MAX_EXAMPLES = 1 << 24
 
 
 class InclusionCounts:
     """Per-example inclusion counts accumulated batch by batch, for the count histogram.
 
-    Dense (one int32 array of length N) up to :data:`DENSE_MAX_EXAMPLES`,
+    Dense (one int64 array of length N) up to :data:`DENSE_MAX_EXAMPLES`,
     else the examples seen only (sorted arrays merged chunk by chunk): memory
     O(min(N, examples seen)), never O(recorded indices).  Batches are
     buffered and counted ``chunk`` indices at a time (one ``bincount``).
@@ -36,10 +36,10 @@ class InclusionCounts:
         chunk: indices buffered before they are counted.
     """
 
-    def __init__(self, dataset_size: int, *, chunk: int = 1 << 22) -> None:
+    def __init__(self, dataset_size: int, *, chunk: int = 1 << 20) -> None:
         self.n = int(dataset_size)
         self._chunk = int(chunk)
-        self._dense = np.zeros(self.n, dtype=np.int32) if self.n <= DENSE_MAX_EXAMPLES else None
+        self._dense = np.zeros(self.n, dtype=np.int64) if self.n <= DENSE_MAX_EXAMPLES else None
         self._seen = np.zeros(0, dtype=np.int64)
         self._counts = np.zeros(0, dtype=np.int64)
         self._pending: list[np.ndarray] = []
@@ -68,9 +68,10 @@ class InclusionCounts:
             return
         flat = np.concatenate(self._pending)
         self._pending, self._pending_n = [], 0
-        flat = flat[(flat >= 0) & (flat < self.n)]
+        if flat.size and (flat.min() < 0 or flat.max() >= self.n):
+            flat = flat[(flat >= 0) & (flat < self.n)]
         if self._dense is not None:
-            self._dense += np.bincount(flat, minlength=self.n).astype(np.int32)
+            self._dense += np.bincount(flat, minlength=self.n)
             return
         idx, cnt = np.unique(flat, return_counts=True)
         merged = np.concatenate((self._seen, idx))
@@ -83,7 +84,7 @@ class InclusionCounts:
         """``h[k]`` = examples counted exactly k times (``h[0]``: never sampled)."""
         self._flush()
         if self._dense is not None:
-            return np.bincount(self._dense, minlength=1).astype(np.int64)
+            return np.bincount(self._dense, minlength=1)
         positive = self._counts[self._counts > 0]
         hist = np.bincount(positive, minlength=1)
         hist[0] = self.n - positive.size
