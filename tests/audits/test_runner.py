@@ -212,7 +212,8 @@ def test_privacy_gets_the_sampling_checks_verdict_on_the_rates(monkeypatch, fake
 
     monkeypatch.setattr(runner, "check_privacy", privacy)
     _audit(fakes)
-    assert seen == {"rates_verified": False}  # the stub's sampling result has no such detail
+    # the stub's sampling result has no such detail; max_groups is the audit's default
+    assert seen == {"rates_verified": False, "max_groups": None}
     monkeypatch.setattr(
         runner,
         "check_sampling",
@@ -221,7 +222,7 @@ def test_privacy_gets_the_sampling_checks_verdict_on_the_rates(monkeypatch, fake
         ),
     )
     _audit(fakes)
-    assert seen == {"rates_verified": True}
+    assert seen == {"rates_verified": True, "max_groups": None}
 
 
 def _in_memory_certificate(path):
