@@ -41,7 +41,7 @@ on the groups the run dominates (q down, σ up)::
 Usage::
 
     python benchmarks/accounting.py            # full sizes (several minutes)
-    python benchmarks/accounting.py --heterogeneous --steps 1000 10000
+    python benchmarks/accounting.py --heterogeneous --steps 1000 10000 --groups 1000 500
     python benchmarks/accounting.py --quick    # smoke test (seconds)
     python benchmarks/accounting.py --accuracy --max-groups 32   # minutes
 """
@@ -142,12 +142,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-groups", type=int, default=32, help="with --accuracy")
     parser.add_argument("--heterogeneous", action="store_true", help="PLD time on σ decay")
     parser.add_argument("--steps", type=int, nargs="+", default=[1000, 10_000])
+    parser.add_argument(
+        "--groups", type=int, nargs="+", default=[1000], help="with --heterogeneous: max_groups"
+    )
     args = parser.parse_args(argv)
     warnings.simplefilter("ignore")
     if args.accuracy:
         return _accuracy(args.max_groups)
     if args.heterogeneous:
-        return _heterogeneous(args.steps)
+        return _heterogeneous(args.steps, args.groups)
 
     from dpverify.accounting import compute_epsilon
     from dpverify.accounting.accountants import group_segments, pessimistic_groups
@@ -225,12 +228,11 @@ def _accuracy(max_groups: int) -> int:
     return 0
 
 
-def _heterogeneous(steps_list: list[int]) -> int:
+def _heterogeneous(steps_list: list[int], groups_list: list[int]) -> int:
     from pathlib import Path
 
     from dpverify.accounting import Segment, compute_epsilon
     from dpverify.accounting._engines import pld_epsilon_groups
-    from dpverify.accounting.accountants import DEFAULT_MAX_GROUPS
     from dpverify.accounting.grouping import bracket_groups, group_segments
 
     ref_path = Path(__file__).resolve().parents[1] / "tests/accounting/heterogeneous_reference.json"
@@ -240,28 +242,32 @@ def _heterogeneous(steps_list: list[int]) -> int:
             Segment(sampling_rate=0.01, noise_multiplier=1.5 - 0.7 * t / (steps - 1), steps=1)
             for t in range(steps)
         ]
-        cpu, wall = time.process_time(), time.perf_counter()
-        report = compute_epsilon(segs, DELTA, accountants=("pld",))
-        cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-        pld = report.pld
-        _, dominated = bracket_groups(group_segments(segs), DEFAULT_MAX_GROUPS)
-        low = pld_epsilon_groups(
-            dominated, DELTA, "add_remove", pld.details["value_discretization_interval"]
-        )[0]
-        row = {
-            "case": "sigma_decay",
-            "steps": steps,
-            "groups": pld.details.get("groups"),
-            "pairs_exact": pld.details.get("pairs_exact"),
-            "pld": pld.epsilon,
-            "pld_dominated": low,
-            "rounding_width": round((pld.epsilon - low) / pld.epsilon, 6),
-            "cpu_s": round(cpu, 1),
-            "wall_s": round(wall, 1),
-            "exact": ref if steps == 1000 else None,
-        }
-        sys.stdout.write(json.dumps(row) + "\n")
-        sys.stdout.flush()
+        for max_groups in groups_list:
+            if max_groups >= steps and max_groups != groups_list[0]:
+                continue  # exact either way
+            cpu, wall = time.process_time(), time.perf_counter()
+            report = compute_epsilon(segs, DELTA, accountants=("pld",), max_groups=max_groups)
+            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            pld = report.pld
+            _, dominated = bracket_groups(group_segments(segs), max_groups)
+            low = pld_epsilon_groups(
+                dominated, DELTA, "add_remove", pld.details["value_discretization_interval"]
+            )[0]
+            row = {
+                "case": "sigma_decay",
+                "steps": steps,
+                "max_groups": max_groups,
+                "groups": pld.details.get("groups"),
+                "pairs_exact": pld.details.get("pairs_exact"),
+                "pld": pld.epsilon,
+                "pld_dominated": low,
+                "rounding_width": round((pld.epsilon - low) / pld.epsilon, 6),
+                "cpu_s": round(cpu, 1),
+                "wall_s": round(wall, 1),
+                "exact": ref if steps == 1000 else None,
+            }
+            sys.stdout.write(json.dumps(row) + "\n")
+            sys.stdout.flush()
     return 0
 
 

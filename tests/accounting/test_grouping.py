@@ -68,3 +68,16 @@ def test_cyclic_poisson_is_accounted_as_dp_accounting_composes_it():
     assert ours.rdp.epsilon > plain.rdp.epsilon  # same q·T, concentrated: costs more
     bad = compute_epsilon(seg, delta, sampler="cyclic_poisson", accountants="rdp")
     assert bad.rdp.epsilon is None and "cycle_length" in bad.rdp.reason
+
+
+def test_clusters_are_narrower_where_the_privacy_loss_is():
+    """Cuts by share of the loss: the small-σ end gets small clusters, the large-σ end big ones."""
+    from dpverify.accounting.grouping import bracket_groups
+
+    groups = [((0.01, 1.5 - 0.7 * t / 119), 1) for t in range(120)]
+    upper, lower = bracket_groups(groups, 12)
+    assert len(upper) == len(lower) == 12 and sum(c for _, c in upper) == 120
+    by_sigma = sorted(upper, key=lambda g: g[0][1])
+    assert by_sigma[0][1] < 10 < by_sigma[-1][1]  # equal counts would be 10 each
+    for ((qu, su), cu), ((ql, sl), cl) in zip(upper, lower, strict=True):
+        assert cu == cl and qu >= ql and su <= sl

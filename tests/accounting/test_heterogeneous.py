@@ -103,3 +103,18 @@ def test_thousand_distinct_pairs_within_half_a_percent_of_the_exact_composition(
     assert honest.holds and "1000 distinct (q, σ) pairs" in honest.reason
     refuted = check_claim(report, 0.98 * exact)
     assert not refuted.holds and refuted.verifiable and "rounded" in refuted.reason
+
+
+def test_the_coarse_grid_only_for_pairs_composed_few_times():
+    """A pair composed > 1 000 times keeps the configured grid (the coarse one errs more there)."""
+    from dpverify.accounting.accountants import MAX_COARSE_GRID_COUNT, _grid_allowance, _plan
+
+    few = [Segment(sampling_rate=0.01, noise_multiplier=1 + 0.01 * k, steps=3) for k in range(40)]
+    many = [
+        Segment(sampling_rate=0.01, noise_multiplier=1 + 0.01 * k, steps=MAX_COARSE_GRID_COUNT + 1)
+        for k in range(40)
+    ]
+    coarse, fine = _plan(few, "poisson", None, 1000), _plan(many, "poisson", None, 1000)
+    assert coarse.pld_fast and coarse.pld_exact and coarse.pld_h == 1e-3
+    assert fine.pld_fast and fine.pld_exact and fine.pld_h == 1e-4
+    assert _grid_allowance(coarse.pld_h, 1e-4) == 5e-3 and _grid_allowance(fine.pld_h, 1e-4) == 0
