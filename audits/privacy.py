@@ -112,6 +112,27 @@ def _verified_options(header: Any, steps: Any) -> dict[str, Any]:
     return options
 
 
+def _per_step_sigma_note(header: Any, steps: Any) -> str:
+    """Words for per-step noise multipliers that differ from the header's ('' if none).
+
+    The accountant uses each step's recorded σ.  A recorded σ is a trainer's
+    statement like the header's: only replay of the released parameters
+    checks the noise actually added, so a schedule that departs from the
+    header is stated, with the larger-than-declared part counted.
+    """
+    sigma0 = header.noise_multiplier
+    recorded = [s.noise_multiplier for s in steps if s.noise_multiplier is not None]
+    differ = [x for x in recorded if x != sigma0]
+    if not differ:
+        return ""
+    above = sum(1 for x in differ if x > sigma0)
+    span = f"{min(differ):g}" if min(differ) == max(differ) else f"{min(differ):g}–{max(differ):g}"
+    return (
+        f"σ as recorded per step ({span} at {len(differ)} steps, "
+        f"{above} above the header's {sigma0:g}); only replay verifies the noise added"
+    )
+
+
 def check_privacy(
     ledger: Any, *, rates_verified: bool | None = None, max_groups: int | None = None
 ) -> tuple[CheckResult, Any | None]:
@@ -191,6 +212,10 @@ def check_privacy(
             f"; {raised} steps recorded a rate below the header's that the sampling check did "
             "not verify: accounted at the header's rate"
         )
+    sigma_note = _per_step_sigma_note(header, ledger.steps)
+    if sigma_note:
+        steps_txt += f"; {sigma_note}"
+        details["per_step_sigma"] = sigma_note
     eps_txt = f"RDP {_fmt(eps['rdp'])}, PLD {_fmt(eps['pld'])}, PRV upper {_fmt(eps['prv'])}"
     if report.disagreements:
         eps_txt += f" ({'; '.join(report.disagreements)})"

@@ -257,3 +257,17 @@ def test_a_refutation_never_rests_on_rounded_groups(fakes):
     assert report.pld.details["pairs_exact"] is False and report.pld.epsilon > exact
     assert result.status == "fail" and result.details["unverifiable"], result.reason
     assert "rounded" in result.reason
+
+
+def test_per_step_sigma_above_the_header_is_stated(fakes):
+    """ε is accounted with the recorded σ, and the reason says they depart from the header."""
+    ledger = fakes.make_ledger(20, header=fakes.make_header(claimed_epsilon=3.0))
+    h = ledger.header
+    steps = [dataclasses.replace(s, noise_multiplier=5 * h.noise_multiplier) for s in ledger.steps]
+    records = [r for r in ledger.records if r not in ledger.steps]
+    bumped = dataclasses.replace(ledger, records=(*records[:1], *steps, *records[1:]))
+    result, _ = check_privacy(bumped)
+    assert "σ as recorded per step" in result.reason and "20 above the header's" in result.reason
+    assert "only replay verifies" in result.reason
+    plain, _ = check_privacy(ledger)
+    assert "σ as recorded" not in plain.reason
