@@ -59,6 +59,7 @@ WEIGHT_TABLE_MAX = 1 << 22
 _SHIFT = np.concatenate(
     ([np.uint64(0)], np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64)), [np.uint64(0)])
 ).astype(np.uint64)
+_CELL = np.dtype([("last", "<i8"), ("mask", "<u8")])
 #: ``last`` of an example never seen on the masked path: any "gap" from it exceeds every real gap.
 _NEVER = -(1 << 50)
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
@@ -241,10 +242,11 @@ class BatchStream:
                 f"masked=True needs dense state and max_lag <= {MASK_MAX_LAG}, got max_lag={max_lag}"
             )
         self._masked = bool(masked)
-        self._recent = np.zeros(self._n if masked else 0, dtype=np.uint64)
+        # masked path: per example, the last inclusion and the recent-inclusion mask side by
+        # side (one gather and one scatter per step instead of two of each)
+        self._cells = np.zeros(self._n if masked else 0, dtype=_CELL)
         if masked:
-            assert isinstance(self._state, _DenseState)
-            self._state.last.fill(_NEVER)
+            self._cells["last"] = _NEVER
         self._table: np.ndarray | None = None
         if masked and self._n <= WEIGHT_TABLE_MAX:
             self._table = _weights(np.arange(self._n, dtype=np.int64), self._key)
@@ -278,6 +280,9 @@ class BatchStream:
         self._flush()
         sizes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, dtype=np.int64)
         hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, dtype=np.uint64)
+        if self._masked:
+            assert isinstance(self._state, _DenseState)
+            self._state.last[:] = np.maximum(self._cells["last"], -1)
         seen, counts, last = self._state.seen()
         return StreamSummary(
             dataset_size=self._n,
@@ -320,10 +325,10 @@ class BatchStream:
     def _masked_steps(self, batches: list[np.ndarray], flat: np.ndarray, t0: int) -> None:
         """The sort-free dense path: return gaps and lagged overlaps step by step.
 
-        ``recent[i]`` has bit j set when example i was included j steps before
+        ``mask[i]`` has bit j set when example i was included j steps before
         its last inclusion ``last[i]`` (bit 0: the last inclusion itself), for
         j < max_lag.  At step t, with gap d = t − last[i] >= 1, the mask
-        ``recent[i] << (d − 1)`` has bit p set exactly when example i was
+        ``mask[i] << (d − 1)`` has bit p set exactly when example i was
         included at step t − (p + 1): its set bits p < max_lag are the earlier
         inclusions at lags 1..max_lag.  The shift is a multiplication by
         ``_SHIFT[min(d, 65)]`` (2^(d−1), and 0 beyond a gap of 64, which
@@ -332,7 +337,7 @@ class BatchStream:
         """
         state = self._state
         assert isinstance(state, _DenseState)
-        last_arr, recent = state.last, self._recent
+        cells = self._cells
         max_lag = self._max_lag
         low_bits = np.uint64((1 << max_lag) - 1)  # bits 0..max_lag-1
         full = max_lag == 64  # then the masks need no trimming
@@ -342,17 +347,19 @@ class BatchStream:
         for t, b in enumerate(batches, start=t0):
             if b.size == 0:
                 continue
-            d = t - last_arr[b]
+            rows = cells[b]
+            d = t - rows["last"]
             gaps.append(d)
-            rel = recent[b] * _SHIFT[np.minimum(d, 65)]  # << (d − 1), mod 2⁶⁴; 0 past lag 64
+            rel = rows["mask"] * _SHIFT[np.minimum(d, 65)]  # << (d − 1), mod 2⁶⁴; 0 past lag 64
             if not full:
                 rel &= low_bits
             masks.append(rel)
             nxt = (rel << one) | one
             if not full:
                 nxt &= low_bits
-            recent[b] = nxt
-            last_arr[b] = t
+            rows["mask"] = nxt
+            rows["last"] = t
+            cells[b] = rows
         if gaps:
             g = np.concatenate(gaps)
             g = g[g <= t0 + len(batches)]  # drop first inclusions (gap from _NEVER)
