@@ -12,6 +12,6 @@ PUBLIC = {
 
 def test_public_names():
     exported = {n for n in vars(ledger) if not n.startswith("_")}
-    modules = {"codec", "reader", "records", "verify", "writer", "jsonl"}
+    modules = {"codec", "reader", "records", "verify", "writer", "jsonl", "outline"}
     assert PUBLIC <= exported
     assert exported - PUBLIC <= modules
