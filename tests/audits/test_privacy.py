@@ -250,8 +250,11 @@ def test_sigma_decay_claimed_at_the_exact_composition_is_certified_and_2pc_below
 
 def test_a_refutation_never_rests_on_rounded_groups(fakes):
     """PLD rounded into few groups (an upper bound only): a claim below it is not refuted."""
-    ledger = _decaying_ledger(fakes, 1.0, steps=120)
-    exact = check_privacy(ledger, max_groups=1000)[1].pld.epsilon
+    from dpverify.accounting import Segment, compute_epsilon
+
+    sigmas = [1.5 - 0.7 * t / 119 for t in range(120)]
+    segments = [Segment(sampling_rate=0.01, noise_multiplier=s, steps=1) for s in sigmas]
+    exact = compute_epsilon(segments, 1e-5, accountants=("pld",)).pld.epsilon
     claim = 0.99 * exact
     result, report = check_privacy(_decaying_ledger(fakes, claim, steps=120), max_groups=8)
     assert report.pld.details["pairs_exact"] is False and report.pld.epsilon > exact
