@@ -55,11 +55,11 @@ def trained(tmp_path_factory):
             # replay diagnosis's variance estimate, deterministic.
             import types
 
-            import trainers.noise_key
+            import dpverify.private_files
 
             fixed = types.SimpleNamespace(token_bytes=lambda n: bytes(range(7, 7 + n)))
             with pytest.MonkeyPatch.context() as mp:
-                mp.setattr(trainers.noise_key, "secrets", fixed)
+                mp.setattr(dpverify.private_files, "secrets", fixed)
                 train(config, out, progress=False)
             cache[mutation] = out
         return cache[mutation]
