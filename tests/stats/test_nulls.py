@@ -66,3 +66,22 @@ def test_scaled_chi2_reduces_to_chi2():
     assert two_sided(0.3, 0.01) == 0.02
     assert two_sided(0.6, 0.7) == 1.0
     assert math.isclose(sum(scaled_chi2_tails(5.0, 5.0, 1.0)), 1.0)
+
+
+@pytest.mark.parametrize("x", [0, 3, 8, 20])
+def test_count_tails_ordinary_tails_are_valid_p_values(x):
+    """mid=False gives P(X <= x) and P(X >= x): P(p <= a) <= a for every a (Bonferroni needs it)."""
+    lo, hi = count_tails(x, 8.0, 8.0, mid=False)
+    assert lo == pytest.approx(stats.poisson.cdf(x, 8))
+    assert hi == pytest.approx(stats.poisson.sf(x - 1, 8), rel=1e-9)
+    # validity over the whole support: the probability of p_high <= a never exceeds a
+    ks = np.arange(0, 60)
+    pmf = stats.poisson.pmf(ks, 8)
+    p_high = np.array([count_tails(k, 8.0, 8.0, mid=False)[1] for k in ks])
+    p_mid = np.array([count_tails(k, 8.0, 8.0)[1] for k in ks])
+    for a in (1e-2, 1e-3, 1e-4, *p_high[15:25]):
+        assert pmf[p_high <= a].sum() <= a * (1 + 1e-9)
+    # the mid-p is not valid: at a = mid-p(x) the size is P(X >= x) > a — the excess the
+    # Bonferroni scan collected over its lags
+    a = p_mid[20]
+    assert pmf[p_mid <= a].sum() > 1.4 * a
