@@ -121,17 +121,23 @@ def check_sampling(
     if first_battery is not None:
         details["min_detectable_relative_bias"] = first_battery.min_detectable_relative_bias
         details["cannot_see"] = dict(first_battery.cannot_see)
+        # every segment's tests, each tagged with its segment (index and step span)
         details["tests"] = [
             {
                 "name": t.name,
+                "segment": k,
+                "first_step": s.first_step,
+                "last_step": s.last_step,
                 "statistic": t.statistic,
                 "p_value": t.p_value,
+                "adjusted_p_value": t.adjusted_p_value,
                 "meaningful": bool(t.meaningful),
                 "rejected": bool(t.rejected),
                 "sensitive_to": t.sensitive_to,
                 "reason": t.reason,
             }
-            for t in first_battery.tests
+            for k, s in enumerate(segs)
+            for t in s.battery.tests
         ]
     p_values = [
         t.p_value for s in segs for t in s.battery.tests if t.meaningful and t.p_value is not None

@@ -15,8 +15,9 @@ order of specificity, not the test with the smallest p-value:
    give (an example in every batch), and is named as such;
 4. shuffling (too little overlap, counts too even, returns too regular), with
    a DataLoader with ``drop_last=False`` (fixed batch size, one short batch per
-   epoch) or fixed-size shuffled batches (DataLoader / DistributedSampler)
-   named when the batch sizes show it;
+   epoch of N mod B), torch's DistributedSampler (a short batch closing every
+   epoch of N + pad examples, pad below the world size) or fixed-size
+   shuffled batches named when the batch sizes show it;
 5. examples sampled at different rates (counts too uneven given the batch
    sizes; this also shifts the return gaps and, for an oversampled group, the
    total), with the overall rate added when it is above the declared one too,
@@ -67,7 +68,36 @@ def _epoch_sizes(sizes: np.ndarray, n: int) -> str:
                 f"batches of {main} with a short batch of {short} once per epoch of {per_epoch} "
                 "steps: a shuffled DataLoader with drop_last=False (each example used once per epoch)"
             )
+        return _distributed_sizes(sizes, n, main, short)
     return ""
+
+
+def _distributed_sizes(sizes: np.ndarray, n: int, main: int, short: int) -> str:
+    """Describe torch's DistributedSampler from the sizes alone ('' if they do not show it).
+
+    Each epoch DistributedSampler shuffles once, pads the permutation to a
+    multiple of the world size W by repeating its first ``pad < W`` entries,
+    and rank r takes every W-th index; each rank's DataLoader cuts its share
+    into batches of B.  The global batch of a step is then a contiguous chunk
+    of the padded permutation: ``W·B`` examples, a short batch closing every
+    epoch, and ``N + pad`` examples per epoch with ``0 < pad < W`` and W
+    dividing both sizes.
+    """
+    where = np.flatnonzero(sizes == short)
+    epoch = int(where[0]) + 1
+    if epoch < 2 or not np.all((where + 1) % epoch == 0):
+        return ""
+    total = (epoch - 1) * main + short
+    pad = total - n
+    g = math.gcd(main, short)
+    if not 0 < pad < g:
+        return ""
+    return (
+        f"batches of {main} with a short batch of {short} closing every epoch of {epoch} steps, "
+        f"{total:,} examples per epoch for N = {n:,} ({pad} used twice): a shuffled DistributedSampler "
+        "(one permutation per epoch, padded to a multiple of the world size, rank r taking every "
+        "world-size-th index)"
+    )
 
 
 def _modest_lag_excess(scan: Any) -> bool:

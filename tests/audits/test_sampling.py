@@ -104,6 +104,33 @@ def test_segments_are_listed_for_the_privacy_check(fakes):
         (200, 399, 0.02, True),
     ]
     assert r.details["rates_verified"] is True and "2 segments" in r.reason
+    # every segment's tests are listed, each tagged with its segment
+    tests = r.details["tests"]
+    assert {(t["segment"], t["first_step"], t["last_step"]) for t in tests} == {(0, 0, 199), (1, 200, 399)}
+    names = [t["name"] for t in tests if t["segment"] == 0]
+    assert names == [t["name"] for t in tests if t["segment"] == 1] and "consecutive_overlap" in names
+
+
+def test_a_failing_later_segment_shows_in_the_tests(fakes):
+    """Shuffled batches in the second segment only: its tests reject, the first segment's do not."""
+    header = fakes.make_header(dataset_size=2000, sampling_rate=0.05)
+    rng = np.random.default_rng(2)
+    records = [header]
+    perm = rng.permutation(2000)
+    for t in range(400):
+        if t < 200:
+            idx = np.sort(rng.choice(2000, rng.binomial(2000, 0.05), replace=False))
+            q = 0.05
+        else:
+            if (t - 200) % 50 == 0:
+                perm = rng.permutation(2000)
+            idx = np.sort(perm[((t - 200) % 50) * 40 : ((t - 200) % 50 + 1) * 40])
+            q = 0.02
+        records.append(Step(step=t, indices=idx, sampling_rate=q))
+    r = check_sampling(fakes.FakeLedger(header=header, records=tuple(records)))
+    assert r.status == "fail"
+    rejected = {t["segment"] for t in r.details["tests"] if t["rejected"]}
+    assert rejected == {1}
 
 
 def test_memory_error_is_a_one_line_exit_2(fakes, tmp_path, monkeypatch, capsys):

@@ -78,6 +78,9 @@ def test_padding_removed_and_dtypes_widened():
         (bs.FixedBatchSampling(batch_size=5, iterations=2, replace=True), "replace=True"),
         (bs.CyclicPoissonSampling(sampling_prob=0.1, iterations=2, cycle_length=2,
                                   truncated_batch_size=5), "truncated cyclic"),
+        (bs.CyclicPoissonSampling(sampling_prob=0.1, iterations=2, cycle_length=2,
+                                  partition_type=bs.PartitionType.INDEPENDENT),
+         "partition_type=INDEPENDENT"),
         (bs.UserSelectionStrategy(bs.FixedBatchSampling(batch_size=5, iterations=2)), "user-level"),
         # no b_min_sep sampler/null/accountant in dpverify: an honest run would be refuted
         (bs.BMinSepSampling(sampling_prob=0.05, iterations=2, min_sep=10), "b-min-sep"),

@@ -122,6 +122,33 @@ def test_dataloader_drop_last_false_is_named():
     assert "DataLoader with drop_last=False" in res.diagnosis, res.diagnosis
 
 
+def test_torch_distributed_sampler_is_named():
+    """Real torch DistributedSampler (N = 1001, world size 4, per-rank batch 30), global batches.
+
+    Each epoch: one permutation padded to 1004 (3 examples twice), rank r takes every 4th index,
+    each rank's DataLoader cuts 251 into 8 batches of 30 and one of 11: global batches of 120
+    and a short one of 44.  The headline names the DistributedSampler, not a rate or a cap.
+    """
+    torch = pytest.importorskip("torch")
+    from torch.utils.data import DataLoader, DistributedSampler
+
+    n, world, b = 1001, 4, 30
+    data = list(range(n))
+    batches = []
+    for epoch in range(40):
+        loaders = []
+        for rank in range(world):
+            sampler = DistributedSampler(data, num_replicas=world, rank=rank, shuffle=True, seed=0)
+            sampler.set_epoch(epoch)
+            loaders.append(DataLoader(data, batch_size=b, sampler=sampler))
+        for parts in zip(*loaders, strict=True):
+            batches.append(np.sort(torch.cat(parts).numpy()))
+    assert {len(x) for x in batches} == {120, 44}
+    res = run_battery(batches, dataset_size=n, sampling_rate=120 / n, alpha=1e-3)
+    assert not res.passed
+    assert "DistributedSampler" in res.diagnosis and "3 used twice" in res.diagnosis, res.diagnosis
+
+
 def test_seed_reuse_is_named_before_other_rejections():
     s = make_sampler("poisson", N, Q, 5)
     batches = [s.sample(t % 100) for t in range(T)]  # sampler re-seeded every 100 steps

@@ -20,7 +20,10 @@ would be refuted by the configuration check) until ``b_min_sep`` is in
 :data:`dpverify.samplers.SAMPLER_NAMES`.
 
 Refused (:class:`~dpverify.integrations.UnsupportedRun`): truncated *cyclic*
-Poisson, truncated b-min-sep, ``FixedBatchSampling(replace=True)`` (an example
+Poisson, cyclic Poisson with ``partition_type=INDEPENDENT`` (groups of random,
+Multinomial(N, 1/b), sizes: the ``cyclic_poisson`` null has b equal groups of
+⌊N/b⌋, and the spread of the group sizes would be read as extra batch-size
+variance and refute an honest run), truncated b-min-sep, ``FixedBatchSampling(replace=True)`` (an example
 can appear twice in a batch; the ledger records sets), user-level selection
 (``UserSelectionStrategy``) and strategies it does not know.
 """
@@ -81,6 +84,16 @@ def declare(strategy: Any, num_examples: int) -> Declaration:
             raise UnsupportedRun(
                 "truncated cyclic Poisson sampling has no dpverify sampler (use "
                 "truncated_batch_size=None or cycle_length=1)"
+            )
+        partition = getattr(strategy, "partition_type", None)
+        if b > 1 and partition is not None and partition.name != "EQUAL_SPLIT":
+            # dpverify's cyclic_poisson null has b groups of exactly N // b; INDEPENDENT
+            # groups have Multinomial(N, 1/b) sizes, whose spread the battery would
+            # read as extra batch-size variance and refute.
+            raise UnsupportedRun(
+                f"cyclic Poisson sampling with partition_type={partition.name} has random group "
+                "sizes; dpverify's cyclic_poisson null needs equal groups (use "
+                "partition_type=EQUAL_SPLIT)"
             )
         if b > 1:
             return out("cyclic_poisson", {"cycle_length": b}, p / b)
