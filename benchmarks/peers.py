@@ -543,10 +543,13 @@ def driver(args: argparse.Namespace) -> list[dict[str, Any]]:
     try:
         for threads in args.threads:
             records = _run_worker(args, threads, 1, "all")
-            if threads > 1 and args.data_parallel:
-                records += _run_worker(args, threads, threads, "jax")
-            for r in records:
+            for r in records:  # emitted as soon as each worker ends (long runs keep them)
                 emit(r)
+            if threads > 1 and args.data_parallel:
+                more = _run_worker(args, threads, threads, "jax")
+                for r in more:
+                    emit(r)
+                records += more
             for name in args.models:
                 rows = {r["mode"]: r for r in records if r.get("model") == name}
                 opacus = {m: r["examples_per_second"] for m, r in rows.items()
