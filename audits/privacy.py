@@ -112,6 +112,32 @@ def _verified_options(header: Any, steps: Any) -> dict[str, Any]:
     return options
 
 
+def _cyclic_adjacency_note(header: Any) -> str:
+    """The adjacency a cyclic Poisson bound really covers ('' for other samplers).
+
+    Cyclic Poisson sampling splits the data set once into b equal groups (a
+    random permutation cut into pieces, as jax_privacy's ``EQUAL_SPLIT``
+    partition and dpverify's sampler do).  Adding an example re-draws every
+    group, so the per-example analysis — b·q within the active group, once
+    every b steps — covers neighbours that keep N fixed: zero-out (an example
+    replaced by one contributing a zero gradient), whose ε equals the
+    add/remove computation, or replace-one.  The certificate says so rather
+    than claim add/remove.
+    """
+    params = header.sampler_params or {}
+    if (
+        accounting_kind(header.sampler) != "cyclic_poisson"
+        or int(params.get("cycle_length", 1)) <= 1
+        or header.neighbouring != "add_remove"
+    ):
+        return ""
+    return (
+        "neighbours are zero-out (an example replaced by a zero-gradient one; same ε as the "
+        "add/remove computation): with groups drawn once as an equal split, adding an example "
+        "would redraw every group"
+    )
+
+
 def _per_step_sigma_note(header: Any, steps: Any) -> str:
     """Words for per-step noise multipliers that differ from the header's ('' if none).
 
@@ -212,6 +238,10 @@ def check_privacy(
             f"; {raised} steps recorded a rate below the header's that the sampling check did "
             "not verify: accounted at the header's rate"
         )
+    adjacency_note = _cyclic_adjacency_note(header)
+    if adjacency_note:
+        steps_txt += f"; {adjacency_note}"
+        details["adjacency"] = "zero_out"
     sigma_note = _per_step_sigma_note(header, ledger.steps)
     if sigma_note:
         steps_txt += f"; {sigma_note}"

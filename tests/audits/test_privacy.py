@@ -274,3 +274,15 @@ def test_per_step_sigma_above_the_header_is_stated(fakes):
     assert "only replay verifies" in result.reason
     plain, _ = check_privacy(ledger)
     assert "σ as recorded" not in plain.reason
+
+
+def test_cyclic_poisson_states_the_zero_out_adjacency_it_covers(fakes):
+    """Equal groups drawn once: the bound is for zero-out neighbours, and the reason says so."""
+    header = fakes.make_header(
+        sampler="cyclic_poisson", sampler_params={"cycle_length": 4}, claimed_epsilon=50.0
+    )
+    result, _ = check_privacy(fakes.make_ledger(20, header=header))
+    assert result.status == "pass"
+    assert "zero-out" in result.reason and result.details["adjacency"] == "zero_out"
+    plain, _ = check_privacy(fakes.make_ledger(20, header=fakes.make_header(claimed_epsilon=50.0)))
+    assert "zero-out" not in plain.reason and "adjacency" not in plain.details
