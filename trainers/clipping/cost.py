@@ -144,7 +144,8 @@ def method_cost(
                 costs = compiled.cost_analysis()
                 if isinstance(costs, list | tuple):
                     costs = costs[0] if costs else {}
-                flops = float(costs.get("flops")) if costs and "flops" in costs else None
+                value = costs.get("flops") if costs else None
+                flops = float(value) if value is not None else None
             except (NotImplementedError, RuntimeError, AttributeError, TypeError):  # optional
                 flops = None
             found[method] = (temp, flops)
