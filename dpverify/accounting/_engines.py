@@ -138,10 +138,8 @@ def rdp_epsilon(event, delta: float, neighbouring: str, orders: Sequence[float] 
     return float(eps), reason, details
 
 
-def pld_epsilon(event, delta: float, neighbouring: str, discretization: float):
-    """PLD's ε at δ; ``None`` (unavailable, not a bound) when it returns ∞ for a noisy run."""
-    acc = _pld_accountant(event, neighbouring, discretization)
-    eps = float(acc.get_epsilon(delta))
+def _pld_outcome(eps: float, delta: float, discretization: float):
+    """``(ε or None, why unavailable or None, details)``: PLD's ∞ is unavailable, not a bound."""
     details = {"value_discretization_interval": discretization}
     if math.isinf(eps):
         return (
@@ -154,6 +152,13 @@ def pld_epsilon(event, delta: float, neighbouring: str, discretization: float):
             details,
         )
     return eps, None, details
+
+
+def pld_epsilon(event, delta: float, neighbouring: str, discretization: float):
+    """PLD's ε at δ; ``None`` (unavailable, not a bound) when it returns ∞ for a noisy run."""
+    acc = _pld_accountant(event, neighbouring, discretization)
+    eps = float(acc.get_epsilon(delta))
+    return _pld_outcome(eps, delta, discretization)
 
 
 def pld_epsilon_groups(
@@ -166,18 +171,7 @@ def pld_epsilon_groups(
     from dpverify.accounting._fastpld import composed_pld
 
     eps = float(composed_pld(groups, discretization, neighbouring).get_epsilon_for_delta(delta))
-    details = {"value_discretization_interval": discretization}
-    if math.isinf(eps):
-        return (
-            None,
-            (
-                f"PLD unavailable: it gives ε = ∞ at δ = {delta:g}, below the probability "
-                "mass its discretisation resolves (every step has noise, so this is not a "
-                "bound; see RDP and PRV)"
-            ),
-            details,
-        )
-    return eps, None, details
+    return _pld_outcome(eps, delta, discretization)
 
 
 def pld_delta_groups(
