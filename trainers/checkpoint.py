@@ -20,6 +20,12 @@ record, so the auditor can tell a replayed checkpoint is the one the run wrote.
 
 Write-ahead rule (enforced by the training loop, not here): the ledger records
 of steps ``< s`` are flushed before checkpoint ``s`` is written.
+
+Multi-process runs write Orbax checkpoint directories instead
+(``step-NNNNNNNN.orbax/``, :mod:`trainers.checkpoint_orbax`).
+:func:`load_checkpoint` and :func:`checkpoint_digest` read either format, so
+a run's ledger may name both (a single-process run resumed with two
+processes, or the reverse).
 """
 
 from __future__ import annotations
@@ -37,8 +43,10 @@ __all__ = [
     "CHECKPOINT_DIR",
     "CHECKPOINT_FORMAT",
     "CheckpointState",
+    "checkpoint_digest",
     "checkpoint_path",
     "file_digest",
+    "is_intact",
     "load_checkpoint",
     "save_checkpoint",
 ]
@@ -80,6 +88,30 @@ def file_digest(path: str | os.PathLike) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def checkpoint_digest(path: str | os.PathLike) -> str:
+    """The ledger digest of a checkpoint of either format.
+
+    A file's SHA-256 (:func:`file_digest`), or an Orbax directory's
+    :func:`trainers.checkpoint_orbax.tree_digest`.
+
+    Raises:
+        OSError / UnusableInput: it cannot be read.
+    """
+    if Path(path).is_dir():
+        from trainers.checkpoint_orbax import tree_digest
+
+        return tree_digest(path)
+    return file_digest(path)
+
+
+def is_intact(path: str | os.PathLike, digest: str) -> bool:
+    """True when the checkpoint at ``path`` exists and has the ledger's ``digest``."""
+    try:
+        return checkpoint_digest(path) == digest
+    except (OSError, UnusableInput):
+        return False
 
 
 def save_checkpoint(
@@ -130,10 +162,11 @@ def load_checkpoint(
     opt_state_template: Any,
     expected_digest: str | None = None,
 ) -> CheckpointState:
-    """Read a checkpoint file against templates of the parameter and optimiser trees.
+    """Read a checkpoint against templates of the parameter and optimiser trees.
 
     Args:
-        path: the checkpoint file.
+        path: the checkpoint file, or an Orbax checkpoint directory
+            (:func:`trainers.checkpoint_orbax.load_orbax_checkpoint`).
         params_template: a pytree with the parameters' structure (values unused).
         opt_state_template: likewise for the optimiser state.
         expected_digest: the ``Checkpoint.digest`` from the ledger; checked when given.
@@ -144,6 +177,15 @@ def load_checkpoint(
     from flax import serialization
 
     path = Path(path)
+    if path.is_dir():
+        from trainers.checkpoint_orbax import load_orbax_checkpoint
+
+        return load_orbax_checkpoint(
+            path,
+            params_template=params_template,
+            opt_state_template=opt_state_template,
+            expected_digest=expected_digest,
+        )
     try:
         data = path.read_bytes()
     except OSError as exc:

@@ -21,7 +21,9 @@ all executed steps.
 Run directory::
 
     RUN_DIR/ledger/        the ledger (0600)
-    RUN_DIR/checkpoints/   step-NNNNNNNN.msgpack (kept: the auditor replays from them)
+    RUN_DIR/checkpoints/   step-NNNNNNNN.msgpack (kept: the auditor replays from them);
+                           step-NNNNNNNN.orbax/ in a multi-process job (Orbax, every
+                           process writes its shards; trainers.checkpoint_orbax)
     RUN_DIR/noise.key      secret noise key (0600); the header holds its SHA-256
     RUN_DIR/private.json   secret sampler seed and canary key (0600)
     RUN_DIR/config.json    the resolved public plan (task, data path, hyperparameters)
@@ -114,13 +116,25 @@ def train(
 
 
 def _open(
-    run_dir: Path, config: TrainConfig | None, *, resume: bool, extra: dict | None = None
+    run_dir: Path,
+    config: TrainConfig | None,
+    *,
+    resume: bool,
+    extra: dict | None = None,
+    shared: bool = False,
 ) -> Session:
     if resume:
         return open_resume(run_dir, config)
     if config is None:
         raise InvalidArgument("config=None: a new run needs a TrainConfig")
-    return open_new(run_dir, config, plan_fn=plan_run, seed=_fresh_seed(config), extra=extra)
+    return open_new(
+        run_dir,
+        config,
+        plan_fn=plan_run,
+        seed=_fresh_seed(config),
+        extra=extra,
+        initial_checkpoint=not shared,  # a job's processes write checkpoint 0 together
+    )
 
 
 def _open_shared(run_dir: Path, config: TrainConfig | None, *, resume: bool, group: Any) -> Session:
@@ -147,7 +161,9 @@ def _open_shared(run_dir: Path, config: TrainConfig | None, *, resume: bool, gro
         config,
         resume=resume,
         group=group,
-        open_leader=lambda: _open(run_dir, config, resume=resume, extra=group.describe()),
+        open_leader=lambda: _open(
+            run_dir, config, resume=resume, extra=group.describe(), shared=True
+        ),
     )
     session.devices = tuple(jax.devices())
     return session

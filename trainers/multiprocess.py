@@ -17,10 +17,18 @@ collectives (no shared file system is assumed):
 3. the leader broadcasts the parameters and optimiser state it starts from
    (checkpoint 0 of a new run, the restored checkpoint of a resumed one);
 4. every follower loads its own copy of the data set and all processes agree
-   that its fingerprint is the leader's.
+   that its fingerprint is the leader's;
+5. a new run's checkpoint 0 is written by all processes together (Orbax,
+   :func:`trainers.checkpoint_orbax.save_orbax_checkpoint`), as every later
+   checkpoint of the job is.
+
+A resumed job restores its checkpoint on process 0 alone — a msgpack file of
+a single-process run or an Orbax directory of a job with any process count,
+read whole into host memory — and broadcasts it (step 3), so the process count
+may change at a resume.
 
 A follower's :class:`~trainers.session.Session` has a :class:`FollowerWriter`
-that records nothing; it draws the same logical batches from the same seed,
+that records nothing (it writes only its share of each Orbax checkpoint); it draws the same logical batches from the same seed,
 so every process feeds the same index buffers to the global step (each
 process computes the rows of the physical batches that its devices hold).
 
@@ -127,14 +135,21 @@ def open_shared(
         distributed.broadcast_tree((session.params, session.opt_state))
         _agree_on_data(session.dataset.fingerprint, session.dataset.fingerprint)
         session.shared = True
-        return session
+        return _initial_checkpoint(session)
     blob = distributed.broadcast_json(None)
     if "error" in blob:
         cls = _ERRORS.get(blob["error"])
         if cls is not None:
             raise cls(blob["message"])
         raise PeerFailed(f"process 0 failed to open the run ({blob['message']})")
-    return _follower_session(run_dir, blob)
+    return _initial_checkpoint(_follower_session(run_dir, blob))
+
+
+def _initial_checkpoint(session: Any) -> Any:
+    """Checkpoint 0 of a new job, written by every process (a resumed job has its own)."""
+    if not session.resumed and session.sealed_summary is None:
+        session.checkpoint(0, session.params, session.opt_state)
+    return session
 
 
 def _leader_blob(session: Any) -> dict[str, Any]:

@@ -97,31 +97,54 @@ class Session:
         return MaskedDPSGD(self.model_apply, self.optimizer, cfg, devices=self.devices)
 
     def checkpoint(self, step: int, params: Any, opt_state: Any) -> None:
-        """Write-ahead checkpoint: flush the ledger, save the file, record it.
+        """Write-ahead checkpoint: flush the ledger, save the checkpoint, record it.
 
-        In a multi-process job only process 0 writes; every process then waits
-        at a barrier, so none runs a step past a checkpoint that is not durable.
+        A single-process run writes one msgpack file
+        (:func:`trainers.checkpoint.save_checkpoint`).  In a multi-process job
+        every process calls this at the same step: process 0 flushes the
+        ledger, then ALL processes write the Orbax checkpoint together
+        (:func:`trainers.checkpoint_orbax.save_orbax_checkpoint`: each writes
+        its own shards; it returns once the checkpoint is committed), then
+        process 0 makes it durable, digests it and records it, and every
+        process waits at a barrier, so none runs a step past a checkpoint that
+        is not durable and recorded.
         """
         from dpverify.ledger import Checkpoint
+
+        rng = {"noise_key_digest": self.noise_key_digest, "sampler": self.plan.declared_sampler}
+        if self.shared:
+            self._shared_checkpoint(step, params, opt_state, rng)
+            return
         from trainers.checkpoint import save_checkpoint
 
-        if self.leader:
-            self.writer.flush()
-            rel, digest = save_checkpoint(
-                self.run_dir,
-                step,
-                params,
-                opt_state,
-                rng={
-                    "noise_key_digest": self.noise_key_digest,
-                    "sampler": self.plan.declared_sampler,
-                },
-            )
-            self.writer.append(Checkpoint(step=step, digest=digest, path=rel))  # committed now
-        if self.shared:
-            from trainers.distributed import barrier
+        self.writer.flush()
+        rel, digest = save_checkpoint(self.run_dir, step, params, opt_state, rng=rng)
+        self.writer.append(Checkpoint(step=step, digest=digest, path=rel))  # committed now
 
-            barrier(f"dpverify-checkpoint-{step}")
+    def _shared_checkpoint(self, step: int, params: Any, opt_state: Any, rng: dict) -> None:
+        from dpverify.errors import DpverifyError
+        from dpverify.ledger import Checkpoint
+        from trainers.checkpoint_orbax import save_orbax_checkpoint
+        from trainers.distributed import PeerFailed, barrier
+
+        if self.leader:
+            self.writer.flush()  # before any process writes a byte of checkpoint `step`
+        try:
+            rel, digest = save_orbax_checkpoint(self.run_dir, step, params, opt_state, rng=rng)
+        except DpverifyError:
+            raise
+        except Exception as exc:  # a failed Orbax barrier: another process stopped
+            import jax
+
+            text = " ".join(str(exc).split())[:200]
+            raise PeerFailed(
+                f"process {jax.process_index()}: checkpoint {step} failed "
+                f"({type(exc).__name__}: {text}); another process of the job probably "
+                "stopped. Every recorded step is kept: rerun the same command with --resume"
+            ) from None
+        if self.leader:
+            self.writer.append(Checkpoint(step=step, digest=digest, path=rel))  # committed now
+        barrier(f"dpverify-checkpoint-{step}")
 
     def claim(self, steps: int) -> float | None:
         """Claimed ε (PLD, Poisson) at the plan's δ after ``steps`` executed steps."""
@@ -240,11 +263,14 @@ def open_new(
     plan_fn: Callable[..., RunPlan],
     seed: int,
     extra: dict[str, Any] | None = None,
+    initial_checkpoint: bool = True,
 ) -> Session:
     """Create a run directory: secrets, config.json, ledger header, checkpoint 0.
 
     ``extra``: further public provenance for the header's ``extra`` (e.g. the
-    process count of a multi-process job).
+    process count of a multi-process job).  ``initial_checkpoint=False``
+    leaves checkpoint 0 to the caller (a multi-process job writes it with
+    every process, :mod:`trainers.multiprocess`).
     """
     from trainers.components import count_params, init_model
 
@@ -279,8 +305,9 @@ def open_new(
         raise UnusableInput(f"{run_dir}: cannot create the run directory: {exc.strerror}") from None
     try:
         session = _create_run(
-            run_dir, config, plan, dataset, sampler, seed, init_seed, num_params, claimed, extra
-        )
+            run_dir, config, plan, dataset, sampler, seed, init_seed, num_params, claimed, extra,
+            initial_checkpoint=initial_checkpoint,
+        )  # fmt: skip
         session.created_dir = created_dir
         return session
     except BaseException:
@@ -338,6 +365,8 @@ def _create_run(
     num_params: int,
     claimed: float | None,
     extra: dict[str, Any] | None = None,
+    *,
+    initial_checkpoint: bool = True,
 ) -> Session:
     from dpverify.ledger import LedgerWriter, RunHeader
     from trainers.components import build_components
@@ -420,7 +449,8 @@ def _create_run(
         clipping=clipping,
         clipping_reason=clipping_reason,
     )
-    session.checkpoint(0, comps.params, comps.opt_state)
+    if initial_checkpoint:
+        session.checkpoint(0, comps.params, comps.opt_state)
     return session
 
 
@@ -495,7 +525,7 @@ def _check_resume_config(config: TrainConfig, plan: RunPlan, private: dict) -> N
 def open_resume(run_dir: Path, config: TrainConfig | None) -> Session:
     """Reopen a run at its last intact checkpoint with a ``Resume`` record."""
     from dpverify.ledger import LedgerWriter, read_ledger
-    from trainers.checkpoint import checkpoint_path, file_digest, load_checkpoint
+    from trainers.checkpoint import checkpoint_path, is_intact, load_checkpoint
     from trainers.components import build_components
     from trainers.noise_key import load_noise_key, read_private
 
@@ -521,7 +551,7 @@ def open_resume(run_dir: Path, config: TrainConfig | None) -> Session:
     restored = None
     for rec in reversed(ledger.checkpoints):
         path = run_dir / (rec.path or checkpoint_path(rec.step))
-        if path.is_file() and file_digest(path) == rec.digest:
+        if is_intact(path, rec.digest):  # a msgpack file or an Orbax directory
             restored = (rec, path)
             break
     dataset = load_dataset(plan.task, plan.data_path)
