@@ -143,6 +143,8 @@ class Session:
                 "stopped. Every recorded step is kept: rerun the same command with --resume"
             ) from None
         if self.leader:
+            if digest is None:  # unreachable: process 0 digests what it committed
+                raise RuntimeError(f"checkpoint {step}: process 0 computed no digest")
             self.writer.append(Checkpoint(step=step, digest=digest, path=rel))  # committed now
         barrier(f"dpverify-checkpoint-{step}")
 
