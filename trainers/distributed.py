@@ -24,9 +24,10 @@ host-side agreements the training loop needs:
   each process supplies its own devices' part.
 * :func:`broadcast_json`, :func:`broadcast_tree`, :func:`agree` and
   :func:`barrier` are host-side agreements over the runtime's collectives:
-  process 0 (the *leader*, the only writer of the ledger, checkpoints and
-  summary) hands its secrets and state to the others, and every process
-  checks that it runs the same command.
+  process 0 (the *leader*, the only writer of the ledger and summary, and
+  the process that records each checkpoint every process helped write) hands
+  its secrets and state to the others, and every process checks that it runs
+  the same command.
 
 Failure model: a process that dies makes the next collective fail on every
 other process; the loop turns that into :class:`PeerFailed` (exit code 1) after

@@ -1,11 +1,13 @@
 """Opening one training session across the P processes of a ``jax.distributed`` job.
 
-Only process 0 (the leader) touches the run directory: it creates or resumes
-the run exactly as a single-process run does (:func:`trainers.session.open_new`
-/ :func:`trainers.session.open_resume`: secrets, ``config.json``, ledger
-header or ``Resume`` record, checkpoint).  It then hands the other processes
-(followers) what they need to compute the same steps, over the runtime's
-collectives (no shared file system is assumed):
+Process 0 (the leader) alone creates or resumes the run directory, exactly
+as a single-process run does (:func:`trainers.session.open_new` /
+:func:`trainers.session.open_resume`: secrets, ``config.json``, ledger header
+or ``Resume`` record, the restored checkpoint).  It then hands the other
+processes (followers) what they need to compute the same steps, in memory
+over the runtime's collectives; the followers' only writes to the run
+directory are their shares of the Orbax checkpoints (so a multi-host job needs
+a file system every host sees at the same path):
 
 1. before anything is written, every process checks that all P run the same
    command (:func:`trainers.distributed.agree` on the request, the run

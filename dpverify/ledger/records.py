@@ -301,8 +301,11 @@ class Checkpoint:
 
     Attributes:
         step: number of logical steps completed (the next step to run).
-        digest: SHA-256 hex digest of the checkpoint file.
-        path: location of the file, relative to the run directory.
+        digest: SHA-256 hex digest of the checkpoint file; for a checkpoint
+            directory (the Orbax checkpoints of multi-process runs), the
+            SHA-256 over its files' relative paths, sizes and SHA-256s
+            (``trainers.checkpoint_orbax.tree_digest``).
+        path: location of the file (or directory), relative to the run directory.
     """
 
     TYPE: ClassVar[str] = "checkpoint"
