@@ -201,7 +201,8 @@ def save_orbax_checkpoint(
 
     rel = orbax_checkpoint_path(step)
     path = (Path(run_dir) / rel).absolute()
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if jax.process_index() == 0:  # as the single-process writer makes it
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     state = _as_global({"params": params, "opt_state": opt_state})
     meta = {"format": ORBAX_FORMAT, "step": int(step), "rng": dict(rng or {})}
     checkpointer = ocp.Checkpointer(ocp.CompositeCheckpointHandler())

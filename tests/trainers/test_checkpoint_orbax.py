@@ -75,6 +75,7 @@ def test_round_trip_restores_state_and_the_digest_is_the_tree_digest(saved):
         np.testing.assert_array_equal(np.asarray(w), g)
     assert jax.tree_util.tree_structure(state.opt_state) == jax.tree_util.tree_structure(opt_state)
     # Private like the msgpack files; a second read does not change the digest.
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700  # checkpoints/
     for root, dirs, files in os.walk(path):
         for name in files:
             assert stat.S_IMODE(os.stat(os.path.join(root, name)).st_mode) == 0o600
