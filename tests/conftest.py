@@ -7,7 +7,36 @@ whatever the code does; speed is measured in ``benchmarks/`` instead.
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+
 import pytest
+
+
+def _share_jax_compilations() -> None:
+    """One JAX compilation cache for the whole test session, subprocesses included.
+
+    Many tests compile the same programs (the digits MLP step in every
+    ``dpverify train`` subprocess, every process of a multi-process job and
+    its single-process twin, replay in the audits).  JAX's persistent cache
+    (keyed by the program, its options and the JAX/XLA versions) lets the
+    second compilation of a program load the first one's executable; tracing
+    still happens, so the compile-once counters the tests read are unchanged.
+    The directory is new for each session (no state from earlier runs) and is
+    removed at its end; xdist workers and subprocesses inherit it through the
+    environment.  ``JAX_COMPILATION_CACHE_DIR`` set by the caller wins.
+    """
+    if "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return
+    path = tempfile.mkdtemp(prefix="dpverify-test-jax-cache-")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = path
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    atexit.register(shutil.rmtree, path, True)
+
+
+_share_jax_compilations()
 
 try:
     from hypothesis import settings
@@ -55,3 +84,4 @@ def _plan_ledger(path, plan):
 def plan_ledger():
     """:func:`_plan_ledger`: write a small ledger from a plan of steps, checkpoints and resumes."""
     return _plan_ledger
+

@@ -23,7 +23,8 @@ import pytest
 from audits import run_audit
 from dpverify.ledger.records import Resume, RunHeader, Seal, Step
 
-pytestmark = pytest.mark.slow
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("audits.test_mutations")]
 
 # --- trained runs --------------------------------------------------------------------
 

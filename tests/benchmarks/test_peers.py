@@ -9,6 +9,9 @@ from pathlib import Path
 
 import pytest
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("benchmarks.test_peers")
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "peers.py"
 
 

@@ -15,6 +15,9 @@ from pathlib import Path
 
 import pytest
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("benchmarks.test_recompilation")
+
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "recompilation.py"
 
 

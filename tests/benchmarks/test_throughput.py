@@ -24,8 +24,9 @@ def throughput():
 
 def test_tiny_run_reports_every_mode_and_ratio(throughput, tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
-    argv = ["--models", "cnn", "--seconds", "0.05", "--min-trainer-steps", "3"]
-    argv += ["--physical-batch-size", "4", "--expected-batch-size", "8", "--out", str(out)]
+    argv = ["--models", "mlp", "--seconds", "0.05", "--min-trainer-steps", "3"]
+    argv += ["--physical-batch-size", "4", "--expected-batch-size", "8", "--memory-batch", "4"]
+    argv += ["--out", str(out)]
     assert throughput.main(argv) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     modes = [r["mode"] for r in records]

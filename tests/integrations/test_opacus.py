@@ -19,6 +19,9 @@ from dpverify.integrations.opacus import replay as opacus_replay  # noqa: E402
 from dpverify.integrations.opacus._artifacts import noise_generator  # noqa: E402
 from dpverify.ledger import read_ledger  # noqa: E402
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("integrations.test_opacus")
+
 
 class NoNoise(DPOptimizer):
     """A broken step: noise is not added."""

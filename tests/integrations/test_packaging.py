@@ -31,7 +31,8 @@ from packaging.utils import canonicalize_name
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = {"jax", "jaxlib", "flax", "optax", "torch", "opacus", "jax-privacy", "scikit-learn"}
 
-pytestmark = pytest.mark.slow
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("integrations.test_packaging")]
 
 
 #: The environment of every subprocess: no PYTHONPATH pointing at this checkout.

@@ -16,6 +16,9 @@ from dpverify.ledger import read_ledger
 from trainers.loop import TrainConfig, train
 from trainers.run_plan import plan_run
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("trainers.test_canaries")
+
 M = 300
 SMALL = dict(
     task="digits-mlp",

@@ -15,6 +15,9 @@ from trainers.mutations import MUTATIONS
 from trainers.reference import reference_step
 from trainers.sketch import compare_sketches
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("trainers.test_dpsgd_dispatch")
+
 N, P, C, SIGMA, D = 48, 4, 0.4, 1.1, 6.0
 _BAD = N - 1  # poisoned with NaN, used as the padding index, never sampled
 _MODEL = MLP(num_classes=3, hidden=(5,))

@@ -56,7 +56,18 @@ def _setup(name):
 
 
 def _vmap_clip(apply, params, xb, yb, trainable, clip, keep):
-    """The vmap path: per-example gradients, norms, masked clipped sum."""
+    """The vmap path: per-example gradients, norms, masked clipped sum (jitted once per model and
+    trainable set; the clip norm is an argument, so examples that differ only in data, C or mask
+    reuse the compilation)."""
+    return _jitted(_vmap_clip_eager, apply, tuple(trainable))(params, xb, yb, clip, keep)
+
+
+@functools.cache
+def _jitted(fn, apply, trainable):
+    return jax.jit(functools.partial(fn, apply, trainable=trainable))
+
+
+def _vmap_clip_eager(apply, params, xb, yb, clip, keep, *, trainable):
 
     def example_loss(p, x, y):
         return softmax_cross_entropy(apply(p, x[None]), y[None])[0]
@@ -88,18 +99,15 @@ def _vmap_clip(apply, params, xb, yb, trainable, clip, keep):
 
 
 def _ghost_clip(apply, params, xb, yb, trainable, clip, keep):
-    ghost = GhostClipping(apply, softmax_cross_entropy, trainable)
+    """Ghost clipping's losses, norms and masked clipped sum (jitted like :func:`_vmap_clip`)."""
+    return _jitted(_ghost_clip_eager, apply, tuple(trainable))(params, xb, yb, clip, keep)
 
-    @jax.jit
-    def run(params, xb, yb, keep):
-        out = ghost(params, xb, yb)
-        finite = jnp.isfinite(out.norms)
-        factor = jnp.where(
-            finite, clip / jnp.maximum(jnp.where(finite, out.norms, clip), clip), 0.0
-        )
-        return out.losses, out.norms, out.weighted_sum(factor, keep & finite)
 
-    return run(params, xb, yb, keep)
+def _ghost_clip_eager(apply, params, xb, yb, clip, keep, *, trainable):
+    out = GhostClipping(apply, softmax_cross_entropy, trainable)(params, xb, yb)
+    finite = jnp.isfinite(out.norms)
+    factor = jnp.where(finite, clip / jnp.maximum(jnp.where(finite, out.norms, clip), clip), 0.0)
+    return out.losses, out.norms, out.weighted_sum(factor, keep & finite)
 
 
 def _frozen_flags(params, bits):

@@ -16,6 +16,9 @@ from trainers.checkpoint import file_digest
 from trainers.loop import TrainConfig, train
 from trainers.run_plan import auto_physical_batch_size, plan_run
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("trainers.test_loop")
+
 SEED = 987_654_321  # a distinctive value we can search files for
 
 SMALL = dict(

@@ -15,6 +15,9 @@ import pytest
 from dpverify.errors import InvalidArgument
 from trainers.models import CNN, MLP, PAD_ID, VIT_TINY, TextTransformer, ViT
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("trainers.test_models")
+
 NUM_CLASSES = 5
 BATCH = 4
 

@@ -19,6 +19,9 @@ from trainers.mutations import MUTATIONS, check_mutation, mechanics_for
 from trainers.reference import reference_step
 from trainers.sketch import compare_sketches
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("trainers.test_mutations")
+
 N, C, SIGMA, D, P = 40, 0.5, 1.1, 10.0, 4
 _MODEL = MLP(num_classes=3, hidden=(5,))
 

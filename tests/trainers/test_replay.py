@@ -14,6 +14,9 @@ from trainers.loop import TrainConfig, train
 from trainers.prng import replay_setting
 from trainers.replay import load_replay_context, replay_segments
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("trainers.test_replay")
+
 # C != 1 so that the noise_std_sigma bug (σ instead of σ·C) changes the update.
 BASE = dict(
     task="digits-mlp",

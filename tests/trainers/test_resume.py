@@ -41,6 +41,9 @@ import sys
 import trainers.loop as loop
 from dpverify.cli import main
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("trainers.test_resume")
+
 pause_at, argv = int(sys.argv[1]), sys.argv[2:]
 step_record = loop._step_record
 

@@ -21,6 +21,9 @@ import pytest
 
 from dpverify.errors import InvalidArgument
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("trainers.test_sharding")
+
 _DEVICES = 8
 _P = 8  # physical batch size: 1 row per device
 _N = 64
