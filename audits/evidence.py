@@ -53,6 +53,24 @@ class InclusionCounts:
         if self._pending_n >= self._chunk:
             self._flush()
 
+    def add_counts(self, examples: np.ndarray, counts: np.ndarray) -> None:
+        """Add counts already made elsewhere (``counts[j]`` inclusions of ``examples[j]``).
+
+        ``examples`` are distinct, in [0, N); e.g. the sampling battery's
+        per-example counts (:meth:`dpverify.stats.SamplingStream.kept_counts`).
+        """
+        self._flush()
+        examples = np.asarray(examples, dtype=np.int64)
+        counts = np.asarray(counts, dtype=np.int64)
+        if self._dense is not None:
+            self._dense[examples] += counts
+            return
+        merged = np.concatenate((self._seen, examples))
+        uniq, inverse = np.unique(merged, return_inverse=True)
+        total = np.zeros(uniq.size, dtype=np.int64)
+        np.add.at(total, inverse, np.concatenate((self._counts, counts)))
+        self._seen, self._counts = uniq, total
+
     def remove(self, indices: np.ndarray) -> None:
         """Un-count one batch counted before (a superseded execution)."""
         self._flush()

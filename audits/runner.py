@@ -49,16 +49,23 @@ class _StreamedChecks:
     :func:`dpverify.ledger.outline.read_outline`; each verified record comes
     here as it is decoded: the sampling battery
     (:class:`dpverify.stats.SamplingStream`: plan and every segment's
-    statistics) and the inclusion counts of the report.  Nothing keeps the
-    index arrays, so memory is O(N + T), not O(recorded indices).  An error
-    in the battery is kept and raised where the sampling check runs, so it is
-    reported as that check's failure, as when the check reads the ledger itself.
+    statistics) and the inclusion counts of the report.  The report's counts
+    are the battery's own per-example counts when the battery runs (one
+    count per index, not two; the few re-executions the battery leaves out
+    or that a resume superseded are re-read and corrected at the end), else
+    counted here (:class:`audits.evidence.InclusionCounts`).  Nothing keeps
+    the index arrays, so memory is O(N + T), not O(recorded indices).  An
+    error in the battery is kept and raised where the sampling check runs,
+    so it is reported as that check's failure, as when the check reads the
+    ledger itself.
     """
 
-    def __init__(self, *, alpha: float, seed: int) -> None:
-        self._alpha, self._seed = alpha, seed
+    def __init__(self, *, alpha: float, seed: int, processes: int | None = None) -> None:
+        self._alpha, self._seed, self._processes = alpha, seed, processes
         self._sampling: Any = None
         self._error: BaseException | None = None
+        self._finished: Any = None  # the battery's stream after finish (its counts)
+        self._dataset_size: int | None = None
         self.counts: InclusionCounts | None = None
 
     def add(self, record: Any) -> None:
@@ -66,14 +73,16 @@ class _StreamedChecks:
         from dpverify.ledger import RunHeader, Step
 
         if isinstance(record, RunHeader):
-            self.counts = InclusionCounts(record.dataset_size)
+            self._dataset_size = int(record.dataset_size)
             if str(record.sampler).lower() in stats.NULL_SAMPLERS:
                 try:
                     self._sampling = stats.SamplingStream(
-                        record, alpha=self._alpha, seed=self._seed
+                        record, alpha=self._alpha, seed=self._seed, processes=self._processes
                     )
                 except Exception as exc:  # raised again by the sampling check
                     self._error = exc
+            if self._sampling is None:  # no battery to share the counts with
+                self.counts = InclusionCounts(record.dataset_size)
         elif isinstance(record, Step):
             if self.counts is not None:
                 self.counts.add(record.indices)
@@ -89,19 +98,39 @@ class _StreamedChecks:
             raise self._error
         if self._sampling is None:
             raise RuntimeError("the sampling battery was not fed")
-        result, self._sampling = self._sampling.finish(), None
+        self._finished, self._sampling = self._sampling, None
         self._error = RuntimeError("the sampling battery was finished already")
-        return result
+        return self._finished.finish()
 
     def evidence_counts(self, ledger: Any, logical: list[Any]) -> InclusionCounts | None:
-        """The inclusion counts of the last executions only (superseded ones re-read, un-counted)."""
-        if self.counts is None:
+        """The inclusion counts of the last executions only.
+
+        From the battery's counts of the executions it kept, plus the
+        reproduced re-executions it left out; then every execution a later one
+        superseded is un-counted (those few are re-read).  When the battery
+        stopped on an error, the last executions are re-read and counted.
+        """
+        if self._dataset_size is None:
             return None
         last = {id(s) for s in logical}
-        for s in ledger.steps:
-            if id(s) not in last:  # a step executed again after a resume
-                self.counts.remove(np.asarray(s.indices))
-        counts, self.counts = self.counts, None
+        stream = self._finished if self._finished is not None else self._sampling
+        if self.counts is not None:
+            counts, self.counts = self.counts, None
+            for s in ledger.steps:
+                if id(s) not in last:  # a step executed again after a resume
+                    counts.remove(np.asarray(s.indices))
+            return counts
+        counts = InclusionCounts(self._dataset_size)
+        if stream is None:  # the battery stopped on an error: a second read
+            for s in logical:
+                counts.add(np.asarray(s.indices))
+            return counts
+        counts.add_counts(*stream.kept_counts())
+        for s, kept in zip(ledger.steps, stream.kept(), strict=True):
+            if not kept:  # a reproduced re-execution: counted in the report, not the battery
+                counts.add(np.asarray(s.indices))
+            if id(s) not in last:
+                counts.remove(np.asarray(s.indices))
         return counts
 
 
@@ -330,6 +359,7 @@ def run_audit(
     empirical_confidence: float = DEFAULT_CONFIDENCE,
     canary_scores_path: str | os.PathLike[str] | None = None,
     max_groups: int | None = None,
+    processes: int | None = None,
 ) -> Certificate:
     """Audit the run at ``path`` and issue its certificate.
 
@@ -351,6 +381,11 @@ def run_audit(
         max_groups: distinct (q, σ) pairs PLD composes one by one before it
             rounds a heterogeneous schedule into that many groups (``None``:
             the default, 1 000).
+        processes: processes of the one streaming pass: 2 lets a helper
+            process take part of the sampling battery's per-example work on
+            large ledgers (:class:`dpverify.stats.SamplingStream`), 1 keeps
+            everything in this one; ``None``: 2 when two CPUs are available.
+            The certificate is the same.
 
     Returns:
         The certificate; a corrupt ledger gives verdict ``unverifiable``.
@@ -379,6 +414,8 @@ def run_audit(
         check_int("replay_steps", replay_steps, minimum=1)
     if max_groups is not None:
         check_int("max_groups", max_groups, minimum=1)
+    if processes is not None:
+        check_int("processes", processes, minimum=1)
     key = None
     if noise_key_path is not None:
         key = Path(noise_key_path)
@@ -388,7 +425,7 @@ def run_audit(
     run_dir = ledger_path.parent if ledger_path.name == "ledger" else None
     ledger = None
     verify_report: Any
-    streamed = _StreamedChecks(alpha=alpha, seed=seed)
+    streamed = _StreamedChecks(alpha=alpha, seed=seed, processes=processes)
     try:
         # One streaming pass: read_outline verifies framing, checksums and the chain as it
         # reads, feeds every step's indices to the battery and the counts, and keeps only

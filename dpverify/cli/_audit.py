@@ -100,6 +100,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="PLD composes up to K distinct (q, σ) pairs of a heterogeneous schedule one by "
         "one; beyond, it rounds them into K groups (default 1000; ~10–40 ms per pair)",
     )
+    p.add_argument(
+        "--processes",
+        type=integer,
+        default=None,
+        metavar="P",
+        help="processes of the streaming pass: 2 lets a helper process share the sampling "
+        "battery's per-example work on large ledgers, 1 keeps one process (default: 2 when "
+        "two CPUs are available; the certificate is the same)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(handler=_audit)
 
@@ -119,6 +128,7 @@ def _audit(args: argparse.Namespace) -> int:
         empirical_confidence=args.empirical_confidence,
         canary_scores_path=args.canary_scores,
         max_groups=args.max_groups,
+        processes=args.processes,
     )
     written = []
     if args.json == "-":

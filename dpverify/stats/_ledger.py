@@ -34,7 +34,7 @@ from dpverify._validate import check_int, check_probability
 from dpverify.errors import InvalidArgument
 from dpverify.stats._declared import FLOAT32_REL, NULL_SAMPLERS, DeclaredNull
 from dpverify.stats._results import BatteryResult
-from dpverify.stats._stream import BatchStream, StreamSummary
+from dpverify.stats._stream import DENSE_MAX_EXAMPLES, BatchStream, StreamSummary
 from dpverify.stats.battery import DEFAULT_MAX_LAG, EXACT_TEST_NAMES, _assemble, _window
 
 __all__ = [
@@ -49,6 +49,9 @@ __all__ = [
 
 #: A segment with fewer batches only tests gross violations: it is reported as too short.
 MIN_SEGMENT_BATCHES = 20
+
+#: Indices a segment's stream buffers per vectorised chunk (the first full one starts the helper).
+STREAM_CHUNK = 1 << 20
 
 #: Tests whose evidence is exact: they run (and can fail) however short a segment is.
 EXACT_TESTS = EXACT_TEST_NAMES
@@ -285,7 +288,12 @@ class SamplingStream:
     :meth:`finish` runs every segment's tests at level α/m, m known only then.
     The result is the same as :func:`sampling_from_ledger`'s.
 
-    Args: as :func:`sampling_from_ledger`, with the run ``header``.
+    Args: as :func:`sampling_from_ledger`, with the run ``header``, and
+        processes: 2 lets a helper process take part of the examples of the
+            per-example work (:mod:`dpverify.stats._helper`) once a segment is
+            large (over 2²⁰ recorded indices), 1 keeps it in this process;
+            ``None``: 2 when this process may use two CPUs or more.  The result
+            is the same.
 
     Raises:
         InvalidArgument: the header's sampler has no null, or bad parameters.
@@ -299,8 +307,15 @@ class SamplingStream:
         seed: int = 0,
         step_addressable_run: bool | None = None,
         max_lag: int = DEFAULT_MAX_LAG,
+        processes: int | None = None,
     ) -> None:
+        from dpverify.stats._helper import RangeHelper, available_cpus
+
         self._alpha = check_probability("alpha", alpha, allow_one=False)
+        if processes is None:
+            processes = 2 if available_cpus() >= 2 else 1
+        check_int("processes", processes, minimum=1)
+        self._helper = RangeHelper() if processes >= 2 else None
         self._seed = check_int("seed", seed, minimum=0)
         self._max_lag = check_int("max_lag", max_lag, minimum=1)
         self._header = header
@@ -312,6 +327,11 @@ class SamplingStream:
         self._segment = -1
         self._stream: BatchStream | None = None
         self._done: list[StreamSummary] = []
+        # per-example inclusion counts over the kept executions, all segments together
+        n = int(header.dataset_size)
+        self._dense_counts = n <= DENSE_MAX_EXAMPLES
+        self._count_idx = np.zeros(0, dtype=np.int64)
+        self._count_val = np.zeros(n if self._dense_counts else 0, dtype=np.int64)
 
     def add(self, record: Any) -> None:
         """Plan one execution (a step record) and feed its batch to its segment."""
@@ -322,7 +342,11 @@ class SamplingStream:
             self._close_segment()
             null = declared_null(self._header, self._planner.seg_rate)
             self._stream = BatchStream(
-                null.dataset_size, max_lag=_window(null, self._max_lag), hash_seed=self._seed
+                null.dataset_size,
+                max_lag=_window(null, self._max_lag),
+                hash_seed=self._seed,
+                chunk_indices=STREAM_CHUNK,
+                helper=self._helper,
             )
             self._segment = seg
         assert self._stream is not None
@@ -330,12 +354,44 @@ class SamplingStream:
 
     def _close_segment(self) -> None:
         if self._stream is not None:
-            self._done.append(self._stream.finish())
+            summary = self._stream.finish()
+            self._done.append(summary)
             self._stream = None
+            if self._dense_counts:
+                self._count_val[summary.seen] += summary.seen_counts
+            else:
+                merged = np.concatenate((self._count_idx, summary.seen))
+                values = np.concatenate((self._count_val, summary.seen_counts))
+                self._count_idx, inverse = np.unique(merged, return_inverse=True)
+                self._count_val = np.bincount(inverse, weights=values).astype(np.int64)
+
+    def kept_counts(self) -> tuple[np.ndarray, np.ndarray]:
+        """Per-example inclusion counts over the executions fed to the battery.
+
+        ``(examples, counts)``: the examples included at least once (increasing)
+        and how often, over every kept execution (a re-execution that reproduced
+        its batch is left out, see :meth:`kept`).  The batteries' own per-example
+        state, so the audit's report needs no second count.  Call after the last
+        :meth:`add`.
+        """
+        self._close_segment()
+        if self._dense_counts:
+            where = np.flatnonzero(self._count_val)
+            return where, self._count_val[where]
+        keep = self._count_val > 0
+        return self._count_idx[keep], self._count_val[keep]
+
+    def kept(self) -> list[bool]:
+        """For each execution added, in order: whether its batch entered the battery."""
+        return list(self._planner.keep)
 
     def finish(self) -> LedgerSampling:
         """Every segment's battery at α/m; the stream can not be extended after."""
-        self._close_segment()
+        try:
+            self._close_segment()
+        finally:
+            if self._helper is not None:
+                self._helper.shutdown()
         plan = self._planner.plan(self._addressable)
         level = self._alpha / max(1, len(plan.bounds))
         segments: list[SegmentResult] = []

@@ -39,6 +39,7 @@ compare both paths); it is about 10× faster per index at ImageNet scale.
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import numpy as np
 
@@ -54,6 +55,11 @@ MASK_MAX_LAG = 64
 
 #: Largest N whose hash weights are tabulated once (8 bytes per example).
 WEIGHT_TABLE_MAX = 1 << 22
+
+#: Share of the examples (the lowest indices) the calling process keeps on the masked path
+#: when a helper process takes the rest: the caller also reads, verifies and decodes the
+#: ledger, so it keeps less than half (measured, docs/scale.md).
+MAIN_SHARE = 0.4
 
 #: ``_SHIFT[d]`` = 2^(d−1) for 1 <= d <= 64, and 0 for d = 65 (a gap beyond the window).
 _SHIFT = np.concatenate(
@@ -203,6 +209,111 @@ class _SparseState:
         return self.idx, self.counts, self.last
 
 
+class MaskedRange:
+    """The sort-free per-example state of the examples in ``[lo, lo + size)``.
+
+    Per example: the step of its last inclusion and a 64-bit mask of its
+    inclusions in the ``max_lag`` steps before it (one 16-byte cell), and its
+    inclusion count; plus the return-gap histogram and lagged overlaps of
+    those examples' inclusions, and each step's partial batch hash (the sum of
+    its examples' weights, mod 2⁶⁴).  Every statistic is a sum over examples,
+    so disjoint ranges of examples are independent and their results add:
+    :class:`BatchStream` may hand a range to a second process
+    (:mod:`dpverify.stats._helper`).
+    """
+
+    def __init__(self, lo: int, size: int, max_lag: int, key: np.uint64, *, table: bool) -> None:
+        self.lo, self.size, self.max_lag = int(lo), int(size), int(max_lag)
+        self.key = np.uint64(key)
+        self.cells = np.zeros(self.size, dtype=_CELL)
+        self.cells["last"] = _NEVER
+        self.counts = np.zeros(self.size, dtype=np.int64)
+        self.table = (
+            _weights(np.arange(self.lo, self.lo + self.size, dtype=np.int64), self.key)
+            if table
+            else None
+        )
+        self.gap_hist = np.zeros(1, dtype=np.int64)
+        self.lag_overlap = np.zeros(self.max_lag + 1, dtype=np.int64)
+        self.hashes: list[np.ndarray] = []
+
+    def steps(self, flat: np.ndarray, sizes: np.ndarray, t0: int) -> None:
+        """Consecutive steps ``t0, t0 + 1, ...``: their batches (local indices ``i − lo``,
+        sorted within a step) concatenated in ``flat``, their sizes in ``sizes``.
+
+        ``mask[i]`` has bit j set when example i was included j steps before
+        its last inclusion ``last[i]`` (bit 0: the last inclusion itself), for
+        j < max_lag.  At step t, with gap d = t − last[i] >= 1, the mask
+        ``mask[i] << (d − 1)`` has bit p set exactly when example i was
+        included at step t − (p + 1): its set bits p < max_lag are the earlier
+        inclusions at lags 1..max_lag.  The shift is a multiplication by
+        ``_SHIFT[min(d, 65)]`` (2^(d−1), and 0 beyond a gap of 64, which
+        empties the mask); an example never seen has ``last = _NEVER``, so its
+        "gap" is above any real one and is dropped from the gap histogram.
+        """
+        sizes = np.asarray(sizes, dtype=np.int64)
+        ends = np.cumsum(sizes)
+        starts = ends - sizes
+        if self.table is not None:
+            weights = self.table[flat]
+        else:
+            weights = _weights(flat.astype(np.int64) + self.lo, self.key)
+        csum = np.concatenate(([np.uint64(0)], np.cumsum(weights, dtype=np.uint64)))
+        self.hashes.append(csum[ends] - csum[starts])
+        del weights, csum
+        cells = self.cells
+        max_lag = self.max_lag
+        low_bits = np.uint64((1 << max_lag) - 1)  # bits 0..max_lag-1
+        full = max_lag == 64  # then the masks need no trimming
+        one = np.uint64(1)
+        gaps: list[np.ndarray] = []
+        masks: list[np.ndarray] = []
+        for j, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
+            if a == b:
+                continue
+            t = t0 + j
+            batch = flat[a:b]
+            rows = cells[batch]
+            d = t - rows["last"]
+            gaps.append(d)
+            rel = rows["mask"] * _SHIFT[np.minimum(d, 65)]  # << (d − 1), mod 2⁶⁴; 0 past lag 64
+            if not full:
+                rel &= low_bits
+            masks.append(rel)
+            nxt = (rel << one) | one
+            if not full:
+                nxt &= low_bits
+            rows["mask"] = nxt
+            rows["last"] = t
+            cells[batch] = rows
+        if gaps:
+            g = np.concatenate(gaps)
+            g = g[g <= t0 + sizes.size]  # drop first inclusions (gap from _NEVER)
+            hist = np.bincount(g) if g.size else np.zeros(1, dtype=np.int64)
+            if hist.size > self.gap_hist.size:
+                hist[: self.gap_hist.size] += self.gap_hist
+                self.gap_hist = hist
+            else:
+                self.gap_hist[: hist.size] += hist
+        if masks:
+            self.lag_overlap[1:] += _bit_positions(np.concatenate(masks), max_lag)
+        if flat.size:
+            self.counts += np.bincount(flat, minlength=self.size)
+
+    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """``(counts, last, gap_hist, lag_overlap, hashes)`` of the range (last: −1 if never seen)."""
+        hashes = np.concatenate(self.hashes) if self.hashes else np.zeros(0, dtype=np.uint64)
+        last = np.maximum(self.cells["last"], -1)
+        return self.counts, last, self.gap_hist, self.lag_overlap, hashes
+
+
+def _add_hist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    out = np.zeros(max(a.size, b.size), dtype=np.int64)
+    out[: a.size] += a
+    out[: b.size] += b
+    return out
+
+
 class BatchStream:
     """Accumulates a stream of batches; call :meth:`add` per step, then :meth:`finish`.
 
@@ -215,6 +326,10 @@ class BatchStream:
             N > :data:`DENSE_MAX_EXAMPLES`).
         masked: use the sort-free dense path (default: when the state is dense
             and ``max_lag`` <= :data:`MASK_MAX_LAG`); the summary is the same.
+        helper: a :class:`~dpverify.stats._helper.RangeHelper` that takes the
+            examples at or above a split point on the masked path, in a second
+            process, once the stream is large (a whole chunk at the first
+            flush); ``None``: one process.  The summary is the same.
     """
 
     def __init__(
@@ -226,6 +341,7 @@ class BatchStream:
         hash_seed: int = 0,
         sparse: bool | None = None,
         masked: bool | None = None,
+        helper: Any = None,
     ) -> None:
         self._n = int(dataset_size)
         self._max_lag = int(max_lag)
@@ -242,14 +358,10 @@ class BatchStream:
                 f"masked=True needs dense state and max_lag <= {MASK_MAX_LAG}, got max_lag={max_lag}"
             )
         self._masked = bool(masked)
-        # masked path: per example, the last inclusion and the recent-inclusion mask side by
-        # side (one gather and one scatter per step instead of two of each)
-        self._cells = np.zeros(self._n if masked else 0, dtype=_CELL)
-        if masked:
-            self._cells["last"] = _NEVER
-        self._table: np.ndarray | None = None
-        if masked and self._n <= WEIGHT_TABLE_MAX:
-            self._table = _weights(np.arange(self._n, dtype=np.int64), self._key)
+        # masked path: examples [0, split) here, [split, N) in the helper process (if any)
+        self._helper = helper if self._masked else None
+        self._split = self._n
+        self._range: MaskedRange | None = None
         self._gap_hist = np.zeros(1, dtype=np.int64)
         self._lag_overlap = np.zeros(self._max_lag + 1, dtype=np.int64)
         self._adjacent = 0
@@ -281,8 +393,7 @@ class BatchStream:
         sizes = np.concatenate(self._sizes) if self._sizes else np.zeros(0, dtype=np.int64)
         hashes = np.concatenate(self._hashes) if self._hashes else np.zeros(0, dtype=np.uint64)
         if self._masked:
-            assert isinstance(self._state, _DenseState)
-            self._state.last[:] = np.maximum(self._cells["last"], -1)
+            hashes = self._merge_masked(hashes)
         seen, counts, last = self._state.seen()
         return StreamSummary(
             dataset_size=self._n,
@@ -296,6 +407,24 @@ class BatchStream:
             hashes=hashes,
             max_lag=self._max_lag,
         )
+
+    def _merge_masked(self, hashes: np.ndarray) -> np.ndarray:
+        """Gather the ranges' per-example state and sums (this process's, the helper's)."""
+        state = self._state
+        assert isinstance(state, _DenseState)
+        parts = []
+        if self._range is not None:
+            parts.append((0, self._range.result()))
+            self._range = None
+        if self._split < self._n:
+            parts.append((self._split, self._helper.close()))
+        for k, (lo, (counts, last, gap_hist, lag_overlap, part_hashes)) in enumerate(parts):
+            state.counts[lo : lo + counts.size] = counts
+            state.last[lo : lo + last.size] = last
+            self._gap_hist = _add_hist(self._gap_hist, gap_hist)
+            self._lag_overlap += lag_overlap
+            hashes = part_hashes if k == 0 else hashes + part_hashes  # mod 2⁶⁴
+        return hashes
 
     # -- chunk processing -------------------------------------------------------------------
 
@@ -312,67 +441,38 @@ class BatchStream:
         starts = ends - sizes
         self._sizes.append(sizes)
         self._check(flat, starts, t0)
-        weights = self._table[flat] if self._table is not None else _weights(flat, self._key)
+        if self._masked:
+            self._masked_chunk(flat, sizes, starts, ends, t0)
+            return
+        weights = _weights(flat, self._key)
         csum = np.concatenate(([np.uint64(0)], np.cumsum(weights, dtype=np.uint64)))
         self._hashes.append(csum[ends] - csum[starts])
         del weights, csum
-        if self._masked:
-            self._masked_steps(batches, flat, t0)
-            return
         times = np.repeat(np.arange(t0, t1, dtype=np.int64), sizes)
         self._pairs(flat, times, t0, t1)
 
-    def _masked_steps(self, batches: list[np.ndarray], flat: np.ndarray, t0: int) -> None:
-        """The sort-free dense path: return gaps and lagged overlaps step by step.
-
-        ``mask[i]`` has bit j set when example i was included j steps before
-        its last inclusion ``last[i]`` (bit 0: the last inclusion itself), for
-        j < max_lag.  At step t, with gap d = t − last[i] >= 1, the mask
-        ``mask[i] << (d − 1)`` has bit p set exactly when example i was
-        included at step t − (p + 1): its set bits p < max_lag are the earlier
-        inclusions at lags 1..max_lag.  The shift is a multiplication by
-        ``_SHIFT[min(d, 65)]`` (2^(d−1), and 0 beyond a gap of 64, which
-        empties the mask); an example never seen has ``last = _NEVER``, so its
-        "gap" is above any real one and is dropped from the gap histogram.
-        """
-        state = self._state
-        assert isinstance(state, _DenseState)
-        cells = self._cells
-        max_lag = self._max_lag
-        low_bits = np.uint64((1 << max_lag) - 1)  # bits 0..max_lag-1
-        full = max_lag == 64  # then the masks need no trimming
-        one = np.uint64(1)
-        gaps: list[np.ndarray] = []
-        masks: list[np.ndarray] = []
-        for t, b in enumerate(batches, start=t0):
-            if b.size == 0:
-                continue
-            rows = cells[b]
-            d = t - rows["last"]
-            gaps.append(d)
-            rel = rows["mask"] * _SHIFT[np.minimum(d, 65)]  # << (d − 1), mod 2⁶⁴; 0 past lag 64
-            if not full:
-                rel &= low_bits
-            masks.append(rel)
-            nxt = (rel << one) | one
-            if not full:
-                nxt &= low_bits
-            rows["mask"] = nxt
-            rows["last"] = t
-            cells[b] = rows
-        if gaps:
-            g = np.concatenate(gaps)
-            g = g[g <= t0 + len(batches)]  # drop first inclusions (gap from _NEVER)
-            hist = np.bincount(g) if g.size else np.zeros(1, dtype=np.int64)
-            if hist.size > self._gap_hist.size:
-                hist[: self._gap_hist.size] += self._gap_hist
-                self._gap_hist = hist
-            else:
-                self._gap_hist[: hist.size] += hist
-        if masks:
-            self._lag_overlap[1:] += _bit_positions(np.concatenate(masks), self._max_lag)
-        if flat.size:
-            state.counts += np.bincount(flat, minlength=self._n)
+    def _masked_chunk(
+        self, flat: np.ndarray, sizes: np.ndarray, starts: np.ndarray, ends: np.ndarray, t0: int
+    ) -> None:
+        """The sort-free dense path (:class:`MaskedRange`), split with the helper if there is one."""
+        if self._range is None:  # the first chunk decides on the split
+            table = self._n <= WEIGHT_TABLE_MAX
+            if self._helper is not None and flat.size >= self._chunk:
+                self._split = max(1, min(self._n - 1, int(self._n * MAIN_SHARE)))
+                self._helper.open(
+                    self._split, self._n - self._split, self._max_lag, self._key, table=table
+                )
+            self._range = MaskedRange(0, self._split, self._max_lag, self._key, table=table)
+        if self._split < self._n:
+            upper = flat >= self._split
+            csum = np.concatenate(([0], np.cumsum(upper)))
+            up_sizes = csum[ends] - csum[starts]
+            # batches are sorted: each step's upper part follows its lower part
+            self._helper.steps(
+                (flat[upper] - self._split).astype(np.int32), up_sizes.astype(np.int32), t0
+            )
+            flat, sizes = flat[~upper], sizes - up_sizes
+        self._range.steps(flat, sizes, t0)
 
     def _check(self, flat: np.ndarray, starts: np.ndarray, t0: int) -> None:
         if flat.size == 0:

@@ -284,3 +284,35 @@ def test_streamed_audit_reports_a_battery_error_as_the_sampling_check(tmp_path, 
     sampling = cert.check("sampling")
     assert sampling.failed and "boom in the battery" in sampling.reason
     assert sampling.details.get("error") is True
+    # the report's counts, which the battery would have shared, are counted on a second read
+    whole = _in_memory_certificate(path)
+    assert np.array_equal(cert.evidence.count_histogram, whole.evidence.count_histogram)
+    assert cert.evidence.count_histogram[1:].sum() > 0
+
+
+@pytest.mark.parametrize("redraw", [False, True])
+def test_two_process_pass_equals_the_one_process_pass(tmp_path, fakes, monkeypatch, redraw):
+    """A helper process taking part of the battery's examples (forced on with a tiny chunk) gives the
+    certificate of the one-process pass and of the whole-ledger audit: resumes, a redrawn
+    re-execution and a rate change included."""
+    from dpverify.stats import _ledger
+
+    path = fakes.write_ledger(tmp_path / "ledger", _resumed_ledger(fakes, redraw=redraw))
+    monkeypatch.setattr(_ledger, "STREAM_CHUNK", 40)
+    started = []
+    original = _ledger.BatchStream._masked_chunk
+
+    def spy(self, *a):
+        original(self, *a)
+        started.append(self._split < self._n)
+
+    monkeypatch.setattr(_ledger.BatchStream, "_masked_chunk", spy)
+    two = runner.run_audit(path, replay_steps=None, processes=2)
+    assert any(started)  # the helper took part
+    one = runner.run_audit(path, replay_steps=None, processes=1)
+    whole = _in_memory_certificate(path)
+    for cert in (one, whole):
+        assert two.verdict == cert.verdict
+        for a, b in zip(two.checks, cert.checks, strict=True):
+            assert (a.name, a.status, a.reason, a.details) == (b.name, b.status, b.reason, b.details)
+        assert np.array_equal(two.evidence.count_histogram, cert.evidence.count_histogram)

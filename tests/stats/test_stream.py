@@ -162,3 +162,71 @@ def test_masked_path_needs_dense_state_and_a_short_window():
         BatchStream(10, max_lag=65, masked=True)
     with pytest.raises(InvalidArgument, match="masked=True"):
         BatchStream(10, max_lag=4, sparse=True, masked=True)
+
+
+@pytest.fixture(scope="module")
+def helper():
+    from dpverify.stats._helper import RangeHelper
+
+    h = RangeHelper()
+    yield h
+    h.shutdown()
+
+
+def _summaries_equal(a, b):
+    for name in ("sizes", "seen", "seen_counts", "seen_last", "lag_overlap", "hashes"):
+        assert np.array_equal(getattr(a, name), getattr(b, name)), name
+    size = max(a.gap_hist.size, b.gap_hist.size)
+    assert np.array_equal(np.pad(a.gap_hist, (0, size - a.gap_hist.size)),
+                          np.pad(b.gap_hist, (0, size - b.gap_hist.size)))  # fmt: skip
+    assert a.adjacent_pairs == b.adjacent_pairs
+
+
+@pytest.mark.parametrize(
+    ("n", "steps", "q", "max_lag", "chunk"),
+    [(3000, 300, 0.02, 64, 500), (200, 120, 0.3, 5, 64), (50, 80, 0.9, 64, 7), (5000, 40, 0.001, 64, 1)],
+)
+def test_helper_process_gives_the_same_summary(helper, n, steps, q, max_lag, chunk):
+    """Examples split between this process and the helper: the summary is bit for bit the one-process one
+    (empty steps and batches wholly on one side of the split included)."""
+    rng = np.random.default_rng(n + steps)
+    batches = [np.flatnonzero(rng.random(n) < q) for _ in range(steps)]
+    batches[3] = np.zeros(0, dtype=np.int64)
+    batches[5] = np.arange(min(3, n))  # all below the split
+    out = []
+    for h in (None, helper):
+        stream = BatchStream(n, max_lag=max_lag, chunk_indices=chunk, helper=h)
+        for b in batches:
+            stream.add(b)
+        out.append(stream.finish())
+        if h is not None:
+            assert stream._split < n  # the helper took part
+    _summaries_equal(*out)
+
+
+def test_a_killed_helper_is_a_clear_error_not_a_hang():
+    from dpverify.stats._helper import HelperError, RangeHelper
+
+    h = RangeHelper()
+    stream = BatchStream(1000, max_lag=64, chunk_indices=10, helper=h)
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        stream.add(np.flatnonzero(rng.random(1000) < 0.1))
+    assert h.running
+    h._proc.kill()
+    h._proc.join()
+    with pytest.raises(HelperError, match="stopped unexpectedly"):
+        for _ in range(50):
+            stream.add(np.flatnonzero(rng.random(1000) < 0.1))
+        stream.finish()
+
+
+def test_an_error_in_the_helper_is_reported_with_its_message():
+    from dpverify.stats._helper import HelperError, RangeHelper
+
+    h = RangeHelper()
+    h.open(10, 5, 64, np.uint64(1), table=True)
+    h.steps(np.array([7], dtype=np.int32), np.array([1], dtype=np.int32), 0)  # index outside the range
+    with pytest.raises(HelperError, match="IndexError"):
+        h.close()
+    assert not h.running
