@@ -8,9 +8,12 @@ At the end it returns its range's counts, last steps, gap histogram, lagged
 overlaps and per-step partial hashes, which add to the caller's (integers:
 the merged summary is the same, bit for bit, as one process's).
 
-The helper is a ``spawn``-ed process (no state shared with the caller, no
-fork of a threaded process) that serves one :class:`MaskedRange` at a time
-over a pipe; one helper serves every segment of a ledger.  Sends block while
+The helper is a fresh interpreter (``python -m dpverify.stats._helper``: no
+fork of a possibly threaded caller, and unlike multiprocessing's ``spawn`` it
+never re-imports the caller's main script, so a script without an
+``if __name__ == "__main__"`` guard works) that serves one
+:class:`MaskedRange` at a time over two pipes; one helper serves every
+segment of a ledger.  Sends block while
 the helper is busy with the previous chunk (the pipe holds a few kilobytes),
 so at most two chunks are in flight and memory stays bounded.  An error in
 the helper (a ``MemoryError`` included) is sent back and raised in the
@@ -22,9 +25,11 @@ a dead helper can not hang the audit.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
+import subprocess
+import sys
 import weakref
+from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
@@ -79,9 +84,45 @@ def _stop(proc: Any, conn: Any) -> None:
     try:
         conn.close()
     finally:
-        if proc.is_alive():
-            proc.terminate()
-        proc.join(timeout=5)
+        if proc.poll() is None:
+            try:
+                proc.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+class _Duplex:
+    """One reading and one writing :class:`Connection` (two pipes) as one object."""
+
+    def __init__(self, read: Connection, write: Connection) -> None:
+        self._r, self._w = read, write
+
+    def send(self, obj: Any) -> None:
+        self._w.send(obj)
+
+    def recv(self) -> Any:
+        return self._r.recv()
+
+    def poll(self, timeout: float = 0.0) -> bool:
+        return self._r.poll(timeout)
+
+    def close(self) -> None:
+        for c in (self._r, self._w):
+            try:
+                c.close()
+            except OSError:
+                pass
+
+
+def _widen(fd: int) -> None:
+    """Ask for a 1 MiB pipe buffer (Linux; fewer switches per chunk); harmless if refused."""
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError):
+        pass
 
 
 class RangeHelper:
@@ -97,13 +138,32 @@ class RangeHelper:
         self._finalizer: Any = None
 
     def _start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=True)
-        proc = ctx.Process(target=_serve, args=(child,), daemon=True, name="dpverify-battery")
-        proc.start()
-        child.close()
-        self._proc, self._conn = proc, parent
-        self._finalizer = weakref.finalize(self, _stop, proc, parent)
+        to_child_r, to_child_w = os.pipe()
+        to_parent_r, to_parent_w = os.pipe()
+        _widen(to_child_w)
+        import dpverify
+
+        env = dict(os.environ)
+        # the child imports dpverify from where this process did
+        root = os.path.dirname(os.path.dirname(os.path.abspath(dpverify.__file__)))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        try:
+            proc = subprocess.Popen(
+                [sys.executable, "-m", "dpverify.stats._helper", str(to_child_r), str(to_parent_w)],
+                pass_fds=(to_child_r, to_parent_w),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.DEVNULL,
+                env=env,
+                close_fds=True,
+            )
+        finally:
+            os.close(to_child_r)
+            os.close(to_parent_w)
+        conn = _Duplex(
+            Connection(to_parent_r, writable=False), Connection(to_child_w, readable=False)
+        )
+        self._proc, self._conn = proc, conn
+        self._finalizer = weakref.finalize(self, _stop, proc, conn)
 
     def _failed(self, cause: BaseException | None) -> BaseException:
         """The helper's own error message if it sent one, else its exit status."""
@@ -119,9 +179,12 @@ class RangeHelper:
                     return HelperError(f"the battery's helper process failed: {kind}: {text}")
         except (EOFError, OSError):
             pass
+        code = None
         if proc is not None:
-            proc.join(timeout=5)
-        code = proc.exitcode if proc is not None else None
+            try:
+                code = proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                code = None
         self.shutdown()
         why = f" ({type(cause).__name__})" if cause is not None else ""
         return HelperError(
@@ -157,7 +220,7 @@ class RangeHelper:
                     break
             except (EOFError, OSError) as exc:
                 raise self._failed(exc) from None
-            if not proc.is_alive() and not conn.poll(0):
+            if proc.poll() is not None and not conn.poll(0):
                 raise self._failed(None)
         if msg[0] == "error":
             _, kind, text = msg
@@ -172,7 +235,7 @@ class RangeHelper:
         if self._proc is None:
             return
         try:
-            if self._proc.is_alive():
+            if self._proc.poll() is None:
                 self._conn.send(("exit",))
         except Exception:
             pass
@@ -182,4 +245,9 @@ class RangeHelper:
 
     @property
     def running(self) -> bool:
-        return self._proc is not None and self._proc.is_alive()
+        return self._proc is not None and self._proc.poll() is None
+
+
+if __name__ == "__main__":  # pragma: no cover - the helper process
+    _read_fd, _write_fd = int(sys.argv[1]), int(sys.argv[2])
+    _serve(_Duplex(Connection(_read_fd, writable=False), Connection(_write_fd, readable=False)))

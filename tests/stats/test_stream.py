@@ -214,7 +214,7 @@ def test_a_killed_helper_is_a_clear_error_not_a_hang():
         stream.add(np.flatnonzero(rng.random(1000) < 0.1))
     assert h.running
     h._proc.kill()
-    h._proc.join()
+    h._proc.wait()
     with pytest.raises(HelperError, match="stopped unexpectedly"):
         for _ in range(50):
             stream.add(np.flatnonzero(rng.random(1000) < 0.1))
