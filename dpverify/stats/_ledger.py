@@ -290,7 +290,7 @@ class SamplingStream:
 
     Args: as :func:`sampling_from_ledger`, with the run ``header``, and
         processes: 2 lets a helper process take part of the examples of the
-            per-example work (:mod:`dpverify.stats._helper`) once a segment is
+            per-example work (:mod:`dpverify._masked_helper`) once a segment is
             large (over 2²⁰ recorded indices), 1 keeps it in this process;
             ``None``: 2 when this process may use two CPUs or more.  The result
             is the same.
@@ -309,7 +309,7 @@ class SamplingStream:
         max_lag: int = DEFAULT_MAX_LAG,
         processes: int | None = None,
     ) -> None:
-        from dpverify.stats._helper import RangeHelper, available_cpus
+        from dpverify._masked_helper import RangeHelper, available_cpus
 
         self._alpha = check_probability("alpha", alpha, allow_one=False)
         if processes is None:

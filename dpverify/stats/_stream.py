@@ -43,6 +43,8 @@ from typing import Any
 
 import numpy as np
 
+from dpverify._masked import MaskedRange
+from dpverify._masked import weights as _weights
 from dpverify.errors import InvalidArgument
 
 __all__ = ["DENSE_MAX_EXAMPLES", "BatchStream", "StreamSummary"]
@@ -53,48 +55,10 @@ DENSE_MAX_EXAMPLES = 1 << 24
 #: Largest window of the sort-free dense path (the recent-inclusion mask is one uint64).
 MASK_MAX_LAG = 64
 
-#: Largest N whose hash weights are tabulated once (8 bytes per example).
-WEIGHT_TABLE_MAX = 1 << 22
-
 #: Share of the examples (the lowest indices) the calling process keeps on the masked path
 #: when a helper process takes the rest: the caller also reads, verifies and decodes the
 #: ledger, so it keeps less than half (measured, docs/scale.md).
 MAIN_SHARE = 0.4
-
-#: ``_SHIFT[d]`` = 2^(d−1) for 1 <= d <= 64, and 0 for d = 65 (a gap beyond the window).
-_SHIFT = np.concatenate(
-    ([np.uint64(0)], np.left_shift(np.uint64(1), np.arange(64, dtype=np.uint64)), [np.uint64(0)])
-).astype(np.uint64)
-_CELL = np.dtype([("last", "<i8"), ("mask", "<u8")])
-#: ``last`` of an example never seen on the masked path: any "gap" from it exceeds every real gap.
-_NEVER = -(1 << 50)
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
-_MIX2 = np.uint64(0x94D049BB133111EB)
-
-
-def _weights(idx: np.ndarray, key: np.uint64) -> np.ndarray:
-    """SplitMix64 finaliser of ``idx·φ + key``: pseudo-random 64-bit weights without a table."""
-    with np.errstate(over="ignore"):
-        z = idx.astype(np.uint64) * _GOLDEN + key
-        z = (z ^ (z >> np.uint64(30))) * _MIX1
-        z = (z ^ (z >> np.uint64(27))) * _MIX2
-        return z ^ (z >> np.uint64(31))
-
-
-def _bit_positions(words: np.ndarray, size: int) -> np.ndarray:
-    """``out[j]`` = how many of ``words`` (uint64) have bit j set, j < size."""
-    out = np.zeros(size, dtype=np.int64)
-    w = words[words != 0]
-    while w.size:
-        low = w & (~w + np.uint64(1))  # lowest set bit
-        # a power of two converts to float64 exactly: its exponent field is the bit position
-        pos = (low.astype(np.float64).view(np.int64) >> 52) - 1023
-        out += np.bincount(pos, minlength=size)[:size]
-        w = w ^ low
-        w = w[w != 0]
-    return out
-
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class StreamSummary:
@@ -209,104 +173,6 @@ class _SparseState:
         return self.idx, self.counts, self.last
 
 
-class MaskedRange:
-    """The sort-free per-example state of the examples in ``[lo, lo + size)``.
-
-    Per example: the step of its last inclusion and a 64-bit mask of its
-    inclusions in the ``max_lag`` steps before it (one 16-byte cell), and its
-    inclusion count; plus the return-gap histogram and lagged overlaps of
-    those examples' inclusions, and each step's partial batch hash (the sum of
-    its examples' weights, mod 2⁶⁴).  Every statistic is a sum over examples,
-    so disjoint ranges of examples are independent and their results add:
-    :class:`BatchStream` may hand a range to a second process
-    (:mod:`dpverify.stats._helper`).
-    """
-
-    def __init__(self, lo: int, size: int, max_lag: int, key: np.uint64, *, table: bool) -> None:
-        self.lo, self.size, self.max_lag = int(lo), int(size), int(max_lag)
-        self.key = np.uint64(key)
-        self.cells = np.zeros(self.size, dtype=_CELL)
-        self.cells["last"] = _NEVER
-        self.counts = np.zeros(self.size, dtype=np.int64)
-        self.table = (
-            _weights(np.arange(self.lo, self.lo + self.size, dtype=np.int64), self.key)
-            if table
-            else None
-        )
-        self.gap_hist = np.zeros(1, dtype=np.int64)
-        self.lag_overlap = np.zeros(self.max_lag + 1, dtype=np.int64)
-        self.hashes: list[np.ndarray] = []
-
-    def steps(self, flat: np.ndarray, sizes: np.ndarray, t0: int) -> None:
-        """Consecutive steps ``t0, t0 + 1, ...``: their batches (local indices ``i − lo``,
-        sorted within a step) concatenated in ``flat``, their sizes in ``sizes``.
-
-        ``mask[i]`` has bit j set when example i was included j steps before
-        its last inclusion ``last[i]`` (bit 0: the last inclusion itself), for
-        j < max_lag.  At step t, with gap d = t − last[i] >= 1, the mask
-        ``mask[i] << (d − 1)`` has bit p set exactly when example i was
-        included at step t − (p + 1): its set bits p < max_lag are the earlier
-        inclusions at lags 1..max_lag.  The shift is a multiplication by
-        ``_SHIFT[min(d, 65)]`` (2^(d−1), and 0 beyond a gap of 64, which
-        empties the mask); an example never seen has ``last = _NEVER``, so its
-        "gap" is above any real one and is dropped from the gap histogram.
-        """
-        sizes = np.asarray(sizes, dtype=np.int64)
-        ends = np.cumsum(sizes)
-        starts = ends - sizes
-        if self.table is not None:
-            weights = self.table[flat]
-        else:
-            weights = _weights(flat.astype(np.int64) + self.lo, self.key)
-        csum = np.concatenate(([np.uint64(0)], np.cumsum(weights, dtype=np.uint64)))
-        self.hashes.append(csum[ends] - csum[starts])
-        del weights, csum
-        cells = self.cells
-        max_lag = self.max_lag
-        low_bits = np.uint64((1 << max_lag) - 1)  # bits 0..max_lag-1
-        full = max_lag == 64  # then the masks need no trimming
-        one = np.uint64(1)
-        gaps: list[np.ndarray] = []
-        masks: list[np.ndarray] = []
-        for j, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
-            if a == b:
-                continue
-            t = t0 + j
-            batch = flat[a:b]
-            rows = cells[batch]
-            d = t - rows["last"]
-            gaps.append(d)
-            rel = rows["mask"] * _SHIFT[np.minimum(d, 65)]  # << (d − 1), mod 2⁶⁴; 0 past lag 64
-            if not full:
-                rel &= low_bits
-            masks.append(rel)
-            nxt = (rel << one) | one
-            if not full:
-                nxt &= low_bits
-            rows["mask"] = nxt
-            rows["last"] = t
-            cells[batch] = rows
-        if gaps:
-            g = np.concatenate(gaps)
-            g = g[g <= t0 + sizes.size]  # drop first inclusions (gap from _NEVER)
-            hist = np.bincount(g) if g.size else np.zeros(1, dtype=np.int64)
-            if hist.size > self.gap_hist.size:
-                hist[: self.gap_hist.size] += self.gap_hist
-                self.gap_hist = hist
-            else:
-                self.gap_hist[: hist.size] += hist
-        if masks:
-            self.lag_overlap[1:] += _bit_positions(np.concatenate(masks), max_lag)
-        if flat.size:
-            self.counts += np.bincount(flat, minlength=self.size)
-
-    def result(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """``(counts, last, gap_hist, lag_overlap, hashes)`` of the range (last: −1 if never seen)."""
-        hashes = np.concatenate(self.hashes) if self.hashes else np.zeros(0, dtype=np.uint64)
-        last = np.maximum(self.cells["last"], -1)
-        return self.counts, last, self.gap_hist, self.lag_overlap, hashes
-
-
 def _add_hist(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.zeros(max(a.size, b.size), dtype=np.int64)
     out[: a.size] += a
@@ -326,7 +192,7 @@ class BatchStream:
             N > :data:`DENSE_MAX_EXAMPLES`).
         masked: use the sort-free dense path (default: when the state is dense
             and ``max_lag`` <= :data:`MASK_MAX_LAG`); the summary is the same.
-        helper: a :class:`~dpverify.stats._helper.RangeHelper` that takes the
+        helper: a :class:`~dpverify._masked_helper.RangeHelper` that takes the
             examples at or above a split point on the masked path, in a second
             process, once the stream is large (a whole chunk at the first
             flush); ``None``: one process.  The summary is the same.
@@ -456,13 +322,12 @@ class BatchStream:
     ) -> None:
         """The sort-free dense path (:class:`MaskedRange`), split with the helper if there is one."""
         if self._range is None:  # the first chunk decides on the split
-            table = self._n <= WEIGHT_TABLE_MAX
             if self._helper is not None and flat.size >= self._chunk:
                 self._split = max(1, min(self._n - 1, int(self._n * MAIN_SHARE)))
                 self._helper.open(
-                    self._split, self._n - self._split, self._max_lag, self._key, table=table
+                    self._split, self._n - self._split, self._max_lag, self._key
                 )
-            self._range = MaskedRange(0, self._split, self._max_lag, self._key, table=table)
+            self._range = MaskedRange(0, self._split, self._max_lag, self._key)
         if self._split < self._n:
             upper = flat >= self._split
             csum = np.concatenate(([0], np.cumsum(upper)))

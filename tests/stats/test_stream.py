@@ -166,7 +166,7 @@ def test_masked_path_needs_dense_state_and_a_short_window():
 
 @pytest.fixture(scope="module")
 def helper():
-    from dpverify.stats._helper import RangeHelper
+    from dpverify._masked_helper import RangeHelper
 
     h = RangeHelper()
     yield h
@@ -205,7 +205,7 @@ def test_helper_process_gives_the_same_summary(helper, n, steps, q, max_lag, chu
 
 
 def test_a_killed_helper_is_a_clear_error_not_a_hang():
-    from dpverify.stats._helper import HelperError, RangeHelper
+    from dpverify._masked_helper import HelperError, RangeHelper
 
     h = RangeHelper()
     stream = BatchStream(1000, max_lag=64, chunk_indices=10, helper=h)
@@ -222,11 +222,22 @@ def test_a_killed_helper_is_a_clear_error_not_a_hang():
 
 
 def test_an_error_in_the_helper_is_reported_with_its_message():
-    from dpverify.stats._helper import HelperError, RangeHelper
+    from dpverify._masked_helper import HelperError, RangeHelper
 
     h = RangeHelper()
-    h.open(10, 5, 64, np.uint64(1), table=True)
+    h.open(10, 5, 64, np.uint64(1))
     h.steps(np.array([7], dtype=np.int32), np.array([1], dtype=np.int32), 0)  # index outside the range
     with pytest.raises(HelperError, match="IndexError"):
         h.close()
     assert not h.running
+
+
+def test_bit_positions_count_every_bit():
+    from dpverify._masked import bit_positions
+
+    rng = np.random.default_rng(3)
+    words = rng.integers(0, 2**63, 500, dtype=np.uint64) | (rng.integers(0, 2, 500, dtype=np.uint64) << np.uint64(63))
+    words[::7] = 0
+    brute = [int(((words >> np.uint64(j)) & np.uint64(1)).sum()) for j in range(64)]
+    assert list(bit_positions(words, 64)) == brute
+    assert list(bit_positions(words, 10)) == brute[:10]

@@ -1,6 +1,6 @@
 """A second process for the battery's per-example work (the masked path).
 
-Every statistic of :class:`~dpverify.stats._stream.MaskedRange` is a sum
+Every statistic of :class:`~dpverify._masked.MaskedRange` is a sum
 over examples, so the examples can be split at an index s: the calling
 process keeps ``[0, s)``, a helper process holds ``[s, N)`` and is sent, per
 chunk of steps, each batch's part at or above s (int32, relative to s).
@@ -8,13 +8,13 @@ At the end it returns its range's counts, last steps, gap histogram, lagged
 overlaps and per-step partial hashes, which add to the caller's (integers:
 the merged summary is the same, bit for bit, as one process's).
 
-The helper is a fresh interpreter (``python -m dpverify.stats._helper``: no
+The helper is a fresh interpreter (``python -m dpverify._masked_helper``, which imports numpy and the kernel only; no
 fork of a possibly threaded caller, and unlike multiprocessing's ``spawn`` it
 never re-imports the caller's main script, so a script without an
 ``if __name__ == "__main__"`` guard works) that serves one
 :class:`MaskedRange` at a time over two pipes; one helper serves every
 segment of a ledger.  Sends block while
-the helper is busy with the previous chunk (the pipe holds a few kilobytes),
+the helper is busy with the previous chunk (the pipe holds at most 1 MiB),
 so at most two chunks are in flight and memory stays bounded.  An error in
 the helper (a ``MemoryError`` included) is sent back and raised in the
 caller as the same exception type where it is a ``MemoryError``, else as a
@@ -50,7 +50,7 @@ def available_cpus() -> int:
 
 
 def _serve(conn: Any) -> None:  # pragma: no cover - runs in the helper process
-    from dpverify.stats._stream import MaskedRange
+    from dpverify._masked import MaskedRange
 
     state: MaskedRange | None = None
     try:
@@ -58,8 +58,8 @@ def _serve(conn: Any) -> None:  # pragma: no cover - runs in the helper process
             msg = conn.recv()
             op = msg[0]
             if op == "open":
-                _, lo, size, max_lag, key, table = msg
-                state = MaskedRange(lo, size, max_lag, np.uint64(key), table=table)
+                _, lo, size, max_lag, key = msg
+                state = MaskedRange(lo, size, max_lag, np.uint64(key))
             elif op == "steps":
                 assert state is not None
                 _, t0, sizes, flat = msg
@@ -149,7 +149,7 @@ class RangeHelper:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         try:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "dpverify.stats._helper", str(to_child_r), str(to_parent_w)],
+                [sys.executable, "-m", "dpverify._masked_helper", str(to_child_r), str(to_parent_w)],
                 pass_fds=(to_child_r, to_parent_w),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -199,11 +199,11 @@ class RangeHelper:
         except (BrokenPipeError, ConnectionResetError, EOFError, OSError) as exc:
             raise self._failed(exc) from None
 
-    def open(self, lo: int, size: int, max_lag: int, key: np.uint64, *, table: bool) -> None:
+    def open(self, lo: int, size: int, max_lag: int, key: np.uint64) -> None:
         """Start (if needed) and give the helper a fresh range ``[lo, lo + size)``."""
         if self._proc is None:
             self._start()
-        self._send(("open", int(lo), int(size), int(max_lag), int(key), bool(table)))
+        self._send(("open", int(lo), int(size), int(max_lag), int(key)))
 
     def steps(self, flat: np.ndarray, sizes: np.ndarray, t0: int) -> None:
         """Send consecutive steps' parts (local int32 indices, sizes)."""
