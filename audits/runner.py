@@ -384,8 +384,9 @@ def run_audit(
         processes: processes of the one streaming pass: 2 lets a helper
             process take part of the sampling battery's per-example work on
             large ledgers (:class:`dpverify.stats.SamplingStream`), 1 keeps
-            everything in this one; ``None``: 2 when two CPUs are available.
-            The certificate is the same.
+            everything in this one; ``None``: 1 with the compiled (numba)
+            loop, else 2 when two CPUs are available.  The certificate is the
+            same.
 
     Returns:
         The certificate; a corrupt ledger gives verdict ``unverifiable``.

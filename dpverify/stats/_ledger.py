@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from dpverify._masked import compiled_steps
 from dpverify._validate import check_int, check_probability
 from dpverify.errors import InvalidArgument
 from dpverify.stats._declared import FLOAT32_REL, NULL_SAMPLERS, DeclaredNull
@@ -50,8 +51,11 @@ __all__ = [
 #: A segment with fewer batches only tests gross violations: it is reported as too short.
 MIN_SEGMENT_BATCHES = 20
 
-#: Indices a segment's stream buffers per vectorised chunk (the first full one starts the helper).
-STREAM_CHUNK = 1 << 20
+#: Indices a segment's stream buffers per chunk (the first full one starts the helper): 2²³
+#: (≈ 512 ImageNet steps, 64 MiB as int64) for the compiled loop, which walks each chunk one
+#: cache-sized block of examples at a time (more steps per block visit, less memory traffic);
+#: 2²⁰ for the numpy loop, whose temporaries should stay in the cache.
+STREAM_CHUNK: int | None = None
 
 #: Tests whose evidence is exact: they run (and can fail) however short a segment is.
 EXACT_TESTS = EXACT_TEST_NAMES
@@ -304,9 +308,10 @@ class SamplingStream:
     Args: as :func:`sampling_from_ledger`, with the run ``header``, and
         processes: 2 lets a helper process take part of the examples of the
             per-example work (:mod:`dpverify._masked_helper`) once a segment is
-            large (over 2²⁰ recorded indices), 1 keeps it in this process;
-            ``None``: 2 when this process may use two CPUs or more.  The result
-            is the same.
+            large (a whole chunk of recorded indices), 1 keeps it in this
+            process; ``None``: 1 where the compiled loop runs (numba: a helper
+            did not pay, docs/scale.md), else 2 when this process may use two
+            CPUs or more.  The result is the same.
 
     Raises:
         InvalidArgument: the header's sampler has no null, or bad parameters.
@@ -326,7 +331,7 @@ class SamplingStream:
 
         self._alpha = check_probability("alpha", alpha, allow_one=False)
         if processes is None:
-            processes = 2 if available_cpus() >= 2 else 1
+            processes = 2 if compiled_steps() is None and available_cpus() >= 2 else 1
         check_int("processes", processes, minimum=1)
         self._helper = RangeHelper() if processes >= 2 else None
         self._seed = check_int("seed", seed, minimum=0)
@@ -358,7 +363,7 @@ class SamplingStream:
                 null.dataset_size,
                 max_lag=_window(null, self._max_lag),
                 hash_seed=self._seed,
-                chunk_indices=STREAM_CHUNK,
+                chunk_indices=STREAM_CHUNK or (1 << 23 if compiled_steps() else 1 << 20),
                 helper=self._helper,
             )
             self._segment = seg

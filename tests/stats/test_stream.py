@@ -241,3 +241,45 @@ def test_bit_positions_count_every_bit():
     brute = [int(((words >> np.uint64(j)) & np.uint64(1)).sum()) for j in range(64)]
     assert list(bit_positions(words, 64)) == brute
     assert list(bit_positions(words, 10)) == brute[:10]
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    n=st.integers(1, 300),
+    steps=st.integers(0, 80),
+    q=st.floats(0.0, 1.0),
+    max_lag=st.sampled_from([1, 3, 17, 63, 64]),
+    chunk=st.integers(1, 40),
+    seed=st.integers(0, 2**32),
+)
+def test_compiled_loop_equals_numpy_loop(n, steps, q, max_lag, chunk, seed):
+    """The numba loop (example blocks, de Bruijn bit positions) and the numpy loop agree bit for bit."""
+    from dpverify import _masked
+
+    if _masked.compiled_steps() is None:
+        pytest.skip("numba is not installed")
+    rng = np.random.default_rng(seed)
+    batches = [np.flatnonzero(rng.random(n) < q) for _ in range(steps)]
+    out = []
+    for compiled in (True, False):
+        r = _masked.MaskedRange(0, n, max_lag, np.uint64(seed))
+        r.compiled = compiled
+        for a in range(0, steps, chunk):
+            part = batches[a : a + chunk]
+            sizes = np.array([b.size for b in part], dtype=np.int64)
+            r.steps(np.concatenate(part) if part else np.zeros(0, np.int64), sizes, a)
+        out.append(r.result())
+    for x, y in zip(*out, strict=True):
+        assert np.array_equal(x, y)
+
+
+def test_compiled_loop_refuses_unsorted_or_out_of_range_batches():
+    from dpverify import _masked
+
+    if _masked.compiled_steps() is None:
+        pytest.skip("numba is not installed")
+    r = _masked.MaskedRange(0, 10, 64, np.uint64(1))
+    with pytest.raises(IndexError):
+        r.steps(np.array([5, 3]), np.array([2]), 0)
+    with pytest.raises(IndexError):
+        r.steps(np.array([3, 10]), np.array([2]), 0)
