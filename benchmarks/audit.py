@@ -36,7 +36,9 @@ N = 1 281 167, q = 0.012788, T = 71 589 (≈ 1.17·10⁹ sampled indices;
   (``dpverify audit --no-replay``) in a fresh process: wall and CPU seconds,
   seconds per check and per part of the one streaming pass (``read_pass_*``:
   verify + decode, battery, inclusion counts), that process's peak resident
-  memory (``ru_maxrss``) and the load average.  ``--battery-only LEDGER``
+  memory (``ru_maxrss``) and the load average; ``--processes P`` sets the
+  pass's processes (CPU seconds and peak include the battery's helper
+  process: ``helper_cpu_seconds``, ``helper_peak_rss_mb``).  ``--battery-only LEDGER``
   times the sampling battery alone (``sampling_from_ledger(path)``).
 """
 
