@@ -21,8 +21,11 @@ machine the cheap regimes (run first) reach the target and the costliest ones
 (q·N = 100, T = 10⁴: about 0.5 CPU-s per ledger) get the time that is left.
 ``--workers`` runs regimes in parallel.
 
+The battery runs with its default seed (0), as the audit does.
+
 Usage: ``python benchmarks/stats_calibration.py [--reps 1000] [--alpha 0.05]
-[--time-budget 600] [--stop-at UNIX_TIME] [--workers 2] [--only qn,N,T ...]``;
+[--time-budget 600] [--stop-at UNIX_TIME] [--workers 2] [--only qn,N,T ...]
+[--label TEXT]``;
 ``--render OUT.jsonl`` prints the Markdown table of an output.
 """
 
@@ -86,10 +89,10 @@ def honest_ledger(generator: str, seed: int, n: int, q: float, steps: int) -> li
     return np.split(idx, np.searchsorted(step, np.arange(1, steps)))
 
 
-def run_regime(spec: tuple[float, int, int, int, float, float, int, float]) -> dict:
+def run_regime(spec: tuple[float, int, int, int, float, float, int, float, str]) -> dict:
     from dpverify.stats import run_battery
 
-    qn, n, steps, reps, alpha, budget, base_seed, stop_at = spec
+    qn, n, steps, reps, alpha, budget, base_seed, stop_at, label = spec
     q = qn / n
     start = time.perf_counter()
     cpu0 = time.process_time()
@@ -130,6 +133,8 @@ def run_regime(spec: tuple[float, int, int, int, float, float, int, float]) -> d
         "rejecting_tests": dict(tests),
         "wall_s": round(time.perf_counter() - start, 1),
         "cpu_s": round(time.process_time() - cpu0, 1),
+        "load_avg_1m": round(os.getloadavg()[0], 2),
+        **({"source": label} if label else {}),
     }
 
 
@@ -170,6 +175,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--only", nargs="*", default=None, help="regimes as qn,N,T")
+    parser.add_argument("--label", default="", help="a note stored in every row (commit, time)")
     parser.add_argument("--render", default=None, help="print the Markdown table of a JSONL output")
     args = parser.parse_args(argv)
     if args.render:
@@ -181,7 +187,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         wanted = {tuple(float(x) for x in s.split(",")) for s in args.only}
         regimes = [r for r in regimes if (r[0], float(r[1]), float(r[2])) in wanted]
     specs = [
-        (qn, n, t, args.reps, args.alpha, args.time_budget, args.seed + k, args.stop_at)
+        (qn, n, t, args.reps, args.alpha, args.time_budget, args.seed + k, args.stop_at, args.label)
         for k, (qn, n, t) in enumerate(regimes)
     ]
     rows = []

@@ -415,7 +415,7 @@ class SamplingStream:
         segments: list[SegmentResult] = []
         for k, ((lo, hi, count), summary) in enumerate(zip(plan.bounds, self._done, strict=True)):
             rate = next(r for r, s in zip(plan.rates, plan.segment_of, strict=True) if s == k)
-            result = _assemble(summary, declared_null(self._header, rate), level)
+            result = _assemble(summary, declared_null(self._header, rate), level, seed=self._seed)
             if not result.passed:
                 status = "fail"
             elif count < MIN_SEGMENT_BATCHES or not any(

@@ -23,23 +23,32 @@ every test is written for them.  :func:`run_battery` streams the batches once
 ======  ============================  ==============================================
 
 The exact tests T0 and T0′ (impossible sizes, examples outside their group)
-reject on a certain violation and take no share of α.  Only tests with a
-meaningful null for the run vote (a test whose
-approximation does not hold for so few or so small batches reports
-``meaningful=False`` and is left out of the correction).  The rate is tested
-one-sided: a declared q above what the indices show is conservative (ε grows
-with q) and the shape tests then use the observed rate.  The family-wise
-false-positive rate is controlled at α with Holm's weighted step-down procedure: every test has weight 1 except the two whose statistics
-are nearly all-or-nothing, ``truncation_scan`` (:data:`TRUNCATION_SCAN_WEIGHT`)
-and ``repeated_batches`` (:data:`REPEATED_BATCHES_WEIGHT`); the other tests
-then use the α those two could not spend (Holm 1979, "A simple sequentially rejective multiple test
-procedure", Scand. J. Statist. 6:65–70).  Statistics, null distributions and
-what each test catches are documented in ``docs/statistics.md``.
+reject on a certain violation and take no share of α.  ``repeated_batches``
+(T10) rejects on any exact repeat among batch classes chosen, from the sizes
+alone, so that the expected number of chance repeats is at most
+:data:`REPEATED_BATCHES_SHARE` · α: its false-positive rate is at most that
+(Markov's inequality), and the rest of the battery runs at the α left.  Only
+tests with a meaningful null for the run vote (a test whose approximation
+does not hold for so few or so small batches reports ``meaningful=False`` and
+is left out of the correction).  The rate is tested one-sided: a declared q
+above what the indices show is conservative (ε grows with q) and the shape
+tests then use the observed rate.
+
+The four batch-size tests (T1, T2, T4, T9) are functions of the same size
+histogram and strongly dependent; they vote as **one family** with an exact
+Monte Carlo min-p value (:mod:`dpverify.stats._size_family`; Westfall & Young
+1993; Besag & Clifford 1991), uniform under the null at every level, with the
+Holm weight of its members together.  The family and the other voting tests
+(weight 1 each) are combined by Holm's weighted step-down procedure (Holm
+1979, "A simple sequentially rejective multiple test procedure", Scand. J.
+Statist. 6:65–70); a member is shown rejected when the family is and its own
+Westfall–Young adjusted p-value is within the family's level.  Statistics,
+null distributions and what each test catches are documented in
+``docs/statistics.md``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -64,7 +73,9 @@ from dpverify.stats._pair_tests import (
 )
 from dpverify.stats._raw import RawTest
 from dpverify.stats._results import BatteryResult, TestResult
+from dpverify.stats._size_family import SizeFamily
 from dpverify.stats._size_tests import (
+    _bins,
     batch_size_dispersion,
     batch_size_fit,
     batch_size_support,
@@ -75,9 +86,9 @@ from dpverify.stats._stream import BatchStream, StreamSummary
 
 __all__ = [
     "DEFAULT_MAX_LAG",
-    "REPEATED_BATCHES_WEIGHT",
+    "REPEATED_BATCHES_SHARE",
+    "SIZE_FAMILY",
     "TEST_NAMES",
-    "TRUNCATION_SCAN_WEIGHT",
     "holm",
     "run_battery",
     "run_battery_on",
@@ -86,14 +97,13 @@ __all__ = [
 #: Largest lag of the lagged-overlap scan (T7): the window of recent batches kept.
 DEFAULT_MAX_LAG = 64
 
-#: Holm weight of ``truncation_scan``: its statistic (the largest batch) takes
-#: few values, so it can spend only a fraction of an equal share of α under the
-#: null, while a real cap c drives its p-value to about F(c)^T.
-TRUNCATION_SCAN_WEIGHT = 0.25
+#: The share of α given to ``repeated_batches`` (T10): the expected number of chance
+#: repeats among the batches it compares is at most this times α, which bounds its
+#: false-positive rate (Markov); the rest of the battery runs at the α left.
+REPEATED_BATCHES_SHARE = 1e-3
 
-#: Holm weight of ``repeated_batches``: under the null it rejects with
-#: probability about C(T,2)·P(two batches equal), astronomically small.
-REPEATED_BATCHES_WEIGHT = 0.01
+#: The batch-size tests, tested as one family (:mod:`dpverify.stats._size_family`).
+SIZE_FAMILY = ("batch_size_dispersion", "batch_size_fit", "total_inclusions", "truncation_scan")
 
 #: Tests whose evidence is exact (p = 0 on a violation, else 1): outside the correction.
 EXACT_TEST_NAMES = ("batch_size_support", "group_membership")
@@ -182,7 +192,9 @@ def _cannot_see(
     }
 
 
-def _run_tests(summary: StreamSummary, null: DeclaredNull, rate: float) -> list[RawTest]:
+def _run_tests(
+    summary: StreamSummary, null: DeclaredNull, rate: float, repeat_budget: float
+) -> list[RawTest]:
     sizes = summary.sizes
     declared = null.size_law()
     shape = null.size_law(rate) if rate != null.within_rate else declared
@@ -204,8 +216,8 @@ def _run_tests(summary: StreamSummary, null: DeclaredNull, rate: float) -> list[
         return_gaps(summary, shape, null),
         lagged_overlap_scan(summary, null),
         adjacent_index_pairs(summary, null),
-        dataclasses.replace(truncation_scan(sizes, shape), weight=TRUNCATION_SCAN_WEIGHT),
-        dataclasses.replace(repeated_batches(summary, null), weight=REPEATED_BATCHES_WEIGHT),
+        truncation_scan(sizes, shape),
+        repeated_batches(summary, null, budget=repeat_budget),
     ]
     return tests
 
@@ -236,7 +248,9 @@ def run_battery(
         alpha: family-wise false-positive rate, in (0, 1).
         cap: declared maximum batch size (Poisson truncated at ``cap``).
         seed: seed of the battery's own randomness (the weights of the batch
-            hash); results do not depend on it except with probability 2⁻⁶⁴.
+            hash, the batch-size family's Monte Carlo and its tie-breaking):
+            results are deterministic given it; the family p-value varies with
+            it as an exact randomised p-value does.
         max_lag: lags scanned by ``lagged_overlap_scan`` (in steps of a group
             for cyclic Poisson).
         sampler: ``"poisson"`` (default; ``"truncated_poisson"`` when ``cap``
@@ -293,7 +307,7 @@ def run_battery_on(
     stream = BatchStream(null.dataset_size, max_lag=_window(null, max_lag), hash_seed=seed)
     for batch in batches:
         stream.add(batch)
-    return _assemble(stream.finish(), null, alpha)
+    return _assemble(stream.finish(), null, alpha, seed=seed)
 
 
 def _shape_rate(summary: StreamSummary, null: DeclaredNull) -> float:
@@ -310,16 +324,104 @@ def _shape_rate(summary: StreamSummary, null: DeclaredNull) -> float:
     return max(min(null.within_rate, observed), 1e-300)
 
 
-def _assemble(summary: StreamSummary, null: DeclaredNull, alpha: float) -> BatteryResult:
+def _family_members(null: DeclaredNull, steps: int) -> list[str]:
+    """The size tests in the family: chosen from the declared law and T only (a fixed rule)."""
+    law = null.size_law()
+    if not null.random_sizes or steps == 0 or law.var <= 0.0:
+        return []  # sizes fixed by the declared law: checked exactly (T0), tests vote alone
+    members = []
+    if steps >= 20 and law.var > 0.0:
+        members.append("batch_size_dispersion")
+    if _bins(law, steps).size >= 3:
+        members.append("batch_size_fit")
+    members.append("total_inclusions")
+    if steps >= 20 and law.var > 0.0:
+        members.append("truncation_scan")
+    return members
+
+
+def _family_threshold(p_values: list[float], weights: list[float], w: float, alpha: float) -> float:
+    """The largest family p-value Holm rejects, given the other tests' p-values.
+
+    Holm's rejection of one test is monotone in its p-value, and the boundary
+    is one of ``α w / (w + Σ of the weights ranked after it)``; each candidate
+    is checked by running Holm.
+    """
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i] / weights[i])
+    best = alpha * w / (w + sum(weights))  # the first step: always rejected at this p
+    for j in range(1, len(order) + 1):
+        candidate = alpha * w / (w + sum(weights[i] for i in order[j:]))
+        if candidate > best and holm([*p_values, candidate], alpha, [*weights, w])[0][-1]:
+            best = candidate
+    return best
+
+
+def _assemble(
+    summary: StreamSummary, null: DeclaredNull, alpha: float, *, seed: int = 0
+) -> BatteryResult:
     rate = _shape_rate(summary, null)
-    raws = _run_tests(summary, null, rate)
+    repeat_level = REPEATED_BATCHES_SHARE * alpha
+    raws = _run_tests(summary, null, rate, repeat_level)
+    by_name = {r.name: r for r in raws}
     # Exact tests (p = 0 on a certain violation, else 1) reject on their own and take no
-    # share of α; the other meaningful tests share α by Holm.
+    # share of α.  T10 rejects on any repeat, at a level bounded by repeat_level (Markov).
     exact = [r for r in raws if r.name in EXACT_TEST_NAMES]
-    voting = [r for r in raws if r.meaningful and r.name not in EXACT_TEST_NAMES]
-    rejected_v, adjusted_v = holm([r.p_value for r in voting], alpha, [r.weight for r in voting])
-    decisions = {id(r): (rej, adj) for r, rej, adj in zip(voting, rejected_v, adjusted_v, strict=True)}
+    repeats = by_name["repeated_batches"]
+    holm_alpha = alpha - repeat_level if repeats.meaningful else alpha
+    members = _family_members(null, summary.steps)
+    others = [
+        r
+        for r in raws
+        if r.meaningful
+        and r.name not in EXACT_TEST_NAMES
+        and not (members and r.name in SIZE_FAMILY)
+        and r.name != "repeated_batches"
+    ]
+    p_values = [r.p_value for r in others]
+    weights = [r.weight for r in others]
+    family_result = None
+    if members:
+        total_weight = sum(weights) + len(members)
+        family = SizeFamily(null.size_law(), summary.steps, members, refit=null.sampler in ("poisson", "cyclic_poisson"))
+        family_result = family.p_value(
+            summary.sizes,
+            seed=seed,
+            level=_family_threshold(p_values, weights, float(len(members)), holm_alpha),
+            own_p=[by_name[m].p_value for m in members],
+        )
+        p_values.append(family_result.p_value)
+        weights.append(float(len(members)))
+    rejected_v, adjusted_v = holm(p_values, holm_alpha, weights)
+    scale = alpha / holm_alpha  # adjusted p-values are reported against α
+    decisions = {
+        id(r): (rej, min(1.0, adj * scale))
+        for r, rej, adj in zip(others, rejected_v, adjusted_v, strict=False)
+    }
+    if family_result is not None:
+        fam_rej, fam_adj = rejected_v[-1], adjusted_v[-1]
+        for name, wy in zip(family_result.members, family_result.member_p, strict=True):
+            if family_result.p_value > 0.0:
+                adj = min(1.0, max(fam_adj, fam_adj * wy / family_result.p_value) * scale)
+            else:  # Bonferroni shortcut at p = 0: the first step's Holm multiplier
+                adj = min(1.0, max(fam_adj, wy * total_weight / len(members)) * scale)
+            raw = by_name[name]
+            decisions[id(raw)] = (bool(fam_rej and raw.meaningful and adj <= alpha), adj)
     decisions.update({id(r): (r.p_value == 0.0, r.p_value) for r in exact})
+    decisions[id(repeats)] = (
+        bool(repeats.meaningful and repeats.statistic >= 1),
+        min(1.0, repeats.p_value / REPEATED_BATCHES_SHARE) if repeats.meaningful else 1.0,
+    )
+    family_details = (
+        {
+            "p_value": family_result.p_value,
+            "members": list(family_result.members),
+            "draws": family_result.draws,
+            "method": family_result.method,
+            "weight": len(family_result.members),
+        }
+        if family_result is not None
+        else None
+    )
     tests = []
     for raw in raws:
         rej, adj = decisions.get(id(raw), (False, 1.0))
@@ -339,10 +441,12 @@ def _assemble(summary: StreamSummary, null: DeclaredNull, alpha: float) -> Batte
                 rejected=rej,
                 reason=reason,
                 adjusted_p_value=float(adj),
-                details=dict(raw.details),
+                details=dict(raw.details)
+                if family_details is None or raw.name not in family_details["members"]
+                else {**raw.details, "size_family": family_details},
             )
         )
-    k = max(1, len(voting))  # per-test level α/K for "conservative" and "cannot see"
+    k = max(1, len(others) + len(members))  # per-test level α/K for "conservative" and "cannot see"
     total = next(t for t in tests if t.name == "total_inclusions")
     observed = summary.total / (null.group_size * summary.steps) if summary.steps else 0.0
     conservative = bool(
