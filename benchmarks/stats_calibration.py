@@ -25,7 +25,7 @@ The battery runs with its default seed (0), as the audit does.
 
 Usage: ``python benchmarks/stats_calibration.py [--reps 1000] [--alpha 0.05]
 [--time-budget 600] [--stop-at UNIX_TIME] [--workers 2] [--only qn,N,T ...]
-[--label TEXT]``;
+[--longest-first] [--label TEXT]``;
 ``--render OUT.jsonl`` prints the Markdown table of an output.
 """
 
@@ -175,6 +175,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--seed", type=int, default=2026)
     parser.add_argument("--only", nargs="*", default=None, help="regimes as qn,N,T")
+    parser.add_argument(
+        "--longest-first",
+        action="store_true",
+        help="run the costliest regimes first (T, then q·N, descending): balances the workers",
+    )
     parser.add_argument("--label", default="", help="a note stored in every row (commit, time)")
     parser.add_argument("--render", default=None, help="print the Markdown table of a JSONL output")
     args = parser.parse_args(argv)
@@ -183,6 +188,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
         return []
     regimes = [(qn, n, t) for t in TS for n in NS for qn in QN if qn <= n]
     regimes.sort(key=lambda r: (r[0] >= 100 and r[2] > 500, r[2], r[0]))  # cheapest first
+    if args.longest_first:
+        regimes.sort(key=lambda r: (r[2], r[0], r[1]), reverse=True)
     if args.only:
         wanted = {tuple(float(x) for x in s.split(",")) for s in args.only}
         regimes = [r for r in regimes if (r[0], float(r[1]), float(r[2])) in wanted]
