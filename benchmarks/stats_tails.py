@@ -9,7 +9,8 @@ records **every test's raw p-value** on each honest ledger and reports, per
 regime and test, the fraction of meaningful p-values below 10⁻², 10⁻³ and
 10⁻⁴ against the nominal level (Clopper-Pearson 95 % intervals), the smallest
 p-values next to their uniform order-statistic expectations (a tail QQ), and
-the family verdict at α = 10⁻³.
+the family verdict at α = 10⁻³.  The batch-size tests vote as one family;
+its p-value is reported as the pseudo-test ``size_family``.
 
 Honest ledgers come from three independent generators and two constructions:
 
@@ -296,6 +297,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "meaningful": [t.name for t in res.tests if t.meaningful],
                     "rejected": [t.name for t in res.tests if t.rejected],
                 }
+                family = next((t.details["size_family"] for t in res.tests if "size_family" in t.details), None)
+                if family is not None:  # the batch-size family's own p-value (one vote)
+                    rec["p"]["size_family"] = family["p_value"]
+                    rec["meaningful"].append("size_family")
                 by_gen[gen].append(rec)
                 if raw:
                     raw.write(json.dumps(rec) + "\n")
