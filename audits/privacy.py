@@ -160,7 +160,11 @@ def _per_step_sigma_note(header: Any, steps: Any) -> str:
 
 
 def check_privacy(
-    ledger: Any, *, rates_verified: bool | None = None, max_groups: int | None = None
+    ledger: Any,
+    *,
+    rates_verified: bool | None = None,
+    max_groups: int | None = None,
+    epsilon_of: Any = None,
 ) -> tuple[CheckResult, Any | None]:
     """Recompute ε for the executed steps and judge the claim.
 
@@ -171,6 +175,8 @@ def check_privacy(
             accounted below the header's rate.
         max_groups: passed to :func:`dpverify.accounting.compute_epsilon`
             (``None``: its default).
+        epsilon_of: stands in for ``compute_epsilon`` (same signature and
+            result), e.g. :meth:`audits._early_privacy.EarlyPrivacy.compute`.
 
     Returns:
         ``(result, epsilon_report)``; ``epsilon_report`` is the
@@ -213,7 +219,7 @@ def check_privacy(
     options = _verified_options(header, ledger.steps)
     if max_groups is not None:
         options["max_groups"] = max_groups
-    report = accounting.compute_epsilon(segments, delta, **options)
+    report = (epsilon_of or accounting.compute_epsilon)(segments, delta, **options)
     eps = {name: getattr(report, name).epsilon for name in ("rdp", "pld", "prv")}
     details: dict[str, Any] = {
         "claimed_epsilon": claimed,

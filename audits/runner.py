@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from audits import _early_privacy
 from audits.certificate import Certificate, empirical_section, public_run_config
 from audits.check import CheckResult
 from audits.configuration import check_configuration
@@ -209,6 +210,7 @@ def audit_ledger(
     canary_scores_path: Path | None = None,
     _streamed: _StreamedChecks | None = None,
     max_groups: int | None = None,
+    _epsilon_of: Any = None,
 ) -> Certificate:
     """Audit an already-read ledger (the core of :func:`run_audit`).
 
@@ -291,8 +293,9 @@ def audit_ledger(
         sampling = next(c for c in checks if c.name == "sampling")
         rates_verified = sampling.status == "pass" and sampling.details.get("rates_verified")
         result, report = check_privacy(
-            ledger, rates_verified=bool(rates_verified), max_groups=max_groups
-        )
+            ledger, rates_verified=bool(rates_verified), max_groups=max_groups,
+            **({"epsilon_of": _epsilon_of} if _epsilon_of is not None else {}),
+        )  # fmt: skip
         report_box.append(report)
         return result
 
@@ -381,12 +384,14 @@ def run_audit(
         max_groups: distinct (q, σ) pairs PLD composes one by one before it
             rounds a heterogeneous schedule into that many groups (``None``:
             the default, 1 000).
-        processes: processes of the one streaming pass: 2 lets a helper
-            process take part of the sampling battery's per-example work on
-            large ledgers (:class:`dpverify.stats.SamplingStream`), 1 keeps
-            everything in this one; ``None``: 1 with the compiled (numba)
-            loop, else 2 when two CPUs are available.  The certificate is the
-            same.
+        processes: 1 keeps the whole audit in this process.  Otherwise, on
+            a large ledger and a machine with two CPUs, the privacy accounting
+            starts at once in a second process from the per-step fields
+            (:mod:`audits._early_privacy`; its result is used only for the
+            very inputs the privacy check builds), and with 2 (or ``None``
+            without numba) a helper process also takes part of the sampling
+            battery's per-example work (:class:`dpverify.stats.SamplingStream`).
+            The certificate is the same.
 
     Returns:
         The certificate; a corrupt ledger gives verdict ``unverifiable``.
@@ -402,7 +407,6 @@ def run_audit(
         ('certified', 0)
     """
     from dpverify import ledger as ledger_api
-    from dpverify.ledger.outline import read_outline
 
     check_probability("alpha", alpha, allow_one=False)
     check_probability("empirical_confidence", empirical_confidence, allow_one=False)
@@ -424,9 +428,34 @@ def run_audit(
             raise UnusableInput(f"noise key file {key} does not exist")
     ledger_path = Path(ledger_api.resolve_ledger_path(path))
     run_dir = ledger_path.parent if ledger_path.name == "ledger" else None
+    streamed = _StreamedChecks(alpha=alpha, seed=seed, processes=processes)
+    early = None
+    if processes != 1 and _early_privacy.worth_starting(ledger_path):
+        # the privacy accounting needs only per-step fields: start it now, on the other CPU
+        early = _early_privacy.start(ledger_path, max_groups)
+    try:
+        return _audit_path(
+            ledger_path, streamed, early, run_dir=run_dir, alpha=alpha,
+            replay_steps=replay_steps, key=key, progress=progress, seed=seed,
+            replay_seed=replay_seed, empirical_confidence=empirical_confidence, scores=scores,
+            max_groups=max_groups,
+        )  # fmt: skip
+    finally:
+        if early is not None:
+            early.close()
+
+
+def _audit_path(
+    ledger_path: Path, streamed: Any, early: Any, *, run_dir: Path | None, alpha: float,
+    replay_steps: int | None, key: Path | None, progress: bool, seed: int,
+    replay_seed: int | None, empirical_confidence: float, scores: Any, max_groups: int | None,
+) -> Certificate:  # fmt: skip
+    """:func:`run_audit` after its arguments are checked: the one pass, then the checks."""
+    from dpverify import ledger as ledger_api
+    from dpverify.ledger.outline import read_outline
+
     ledger = None
     verify_report: Any
-    streamed = _StreamedChecks(alpha=alpha, seed=seed, processes=processes)
     try:
         # One streaming pass: read_outline verifies framing, checksums and the chain as it
         # reads, feeds every step's indices to the battery and the counts, and keeps only
@@ -463,4 +492,5 @@ def run_audit(
         canary_scores_path=scores,
         _streamed=streamed,
         max_groups=max_groups,
+        _epsilon_of=early.compute if early is not None else None,
     )

@@ -316,3 +316,40 @@ def test_two_process_pass_equals_the_one_process_pass(tmp_path, fakes, monkeypat
         for a, b in zip(two.checks, cert.checks, strict=True):
             assert (a.name, a.status, a.reason, a.details) == (b.name, b.status, b.reason, b.details)
         assert np.array_equal(two.evidence.count_histogram, cert.evidence.count_histogram)
+
+
+@pytest.mark.parametrize(
+    ("resumed", "kill", "used_early"), [(False, False, True), (False, True, False), (True, False, None)]
+)
+def test_early_privacy_process_gives_the_same_certificate(
+    tmp_path, fakes, monkeypatch, resumed, kill, used_early
+):
+    """The privacy accounting started early in a second process (forced on for a small ledger) is used
+    when its inputs are the check's, and the certificate is the one-process one; a killed early process
+    only means the check computes ε itself.  (The resumed ledger's lower late rate is trusted only if
+    the sampling check verifies it: the early result, computed from the recorded rates, is used only
+    when the check's segments are those.)"""
+    from audits import _early_privacy
+
+    ledger = _resumed_ledger(fakes, redraw=False) if resumed else fakes.make_ledger(30)
+    path = fakes.write_ledger(tmp_path / "ledger", ledger)
+    monkeypatch.setattr(_early_privacy, "worth_starting", lambda p: True)
+    used = []
+    original = _early_privacy.EarlyPrivacy.compute
+
+    def spy(self, *a, **k):
+        if kill and self._proc is not None:
+            self._proc.kill()
+        out = original(self, *a, **k)
+        used.append(self.used)
+        return out
+
+    monkeypatch.setattr(_early_privacy.EarlyPrivacy, "compute", spy)
+    early = runner.run_audit(path, replay_steps=None)
+    assert len(used) == 1 and (used_early is None or used[0] == used_early)
+    one = runner.run_audit(path, replay_steps=None, processes=1)
+    assert len(used) == 1  # one process: no early accounting
+    assert early.verdict == one.verdict
+    for a, b in zip(early.checks, one.checks, strict=True):
+        assert (a.name, a.status, a.reason, a.details) == (b.name, b.status, b.reason, b.details)
+    assert early.epsilon["pld"] == one.epsilon["pld"]
