@@ -36,9 +36,10 @@ N = 1 281 167, q = 0.012788, T = 71 589 (≈ 1.17·10⁹ sampled indices;
   (``dpverify audit --no-replay``) in a fresh process: wall and CPU seconds,
   seconds per check and per part of the one streaming pass (``read_pass_*``:
   verify + decode, battery, inclusion counts), that process's peak resident
-  memory (``ru_maxrss``) and the load average; ``--processes P`` sets the
-  pass's processes (CPU seconds and peak include the battery's helper
-  process: ``helper_cpu_seconds``, ``helper_peak_rss_mb``).  ``--battery-only LEDGER``
+  memory (``ru_maxrss``) and the load average; ``--processes P`` is
+  ``run_audit``'s ``processes``.  CPU seconds include the audit's child
+  processes (the early privacy accounting, the battery's helper:
+  ``children_cpu_seconds``; their largest peak: ``children_peak_rss_mb``).  ``--battery-only LEDGER``
   times the sampling battery alone (``sampling_from_ledger(path)``).
 """
 
@@ -237,8 +238,8 @@ def _instrument(timings: dict[str, float]) -> None:
 def _timed_audit(path: Path, processes: int | None = None) -> dict:
     """``run_audit(path, replay_steps=None)`` with seconds per check (this process).
 
-    CPU seconds and peak memory count the battery's helper process too
-    (``RUSAGE_CHILDREN``: it has exited when the audit returns).
+    CPU seconds and peak memory count the audit's child processes too
+    (``RUSAGE_CHILDREN``: they have exited when the audit returns).
     """
     import resource
 
@@ -262,11 +263,11 @@ def _timed_audit(path: Path, processes: int | None = None) -> dict:
         "seconds": round(seconds, 3),
         "cpu_seconds": round(cpu + helper_cpu, 3),
         "main_cpu_seconds": round(cpu, 3),
-        "helper_cpu_seconds": round(helper_cpu, 3),
+        "children_cpu_seconds": round(helper_cpu, 3),
         "processes": processes,
         "per_check": {k: round(v, 3) for k, v in timings.items()},
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-        "helper_peak_rss_mb": round(children.ru_maxrss / 1024, 1),
+        "children_peak_rss_mb": round(children.ru_maxrss / 1024, 1),
         "load_average": os.getloadavg()[0],
     }
 
