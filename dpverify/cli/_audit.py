@@ -105,10 +105,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=integer,
         default=None,
         metavar="P",
-        help="processes of the streaming pass: 2 lets a helper process share the sampling "
-        "battery's per-example work on large ledgers, 1 keeps one process (default: 1 with "
-        "the compiled numba loop, else 2 when two CPUs are available; the certificate is the "
-        "same)",
+        help="1 keeps the whole audit in one process; otherwise large ledgers get their privacy "
+        "accounting started at once in a second process, and 2 (the default without numba) "
+        "also lets a helper process share the sampling battery's per-example work (the "
+        "certificate is the same)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar, no summary")
     p.set_defaults(handler=_audit)
