@@ -462,7 +462,7 @@ def _audit_path(
         # an outline of the records (index arrays re-read on demand, e.g. by replay).
         ledger = read_outline(ledger_path, on_record=streamed.add)
     except LedgerCorrupt:
-        streamed = None  # type: ignore[assignment]
+        streamed = None
         try:  # scan again, without raising, to say which record is bad
             verify_report = ledger_api.verify_ledger(ledger_path)
         except LedgerCorrupt as exc:  # e.g. the manifest is missing: nothing can be read

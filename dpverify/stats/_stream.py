@@ -283,6 +283,7 @@ class BatchStream:
             parts.append((0, self._range.result()))
             self._range = None
         if self._split < self._n:
+            assert self._helper is not None  # a split point below N means the helper took part
             parts.append((self._split, self._helper.close()))
         for k, (lo, (counts, last, gap_hist, lag_overlap, part_hashes)) in enumerate(parts):
             state.counts[lo : lo + counts.size] = counts
@@ -333,6 +334,7 @@ class BatchStream:
             csum = np.concatenate(([0], np.cumsum(upper)))
             up_sizes = csum[ends] - csum[starts]
             # batches are sorted: each step's upper part follows its lower part
+            assert self._helper is not None
             self._helper.steps(
                 (flat[upper] - self._split).astype(np.int32), up_sizes.astype(np.int32), t0
             )
