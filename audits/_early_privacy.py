@@ -2,8 +2,9 @@
 
 The privacy check's ε depends only on the accounting segments (each run of
 steps' recorded q and σ), δ and the accounting options — the ledger's
-per-step fields, not its index arrays.  :func:`start` launches
-a fresh interpreter running :func:`_main` on the ledger, which reads the
+per-step fields, not its index arrays.  :func:`start` launches a fresh
+interpreter running :func:`dpverify.accounting._fields_only.main` (it imports
+``dpverify`` only) on the ledger, which reads the
 records file's frames (checksums and hash chain verified by the ledger's
 own frame scanner), parses the step fields only (no index decoding), builds
 the segments from the recorded rates and σ as the privacy check does, and
@@ -25,7 +26,6 @@ import os
 import pickle
 import subprocess
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -107,12 +107,12 @@ def start(ledger_path: str | os.PathLike[str], max_groups: int | None = None) ->
 
     env = dict(os.environ)
     root = os.path.dirname(os.path.dirname(os.path.abspath(dpverify.__file__)))
-    audits_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in dict.fromkeys((root, audits_root, env.get("PYTHONPATH", ""))) if p
-    )
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH", "")) if p)
+    # one CPU: the pass has the other (numpy's BLAS would start a thread per CPU)
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMBA_NUM_THREADS"):
+        env[var] = "1"
     argv = [str(ledger_path)] + ([str(int(max_groups))] if max_groups is not None else [])
-    code = f"import sys; from audits._early_privacy import _main; sys.exit(_main({argv!r}))"
+    code = f"import sys; from dpverify.accounting._fields_only import main; sys.exit(main({argv!r}))"
     args = [sys.executable, "-c", code]
     try:
         proc = subprocess.Popen(
@@ -122,47 +122,3 @@ def start(ledger_path: str | os.PathLike[str], max_groups: int | None = None) ->
     except OSError:
         return None
     return EarlyPrivacy(proc)
-
-
-def _inputs(ledger_path: Path, max_groups: int | None) -> tuple[list, float, dict]:
-    """Segments (recorded rates and σ), the header's δ and the accounting options."""
-    from dpverify import accounting
-    from dpverify.ledger._files import RECORDS_NAME
-    from dpverify.ledger._framing import FrameScanner
-    from dpverify.ledger._payload import TYPE_CODES, decode_payload, step_fields_and_block
-    from dpverify.ledger.records import RunHeader, Step
-
-    step_code = TYPE_CODES[Step]
-    header: Any = None
-    steps = []
-    for frame in FrameScanner(ledger_path / RECORDS_NAME):
-        if frame.code == step_code:
-            fields, _ = step_fields_and_block(frame.payload)
-            steps.append(
-                types.SimpleNamespace(
-                    step=fields["step"],
-                    sampling_rate=fields.get("sampling_rate"),
-                    noise_multiplier=fields.get("noise_multiplier"),
-                )
-            )
-        elif header is None:
-            header = decode_payload(frame.code, frame.payload)
-    if not isinstance(header, RunHeader):
-        raise ValueError("no run header")
-    segments = accounting.segments_from_ledger(types.SimpleNamespace(header=header, steps=steps))
-    options = accounting.accounting_kwargs(header)
-    if max_groups is not None:
-        options["max_groups"] = max_groups
-    return segments, float(header.delta), options
-
-
-def _main(argv: list[str]) -> int:  # pragma: no cover - runs in the child process
-    from dpverify import accounting
-
-    path = Path(argv[0])
-    max_groups = int(argv[1]) if len(argv) > 1 else None
-    segments, delta, options = _inputs(path, max_groups)
-    report = accounting.compute_epsilon(segments, delta, **options)
-    sys.stdout.buffer.write(pickle.dumps((segments, delta, options, report)))
-    sys.stdout.flush()
-    return 0
