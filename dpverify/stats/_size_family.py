@@ -374,11 +374,13 @@ class SizeFamily:
         p = lo + v * (hi - lo)
         if own_p is not None:  # above the Bonferroni shortcut's range (see the module docstring)
             p = GROSS + (1.0 - GROSS) * p
-        per = []
+        adjusted: list[float] = []
         argmin = int(np.argmin(obs))
         for i in range(j):
             if i == argmin:
-                per.append(p)
+                adjusted.append(p)
             else:
-                per.append(max(p, min(1.0, (member_hits[i] + 1.0) / (draws + 1.0))))
-        return FamilyResult(float(p), self.members, tuple(per), tuple(map(float, obs)), draws, "monte carlo")
+                adjusted.append(max(p, min(1.0, (member_hits[i] + 1.0) / (draws + 1.0))))
+        return FamilyResult(
+            float(p), self.members, tuple(adjusted), tuple(map(float, obs)), draws, "monte carlo"
+        )

@@ -442,7 +442,7 @@ def _assemble(
                 reason=reason,
                 adjusted_p_value=float(adj),
                 details=dict(raw.details)
-                if family_details is None or raw.name not in family_details["members"]
+                if family_result is None or raw.name not in family_result.members
                 else {**raw.details, "size_family": family_details},
             )
         )
