@@ -19,6 +19,9 @@ from dpverify.errors import InvalidArgument, UnusableInput
 from dpverify.ledger import Checkpoint, Step, read_ledger
 from trainers.loop import TrainConfig, train
 
+# One worker runs this module, so its module fixtures are built once.
+pytestmark = pytest.mark.xdist_group("trainers.test_resume")
+
 STEPS = 260
 # > the writer's group commit (64 records): steps after a checkpoint become durable
 # before the next checkpoint, so the kill usually leaves steps that must be repeated.
@@ -40,9 +43,6 @@ _CHILD = """
 import sys
 import trainers.loop as loop
 from dpverify.cli import main
-
-# One worker runs this module, so its module fixtures are built once.
-pytestmark = pytest.mark.xdist_group("trainers.test_resume")
 
 pause_at, argv = int(sys.argv[1]), sys.argv[2:]
 step_record = loop._step_record
