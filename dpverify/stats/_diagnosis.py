@@ -24,8 +24,11 @@ order of specificity, not the test with the smallest p-value:
    and the extreme it comes from when there is one (examples never sampled,
    an example in far more batches than the rate allows);
 6. a real rate above the declared one (it also shifts the return gaps);
-7. an undeclared cap (pile-up at the largest size, or a largest batch too small);
-8. consecutive batches correlated; fixed-size batches; then the rest.
+7. fixed-size batches (every batch the same size) — before a cap, which a
+   constant size also piles up against, with the overall rate added when it
+   is wrong too — then an undeclared cap (pile-up at the largest size, or a
+   largest batch too small);
+8. consecutive batches correlated; sizes that vary too little; then the rest.
 """
 
 from __future__ import annotations
@@ -97,6 +100,25 @@ def _distributed_sizes(sizes: np.ndarray, n: int, main: int, short: int) -> str:
         f"{total:,} examples per epoch for N = {n:,} ({pad} used twice): a shuffled DistributedSampler "
         "(one permutation per epoch, padded to a multiple of the world size, rank r taking every "
         "world-size-th index)"
+    )
+
+
+def _fixed_size(sizes: np.ndarray, sampling_rate: float | None, n: int) -> str:
+    """Describe batches that all have one size ('' unless they do, over ≥ 10 steps)."""
+    if sizes.size < 10 or int(sizes.min()) != int(sizes.max()) or int(sizes[0]) <= 0:
+        return ""
+    b = int(sizes[0])
+    spread = ""
+    if sampling_rate is not None and 0.0 < sampling_rate < 1.0:
+        sd = math.sqrt(n * sampling_rate * (1.0 - sampling_rate))
+        spread = (
+            f" (Poisson sampling at q = {number(sampling_rate)} gives sizes with sd {number(sd)})"
+        )
+    return (
+        f"fixed-size batches, not Poisson sampling: all {number(sizes.size)} batches have exactly "
+        f"{number(b)} examples{spread}: a sampler that draws a fixed number of examples per step "
+        "(if its subsets are independent and uniform, declare sampler fixed_size to have it "
+        "accounted as such)"
     )
 
 
@@ -190,13 +212,19 @@ def _count_extreme(summary: Any) -> str:
 
 
 def diagnose(
-    failures: Sequence[Any], sizes: np.ndarray, dataset_size: int, summary: Any = None
+    failures: Sequence[Any],
+    sizes: np.ndarray,
+    dataset_size: int,
+    summary: Any = None,
+    sampling_rate: float | None = None,
 ) -> str:
     """One plain-words cause for the rejected tests (``failures``: TestResults).
 
     ``summary`` (the battery's :class:`StreamSummary`, optional) lets the
     headline tell uneven per-example rates from blocks and seed reuse, and
-    name the extreme count behind them.
+    name the extreme count behind them; ``sampling_rate`` (the declared q,
+    optional) puts the size spread Poisson sampling would give beside
+    fixed-size batches.
     """
     by: Mapping[str, Any] = {t.name: t for t in failures}
     for name in ("batch_size_support", "group_membership"):
@@ -238,6 +266,13 @@ def diagnose(
         if "total_inclusions" in by:
             reason += f"; overall, {by['total_inclusions'].reason}"
         return reason
+    size_tests = ("batch_size_dispersion", "batch_size_fit", "truncation_scan", "total_inclusions")
+    if any(name in by for name in size_tests):
+        fixed = _fixed_size(np.asarray(sizes), sampling_rate, dataset_size)
+        if fixed:
+            if "total_inclusions" in by:
+                fixed += f"; overall, {by['total_inclusions'].reason}"
+            return fixed
     if "total_inclusions" in by:
         return by["total_inclusions"].reason
     if "truncation_scan" in by:

@@ -382,7 +382,12 @@ def _assemble(
     family_result = None
     if members:
         total_weight = sum(weights) + len(members)
-        family = SizeFamily(null.size_law(), summary.steps, members, refit=null.sampler in ("poisson", "cyclic_poisson"))
+        family = SizeFamily(
+            null.size_law(),
+            summary.steps,
+            members,
+            refit=null.sampler in ("poisson", "cyclic_poisson"),
+        )
         family_result = family.p_value(
             summary.sizes,
             seed=seed,
@@ -465,11 +470,17 @@ def _assemble(
         cap=null.cap,
         steps=summary.steps,
         indices=summary.total,
-        min_detectable_relative_bias=cannot["rate_bias"] if cannot["rate_bias"] is not None else math.inf,
+        min_detectable_relative_bias=cannot["rate_bias"]
+        if cannot["rate_bias"] is not None
+        else math.inf,
         sampler=null.sampler,
         sampler_label=null.label(),
         observed_rate=observed / null.cycle_length,
         conservative=conservative,
-        diagnosis=diagnose(failures, summary.sizes, null.dataset_size, summary) if failures else "",
+        diagnosis=diagnose(
+            failures, summary.sizes, null.dataset_size, summary, sampling_rate=null.sampling_rate
+        )
+        if failures
+        else "",
         cannot_see=cannot,
     )

@@ -64,3 +64,29 @@ def test_real_blocks_are_still_named_blocks():
 def test_honest_control_passes():
     rng = np.random.default_rng(25)
     assert _run([_poisson(rng) for _ in range(T)]).passed
+
+
+def test_fixed_size_batches_are_named_not_called_a_cap():
+    """Independent uniform subsets of one size declared as Poisson: fixed-size batches,
+    with the wrong overall rate added when the size is not q·N (issue 10.12)."""
+    rng = np.random.default_rng(26)
+    for size, wrong_rate in ((20, False), (48, True)):
+        res = _run([np.sort(rng.choice(N, size, replace=False)) for _ in range(T)])
+        assert not res.passed
+        assert res.diagnosis.startswith("fixed-size batches, not Poisson sampling"), res.diagnosis
+        assert f"all 1,000 batches have exactly {size} examples" in res.diagnosis
+        assert "sd 4.45" in res.diagnosis and "cap" not in res.diagnosis
+        assert ("above the declared 0.01" in res.diagnosis) == wrong_rate, res.diagnosis
+
+
+def test_a_real_cap_is_still_named_a_cap():
+    """Poisson batches truncated at mean + 2.2 sd vary in size: the cap, not fixed size."""
+    rng = np.random.default_rng(27)
+    res = run_battery(
+        [_poisson(rng, 0.01, 10_000)[:122] for _ in range(T)],
+        dataset_size=10_000,
+        sampling_rate=0.01,
+        alpha=1e-3,
+    )
+    assert not res.passed
+    assert res.diagnosis.startswith("an undeclared cap on batch size at 122"), res.diagnosis
