@@ -23,7 +23,9 @@ not depend on the values):
   Examples per second count real (sampled) examples only, so padding of the
   last physical batch is a cost here.  The time is split into sampling, the
   DP-SGD step and ledger writing; ``ledger_share`` is the ledger's part of the
-  total (target < 2%).
+  total (target < 2%).  The trainer's last physical batch runs as a tail batch
+  of p/2 rows when it fits (:mod:`trainers.dispatch`); ``--compare-tail`` also
+  times each trainer without it and prints ``tail_gain_<m>``.
 
 * ``dpsgd_ghost`` — the same step as ``dpsgd_vmap`` with ghost clipping
   (:mod:`trainers.clipping`): per-example norms from one backward pass, the
@@ -330,7 +332,9 @@ def _prepare_jitted(make_step, model, params, x_dev, y_dev, p, precision):
 class _MaskedTrainerBench:
     """The real masked trainer + Poisson sampler + ledger, timed in rounds."""
 
-    def __init__(self, model, params, x_np, y_np, setup, precision, ledger_dir, clipping):
+    def __init__(
+        self, model, params, x_np, y_np, setup, precision, ledger_dir, clipping, tail=None
+    ):
         import jax
         import jax.numpy as jnp
         import optax
@@ -350,7 +354,9 @@ class _MaskedTrainerBench:
             precision=precision,
             clipping=clipping,
         )
-        self.trainer = MaskedDPSGD(lambda p_, x: model.apply({"params": p_}, x), opt, config)
+        self.trainer = MaskedDPSGD(
+            lambda p_, x: model.apply({"params": p_}, x), opt, config, tail_batch_size=tail
+        )
         self.sampler = PoissonSampler(n, self.q, seed=1)
         header = RunHeader(
             dataset_size=n,
@@ -429,6 +435,7 @@ class _MaskedTrainerBench:
             "compile_s": self.compile_s,
             "compilations": self.trainer.compilations,
             "clipping": self.trainer.clipping,
+            "tail_batch_size": self.trainer.tail_batch_size,
             "sampling_rate": self.q,
             "expected_batch_size": self.e,
             "seconds_sampling": timing["sample"],
@@ -494,6 +501,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     )
                     for m in args.clipping
                 }
+                if args.compare_tail:  # the same trainers without the tail batch
+                    for m in args.clipping:
+                        trainers[f"masked_trainer_{m}_no_tail"] = _MaskedTrainerBench(
+                            model, params, x, y, setup, precision,
+                            Path(tmp) / f"ledger-{m}-no-tail", m, tail=0,
+                        )  # fmt: skip
                 best = {mode: 0.0 for mode in runners}
                 for _ in range(args.rounds):
                     for mode, run_one in runners.items():
@@ -520,6 +533,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     mem / mem0 if mem and mem0 else None
                 )
                 ratios[f"ledger_share_{m}"] = results[f"masked_trainer_{m}"]["ledger_share"]
+                if args.compare_tail:
+                    without = results[f"masked_trainer_{m}_no_tail"]["examples_per_second"]
+                    ratios[f"masked_trainer_{m}_no_tail/nonprivate"] = without / ref
+                    ratios[f"tail_gain_{m}"] = (
+                        results[f"masked_trainer_{m}"]["examples_per_second"] / without
+                    )
             emit(ratios)
     finally:
         if out is not None:
@@ -560,6 +579,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--rounds", type=int, default=1, help="timing rounds (best kept)")
     parser.add_argument(
         "--memory-batch", type=int, default=256, help="also report XLA peak memory at this p"
+    )
+    parser.add_argument(
+        "--compare-tail",
+        action="store_true",
+        help="also time each masked trainer without its tail batch (tail_batch_size=0)",
     )
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     parser.add_argument(

@@ -138,7 +138,7 @@ class StepStats:
             examples (0.0 when there is none).
         max_clipped_norm: largest per-example norm after clipping (≤ C).
         denominator: divisor of the noisy sum (q·N).
-        physical_batches: ⌈L/p⌉.
+        physical_batches: ⌈L/p⌉ (the last may be a smaller tail batch, :mod:`trainers.dispatch`).
         update_sketch: k projections of the noisy averaged gradient.
         loss: mean loss over the finite real examples (NaN when none); private.
     """

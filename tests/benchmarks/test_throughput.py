@@ -26,7 +26,7 @@ def test_tiny_run_reports_every_mode_and_ratio(throughput, tmp_path, capsys):
     out = tmp_path / "bench.jsonl"
     argv = ["--models", "mlp", "--seconds", "0.05", "--min-trainer-steps", "3"]
     argv += ["--physical-batch-size", "4", "--expected-batch-size", "8", "--memory-batch", "4"]
-    argv += ["--out", str(out)]
+    argv += ["--compare-tail", "--out", str(out)]
     assert throughput.main(argv) == 0
     records = [json.loads(line) for line in out.read_text().splitlines()]
     modes = [r["mode"] for r in records]
@@ -36,6 +36,8 @@ def test_tiny_run_reports_every_mode_and_ratio(throughput, tmp_path, capsys):
         "dpsgd_ghost",
         "masked_trainer_vmap",
         "masked_trainer_ghost",
+        "masked_trainer_vmap_no_tail",
+        "masked_trainer_ghost_no_tail",
         "ratios",
     ]
     assert capsys.readouterr().out.count("\n") == len(modes)
@@ -46,6 +48,11 @@ def test_tiny_run_reports_every_mode_and_ratio(throughput, tmp_path, capsys):
         assert masked["physical_batch_size"] == 4 and masked["ledger_bytes"] > 0
         assert 0 <= by["ratios"][f"ledger_share_{m}"] < 1
         assert by["ratios"][f"dpsgd_{m}/nonprivate"] > 0
+        assert (
+            masked["tail_batch_size"] == 2
+            and by[f"masked_trainer_{m}_no_tail"]["tail_batch_size"] == 0
+        )
+        assert by["ratios"][f"tail_gain_{m}"] > 0
     assert all(r["examples_per_second"] > 0 for r in records[:-1])
 
 

@@ -170,28 +170,38 @@ def test_one_compilation_across_varied_batch_sizes():
         assert s.batch_size == len(idx)
     assert {0, 1, 8, 12} <= seen  # includes new counts of physical batches
     assert trainer.compilations == 1
-    # L = N overflows the one-dispatch buffer: the fallback compiled once too.
-    assert trainer.cache_sizes() == {"fused": 1, "init": 1, "accumulate": 1, "finalize": 1}
+    # L = 7p + 1 and L = N overflow the one-dispatch buffer: the fallback compiled
+    # once too, its tail batch (p_t = 2) for L = 7p + 1's last row of one example.
+    assert trainer.cache_sizes() == {
+        "fused": 1,
+        "init": 1,
+        "accumulate": 1,
+        "accumulate_tail": 1,
+        "finalize": 1,
+    }
     # The counter can fail: a data set of another shape forces a retrace.
     x2, y2 = np.concatenate([x, x]), np.concatenate([y, y])
     trainer.step(params, state, x2, y2, np.arange(5), key, 24)
     assert trainer.compilations == 2
 
 
+# tail_batch_size: 0 pads the last physical batch to p = 4 rows (3 padding rows);
+# None (default, p_t = 2) runs it as a tail batch of 2 rows (1 padding row).
+@pytest.mark.parametrize(("tail", "padding"), [(0, 3), (None, 1)])
 @pytest.mark.parametrize("poison", [np.nan, np.inf])
-def test_nan_or_inf_padding_does_not_change_the_update(poison):
+def test_nan_or_inf_padding_does_not_change_the_update(poison, tail, padding):
     x, y, params, apply = _problem()
     bad = 40
     x = x.copy()
     x[bad] = poison
     opt = optax.sgd(0.1)
     cfg = DPSGDConfig(clip_norm=0.5, noise_multiplier=1.0, denominator=5.0, physical_batch_size=4)
-    idx = np.array([1, 5, 6, 9, 20, 33])  # 6 = 4 + 2: the last physical batch has 2 padding rows
+    idx = np.array([1, 5, 6, 9, 20])  # 5 = 4 + 1: the last physical batch is mostly padding
     key = jax.random.key(2)
-    clean_p, _, clean = MaskedDPSGD(apply, opt, cfg, donate=False).step(
+    clean_p, _, clean = MaskedDPSGD(apply, opt, cfg, donate=False, tail_batch_size=tail).step(
         params, opt.init(params), x, y, idx, key, 0
     )
-    pois_p, _, pois = MaskedDPSGD(apply, opt, cfg, donate=False).step(
+    pois_p, _, pois = MaskedDPSGD(apply, opt, cfg, donate=False, tail_batch_size=tail).step(
         params, opt.init(params), x, y, idx, key, 0, pad_index=bad
     )
     for a, b in zip(
@@ -211,9 +221,10 @@ def test_nan_or_inf_padding_does_not_change_the_update(poison):
             mutation="unmasked_padding",
         ),
         donate=False,
+        tail_batch_size=tail,
     )
     _, _, wrong_stats = wrong.step(params, opt.init(params), x, y, idx, key, 0, pad_index=bad)
-    assert wrong_stats.num_nonfinite == 2
+    assert wrong_stats.num_nonfinite == padding
 
 
 def _noise_chi2_pvalue(mutation=None, steps=30):

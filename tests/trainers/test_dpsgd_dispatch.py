@@ -37,11 +37,18 @@ def problem():
     return x, y, params
 
 
-def _trainer(fused_batches, mutation=None):
+def _trainer(fused_batches, mutation=None, tail_batch_size=None):
     cfg = DPSGDConfig(
         clip_norm=C, noise_multiplier=SIGMA, denominator=D, physical_batch_size=P, mutation=mutation
     )
-    return MaskedDPSGD(_apply, optax.adam(0.05), cfg, donate=False, fused_batches=fused_batches)
+    return MaskedDPSGD(
+        _apply,
+        optax.adam(0.05),
+        cfg,
+        donate=False,
+        fused_batches=fused_batches,
+        tail_batch_size=tail_batch_size,
+    )
 
 
 def _indices(L, seed):
@@ -56,23 +63,42 @@ def _max_dev(a, b):
     return max(float(np.max(np.abs(u - v))) for u, v in zip(_leaves(a), _leaves(b), strict=True))
 
 
-# L = 0; L < p; L in the fused range of K = 2 (k = 2); L > K·p = 8 (k = 6, overflow).
-@pytest.mark.parametrize("L", [0, 3, 7, 23])
+# L = 0; L < p; L in the fused range of K = 2 (k = 2); L > K·p = 8 (k = 6, overflow);
+# with the tail batch of p_t = 2 rows: L = 2 (the tail alone), 6 (one full batch
+# + tail), 21 (overflow + tail).
+@pytest.mark.parametrize("L", [0, 2, 3, 6, 7, 21, 23])
 def test_fused_equals_fallback_equals_reference_with_nan_padding(problem, L):
     x, y, params = problem
     idx = _indices(L, L)
     key = jax.random.key(5)
     opt = optax.adam(0.05)
     runs = {}
-    for name, K in (("fused", 2), ("fallback", 0), ("default", None)):
-        tr = _trainer(K)
+    for name, K, tail in (
+        ("fused", 2, None),
+        ("fallback", 0, None),
+        ("default", None, None),
+        ("fused_no_tail", 2, 0),
+        ("fallback_no_tail", 0, 0),
+    ):
+        tr = _trainer(K, tail_batch_size=tail)
         new, _, s = tr.step(params, opt.init(params), x, y, idx, key, 11, pad_index=_BAD)
         runs[name] = (new, s, dict(tr.trace_counts))
     overflow = L > 2 * P
+    tailed = L % P in (1, 2)  # the last batch has r ≤ p_t = 2 real rows
     assert runs["fused"][2]["fused"] == (0 if overflow else 1)
     assert runs["fused"][2]["accumulate"] == (1 if overflow else 0)
+    assert runs["fused"][2]["accumulate_tail"] == (1 if overflow and tailed else 0)
     assert runs["fallback"][2]["fused"] == 0 and runs["fallback"][2]["finalize"] == 1
-    assert runs["default"][2] == {"fused": 1, "init": 0, "accumulate": 0, "finalize": 0}
+    assert runs["fallback"][2]["accumulate_tail"] == (1 if tailed else 0)
+    assert runs["fallback"][2]["accumulate"] == (0 if L <= 2 else 1)
+    assert runs["fallback_no_tail"][2]["accumulate_tail"] == 0
+    assert runs["default"][2] == {
+        "fused": 1,
+        "init": 0,
+        "accumulate": 0,
+        "accumulate_tail": 0,
+        "finalize": 0,
+    }
     ref_p, _, ref = reference_step(
         _apply,
         opt,
@@ -150,9 +176,51 @@ def test_compilations_do_not_grow_with_distinct_k_including_overflow(problem):
         seen.add(s.physical_batches)
         assert tr.compilations == 1, (t, tr.trace_counts)
     assert len(lengths) >= 20 and len(seen) >= 12 and max(seen) > 2  # overflow exercised
-    assert tr.trace_counts == {"fused": 1, "init": 1, "accumulate": 1, "finalize": 1}
-    assert tr.cache_sizes() == {"fused": 1, "init": 1, "accumulate": 1, "finalize": 1}
+    one = {"fused": 1, "init": 1, "accumulate": 1, "accumulate_tail": 1, "finalize": 1}
+    assert tr.trace_counts == one and tr.cache_sizes() == one
     assert all(np.isfinite(v).all() for v in _leaves(params))
+
+
+def test_tail_batch_runs_exactly_when_the_last_batch_fits_it(problem):
+    # The tail batch must be a pure efficiency change: every L gives the same
+    # update as the trainer without it, and it is chosen iff r = L - p(k-1) <= p_t.
+    x, y, params = problem
+    opt = optax.adam(0.05)
+    key = jax.random.key(2)
+    with_tail = _trainer(3, tail_batch_size=3)
+    without = _trainer(3, tail_batch_size=0)
+    calls = []
+    orig = with_tail._fused
+
+    def spy(*args):
+        calls.append(int(args[-1][2]))  # tail_count of the tail tuple
+        return orig(*args)
+
+    with_tail._fused = spy
+    for L in range(0, 13):
+        idx = _indices(L, 100 + L)
+        a, _, sa = with_tail.step(params, opt.init(params), x, y, idx, key, L, pad_index=_BAD)
+        b, _, sb = without.step(params, opt.init(params), x, y, idx, key, L, pad_index=_BAD)
+        assert _max_dev(a, b) < 1e-6, L
+        assert (sa.batch_size, sa.physical_batches, sa.num_clipped) == (
+            sb.batch_size,
+            sb.physical_batches,
+            sb.num_clipped,
+        )
+        k = -(-L // P)
+        assert calls[-1] == (1 if k and L - P * (k - 1) <= 3 else 0), L
+    assert with_tail.compilations == 1 and with_tail.tail_batch_size == 3
+
+
+def test_tail_batch_size_is_validated():
+    from dpverify.errors import InvalidArgument
+
+    assert _trainer(None).tail_batch_size == P // 2
+    assert _trainer(None, tail_batch_size=0).tail_batch_size == 0
+    with pytest.raises(InvalidArgument, match="tail_batch_size=4 must be below"):
+        _trainer(None, tail_batch_size=P)
+    with pytest.raises(InvalidArgument, match="tail_batch_size"):
+        _trainer(None, tail_batch_size=-1)
 
 
 def test_fused_loop_has_a_dynamic_trip_count(problem):
@@ -212,4 +280,10 @@ def test_automatic_k_is_fused_for_mlp_and_off_for_conv_on_cpu(problem):
     conv = MaskedDPSGD(lambda p_, xb: model.apply({"params": p_}, xb), optax.sgd(0.1), cfg)
     conv.step(cp, conv.optimizer.init(cp), xi, yi, np.arange(5), jax.random.key(0), 0)
     assert conv.fused_batches == 0
-    assert conv.trace_counts == {"fused": 0, "init": 1, "accumulate": 1, "finalize": 1}
+    assert conv.trace_counts == {  # L = 5, p = 4: one full batch and the tail batch
+        "fused": 0,
+        "init": 1,
+        "accumulate": 1,
+        "accumulate_tail": 1,
+        "finalize": 1,
+    }
