@@ -21,7 +21,8 @@ not depend on the values):
   at least ``--min-trainer-steps`` (128: two group commits) steps are timed,
   and the final close is included).
   Examples per second count real (sampled) examples only, so padding of the
-  last physical batch is a cost here.  The time is split into sampling, the
+  last physical batch is a cost here (``physical_examples_per_second`` counts
+  the rows computed on, padding included).  The time is split into sampling, the
   DP-SGD step and ledger writing; ``ledger_share`` is the ledger's part of the
   total (target < 2%).  The trainer's last physical batch runs as a tail batch
   of p/2 rows when it fits (:mod:`trainers.dispatch`); ``--compare-tail`` also
@@ -405,7 +406,16 @@ class _MaskedTrainerBench:
             timing["step"] += t2 - t1
             timing["ledger"] += t3 - t2
             timing["examples"] += idx.size
-            timing["padded"] += stats.physical_batches * self.p
+            timing["padded"] += self._rows_computed(idx.size, stats.physical_batches)
+
+    def _rows_computed(self, batch_size: int, k: int) -> int:
+        """Rows the step computed on: k − 1 full batches and a last one of p, or of p_t
+        when it ran as the tail batch (r ≤ p_t real rows)."""
+        pt = self.trainer.tail_batch_size
+        if k == 0:
+            return 0
+        last = pt if pt and batch_size - self.p * (k - 1) <= pt else self.p
+        return (k - 1) * self.p + last
 
     def time_round(self, seconds: float, min_steps: int) -> None:
         before = dict(self.timing)
