@@ -24,6 +24,16 @@ Modes, each timed in the same process, interleaved in rounds (best round kept):
 * ``ours_vmap_dev<n>`` — data parallel over n simulated CPU devices
   (``--xla_force_host_platform_device_count=n``, ``MaskedDPSGD(devices=n)``);
   run in a process of its own, because that flag changes the whole process.
+* ``ours_vmap_proc<t>`` — data parallel over t *processes* (``--multi-process``,
+  off by default: on this 2-core machine it ran at a tenth of one process's
+  speed, see docs/masked-dpsgd.md): t single-threaded JAX processes, process i pinned to
+  core i, joined by ``jax.distributed`` on 127.0.0.1 with gloo collectives
+  (:mod:`trainers.distributed`), ``MaskedDPSGD(devices=<the t global
+  devices>)``: each physical batch split over the processes, one all-reduce
+  per logical step, the ledger written by process 0.  Collectives need every
+  process to run the same number of steps, so each round is a fixed
+  ``--proc-steps`` logical steps (not ``--seconds``); process 0's time is
+  reported.
 
 Threads: every setting runs in a subprocess pinned to the first t CPU cores
 (``os.sched_setaffinity``), with ``torch.set_num_threads(t)`` and, for JAX,
@@ -323,7 +333,10 @@ class _Opacus:
 class _Ours:
     """Our masked trainer (sampler + MaskedDPSGD + ledger): ``run_one()`` is one logical step."""
 
-    def __init__(self, name, kwargs, shape, x, y, clipping, physical, expected, devices, tmp):
+    def __init__(
+        self, name, kwargs, shape, x, y, clipping, physical, expected, devices, tmp,
+        write_ledger=True,
+    ):  # fmt: skip
         import jax
         import jax.numpy as jnp
         import optax
@@ -348,7 +361,7 @@ class _Ours:
             lambda p_, xb: model.apply({"params": p_}, xb),
             opt,
             config,
-            devices=devices if devices > 1 else None,
+            devices=devices if not isinstance(devices, int) or devices > 1 else None,
         )
         self.params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
         self.opt_state = opt.init(self.params)
@@ -367,7 +380,7 @@ class _Ours:
             task=f"peers-{name}",
             extra={"clipping": clipping},
         )
-        self.writer = LedgerWriter.create(Path(tmp), header)
+        self.writer = LedgerWriter.create(Path(tmp), header) if write_ledger else None
         self.t = 0
         self.run_one()  # compile
         self.run_one()
@@ -379,14 +392,16 @@ class _Ours:
         self.params, self.opt_state, stats = self.trainer.step(
             self.params, self.opt_state, self.x, self.y, idx, self.key, self.t
         )
-        self.writer.append(Step(step=self.t, indices=idx, **stats.ledger_fields()))
+        if self.writer is not None:
+            self.writer.append(Step(step=self.t, indices=idx, **stats.ledger_fields()))
         self.t += 1
         return int(idx.size)
 
     def close(self) -> None:
         from dpverify.ledger import Seal
 
-        self.writer.close(seal=Seal(steps_executed=self.t, final_step=self.t))
+        if self.writer is not None:
+            self.writer.close(seal=Seal(steps_executed=self.t, final_step=self.t))
 
 
 def _param_counts(name, kwargs, shape, x):
@@ -484,6 +499,66 @@ def worker(args: argparse.Namespace) -> int:
     return 0
 
 
+def process_worker(args: argparse.Namespace) -> int:
+    """One of t data-parallel JAX processes (this process is pinned to one core)."""
+    import warnings
+
+    import numpy as np
+
+    from trainers.distributed import ProcessGroup, initialize
+
+    warnings.filterwarnings("ignore")
+    group = ProcessGroup(
+        num_processes=args.threads_here,
+        process_id=int(os.environ["DPVERIFY_PEERS_PROCESS_ID"]),
+        coordinator=os.environ["DPVERIFY_PEERS_COORDINATOR"],
+        initialization_timeout=120,
+    )
+    initialize(group)  # before any JAX computation
+    import jax
+
+    t = group.num_processes
+    table = QUICK if args.quick else SETUPS
+    base_info = {
+        "threads": t,
+        "processes": t,
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+    for name in args.models:
+        kwargs, shape, p, e, n = table[name]
+        rng = np.random.default_rng(0)
+        x = rng.uniform(size=(n, *shape)).astype(np.float32)
+        y = rng.integers(0, 10, size=n).astype(np.int32)
+        _, _, ours_count = _param_counts(name, kwargs, shape, x)
+        base = {**base_info, "model": name, "physical_batch_size": p, "expected_batch_size": e,
+                "dataset_size": n, "params_ours": ours_count}  # fmt: skip
+        with tempfile.TemporaryDirectory() as tmp:
+            runners = {
+                f"ours_{c}_proc{t}": _Ours(name, kwargs, shape, x, y, c, p, e, jax.devices(),
+                                           f"{tmp}/{c}", write_ledger=group.is_leader)
+                for c in args.clipping
+            }  # fmt: skip
+            best: dict[str, dict[str, Any]] = {}
+            for _ in range(args.rounds):
+                for mode, runner in runners.items():
+                    start, examples = time.perf_counter(), 0
+                    for _ in range(args.proc_steps):  # the same count on every process
+                        examples += runner.run_one()
+                    rate = examples / (time.perf_counter() - start)
+                    if mode not in best or rate > best[mode]["examples_per_second"]:
+                        best[mode] = {"examples_per_second": rate, "examples": examples}
+            for mode, runner in runners.items():
+                runner.close()
+                best[mode]["clipping"] = runner.trainer.clipping
+                best[mode]["compilations"] = runner.trainer.compilations
+                best[mode]["devices"] = runner.trainer.device_count
+                if group.is_leader:
+                    _emit({**base, "mode": mode, **best[mode],
+                           "load_average": list(os.getloadavg())})  # fmt: skip
+    return 0
+
+
 # -- the driver ----------------------------------------------------------------------------
 
 
@@ -528,6 +603,55 @@ def _run_worker(args, threads: int, devices: int, role: str) -> list[dict[str, A
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
 
 
+def _free_loopback_port() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _run_processes(args, threads: int) -> list[dict[str, Any]]:
+    """t single-threaded JAX processes, process i pinned to core i; process 0's records."""
+    cores = sorted(os.sched_getaffinity(0))
+    if threads > len(cores):
+        raise SystemExit(f"--threads {threads}: only {len(cores)} cores available")
+    coordinator = f"127.0.0.1:{_free_loopback_port()}"
+    root = str(Path(__file__).resolve().parents[1])
+    cmd = [sys.executable, __file__, "--_worker", "processes", "--_threads", str(threads),
+           "--_devices", "1", "--models", ",".join(args.models),
+           "--rounds", str(args.rounds), "--proc-steps", str(args.proc_steps),
+           "--clipping", "vmap"]  # fmt: skip  (ghost clipping runs on one device only)
+    if args.quick:
+        cmd.append("--quick")
+    procs = []
+    for i in range(threads):
+        env = dict(os.environ)
+        env["XLA_FLAGS"] = _xla_flags(1, 1, "")
+        env["OMP_NUM_THREADS"] = "1"
+        env["JAX_PLATFORMS"] = "cpu"
+        env["DPVERIFY_PEERS_PROCESS_ID"] = str(i)
+        env["DPVERIFY_PEERS_COORDINATOR"] = coordinator
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        core = cores[i]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                preexec_fn=lambda core=core: os.sched_setaffinity(0, [core]),
+            )
+        )
+    outputs = [proc.communicate(timeout=1800) for proc in procs]
+    for i, (proc, (_, err)) in enumerate(zip(procs, outputs, strict=True)):
+        if proc.returncode != 0:
+            sys.stderr.write(err[-4000:])
+            raise SystemExit(f"process {i} of {threads} failed ({proc.returncode})")
+    return [json.loads(line) for line in outputs[0][0].splitlines() if line.startswith("{")]
+
+
 def driver(args: argparse.Namespace) -> list[dict[str, Any]]:
     out = open(args.out, "a") if args.out else None
     emitted: list[dict[str, Any]] = []
@@ -547,6 +671,11 @@ def driver(args: argparse.Namespace) -> list[dict[str, Any]]:
                 emit(r)
             if threads > 1 and args.data_parallel:
                 more = _run_worker(args, threads, threads, "jax")
+                for r in more:
+                    emit(r)
+                records += more
+            if threads > 1 and args.multi_process:
+                more = _run_processes(args, threads)
                 for r in more:
                     emit(r)
                 records += more
@@ -602,6 +731,19 @@ def build_parser() -> argparse.ArgumentParser:
         default=True,
         help="at t ≥ 2 threads also run ours over t simulated CPU devices (default on)",
     )
+    parser.add_argument(
+        "--multi-process",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="at t ≥ 2 threads also run ours data-parallel over t single-threaded "
+        "processes, one per core (default off)",
+    )
+    parser.add_argument(
+        "--proc-steps",
+        type=int,
+        default=40,
+        help="logical steps per timing round of --multi-process (default 40)",
+    )
     parser.add_argument("--jax-xla-flags", default="", help="extra XLA flags for JAX at t ≥ 2")
     parser.add_argument("--quick", action="store_true", help="tiny models, 0.05 s per mode")
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
@@ -631,13 +773,16 @@ def main(argv: list[str] | None = None) -> int:
         problems.append(f"--clipping={args.clipping} must name vmap and/or ghost")
     if not args.opacus_modes or any(m not in OPACUS_MODES for m in args.opacus_modes):
         problems.append(f"--opacus-modes={args.opacus_modes} must name some of hooks, ghost, functorch")
-    if args.seconds <= 0 or args.rounds < 1 or args.min_steps < 1:
-        problems.append("--seconds must be > 0, --rounds and --min-steps >= 1")
+    if args.seconds <= 0 or args.rounds < 1 or args.min_steps < 1 or args.proc_steps < 1:
+        problems.append("--seconds must be > 0, --rounds, --min-steps and --proc-steps >= 1")
     if problems:
         print(problems[0], file=sys.stderr)
         return 2
     if args.quick:
         args.seconds, args.rounds, args.min_steps = min(args.seconds, 0.05), 1, 1
+        args.proc_steps = min(args.proc_steps, 3)
+    if args.role == "processes":
+        return process_worker(args)
     if args.role is not None:
         return worker(args)
     driver(args)
