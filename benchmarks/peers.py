@@ -430,11 +430,35 @@ def _check_copy(name, kwargs, shape, x, params, model) -> tuple[int, float]:
     return int(count), float(np.max(np.abs(theirs - ours)))
 
 
+def _base_info(threads: int, **more: Any) -> dict[str, Any]:
+    """Fields of every record of a worker: threads, its cores, its XLA flags."""
+    return {
+        "threads": threads,
+        **more,
+        "cpu_affinity": sorted(os.sched_getaffinity(0)),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+def _setup(table: dict, name: str, base_info: dict[str, Any]):
+    """Synthetic data of model ``name``, its Flax parameters and module, and the fields
+    every record of that model shares: ``(x, y, params, model, base)``."""
+    import numpy as np
+
+    kwargs, shape, p, e, n = table[name]
+    rng = np.random.default_rng(0)
+    x = rng.uniform(size=(n, *shape)).astype(np.float32)
+    y = rng.integers(0, 10, size=n).astype(np.int32)
+    params, model, ours_count = _param_counts(name, kwargs, shape, x)
+    base = {**base_info, "model": name, "physical_batch_size": p, "expected_batch_size": e,
+            "dataset_size": n, "params_ours": ours_count}  # fmt: skip
+    return x, y, params, model, base
+
+
 def worker(args: argparse.Namespace) -> int:
     """Run every mode of one thread setting (this process is already pinned)."""
     import warnings
 
-    import numpy as np
 
     warnings.filterwarnings("ignore")
     threads = args.threads_here
@@ -444,19 +468,11 @@ def worker(args: argparse.Namespace) -> int:
         import torch
 
         torch.set_num_threads(threads)
-    base_info = {
-        "threads": threads,
-        "cpu_affinity": sorted(os.sched_getaffinity(0)),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
+    base_info = _base_info(threads)
     for name in args.models:
-        kwargs, shape, p, e, n = table[name]
-        rng = np.random.default_rng(0)
-        x = rng.uniform(size=(n, *shape)).astype(np.float32)
-        y = rng.integers(0, 10, size=n).astype(np.int32)
-        params, model, ours_count = _param_counts(name, kwargs, shape, x)
-        base = {**base_info, "model": name, "physical_batch_size": p, "expected_batch_size": e,
-                "dataset_size": n, "params_ours": ours_count}  # fmt: skip
+        kwargs, shape, p, e, _ = table[name]
+        x, y, params, model, base = _setup(table, name, base_info)
+        ours_count = base["params_ours"]
         runners: dict[str, Any] = {}
         with tempfile.TemporaryDirectory() as tmp:
             if run_torch:
@@ -503,8 +519,6 @@ def process_worker(args: argparse.Namespace) -> int:
     """One of t data-parallel JAX processes (this process is pinned to one core)."""
     import warnings
 
-    import numpy as np
-
     from trainers.distributed import ProcessGroup, initialize
 
     warnings.filterwarnings("ignore")
@@ -519,20 +533,10 @@ def process_worker(args: argparse.Namespace) -> int:
 
     t = group.num_processes
     table = QUICK if args.quick else SETUPS
-    base_info = {
-        "threads": t,
-        "processes": t,
-        "cpu_affinity": sorted(os.sched_getaffinity(0)),
-        "xla_flags": os.environ.get("XLA_FLAGS", ""),
-    }
+    base_info = _base_info(t, processes=t)
     for name in args.models:
-        kwargs, shape, p, e, n = table[name]
-        rng = np.random.default_rng(0)
-        x = rng.uniform(size=(n, *shape)).astype(np.float32)
-        y = rng.integers(0, 10, size=n).astype(np.int32)
-        _, _, ours_count = _param_counts(name, kwargs, shape, x)
-        base = {**base_info, "model": name, "physical_batch_size": p, "expected_batch_size": e,
-                "dataset_size": n, "params_ours": ours_count}  # fmt: skip
+        kwargs, shape, p, e, _ = table[name]
+        x, y, _, _, base = _setup(table, name, base_info)
         with tempfile.TemporaryDirectory() as tmp:
             runners = {
                 f"ours_{c}_proc{t}": _Ours(name, kwargs, shape, x, y, c, p, e, jax.devices(),

@@ -62,20 +62,3 @@ def test_bad_arguments_exit_2(peers, capsys):
     assert peers.main(["--opacus-modes", "ew"]) == 2
     assert capsys.readouterr().err.count("\n") == 3
 
-
-def test_two_processes_one_per_core_report_through_process_0(peers):
-    """--multi-process: two single-threaded JAX processes joined on loopback, one per core
-    (only that part of a --threads 2 run: the Opacus side is the test above)."""
-    import os
-
-    if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs 2 cores")
-    args = peers.build_parser().parse_args(["--quick", "--models", "vit", "--clipping", "vmap"])
-    args.models, args.clipping, args.rounds, args.proc_steps = ["vit"], ["vmap"], 1, 3
-    records = peers._run_processes(args, 2)
-    assert [r["mode"] for r in records] == ["ours_vmap_proc2"]  # process 0 reports, once
-    row = records[0]
-    assert row["processes"] == 2 and row["devices"] == 2 and row["compilations"] == 1
-    assert len(row["cpu_affinity"]) == 1 and row["examples"] > 0
-    assert row["examples_per_second"] > 0
-    assert "--xla_cpu_multi_thread_eigen=false" in row["xla_flags"]
