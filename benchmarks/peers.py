@@ -35,13 +35,20 @@ Modes, each timed in the same process, interleaved in rounds (best round kept):
   ``--proc-steps`` logical steps (not ``--seconds``); process 0's time is
   reported.
 
+* ``nonprivate_jax_b<B>`` (B = p and B = E) and ``nonprivate_torch_b<E>``
+  (``--nonprivate``, default on) — no DP at all: one plain step (gather,
+  mean loss, ``grad``/``backward``, Adam) on a fixed-size batch of B examples.
+  Not contenders: they are the ceiling each framework's DP modes work under on
+  the same cores.  ``nonprivate_jax_best / opacus_best`` in the ``ratios``
+  line bounds what any DP trainer written in JAX can reach against Opacus on
+  this machine, because DP-SGD does at least the non-private work per example.
+
 Threads: every setting runs in a subprocess pinned to the first t CPU cores
 (``os.sched_setaffinity``), with ``torch.set_num_threads(t)`` and, for JAX,
 XLA flags set before JAX starts (``--xla_cpu_multi_thread_eigen=false`` at
 t = 1: XLA's thread pools size themselves from the affinity mask).  At
 t ≥ 2 the JAX side also runs with the XLA flags of ``--jax-xla-flags``
-(default :data:`DEFAULT_CPU_XLA_FLAGS` of :mod:`trainers.cpu_threads` where
-they pay; see docs/masked-dpsgd.md).
+(default none).
 
 Examples per second count real (sampled) examples; the time covers sampling,
 the step (and, for ours, the ledger write).  Output: one JSON line per
@@ -404,6 +411,81 @@ class _Ours:
             self.writer.close(seal=Seal(steps_executed=self.t, final_step=self.t))
 
 
+class _NonPrivateJax:
+    """Non-private JAX at a fixed batch of ``batch`` examples: the ceiling of any JAX DP trainer.
+
+    One jitted step: gather ``batch`` rows (uniform without replacement, a fresh
+    draw each step) from the data held on the device, mean cross-entropy,
+    ``grad``, Adam.  No clipping, no noise, no mask, no padding, no ledger, one
+    shape: what the same model costs in JAX on the same cores with nothing
+    private about it.  A DP trainer in JAX does at least this work per example,
+    so ``nonprivate_jax_best / opacus_best`` bounds ``ours_best / opacus_best``
+    from above on this machine."""
+
+    def __init__(self, model, params, x, y, batch):
+        import jax
+        import jax.numpy as jnp
+        import numpy as np
+        import optax
+
+        opt = optax.adam(LEARNING_RATE)
+        x_dev, y_dev = jnp.asarray(x), jnp.asarray(y)
+
+        def step(p_, s_, idx):
+            xb, yb = jnp.take(x_dev, idx, axis=0), jnp.take(y_dev, idx, axis=0)
+
+            def loss(q_):
+                logits = model.apply({"params": q_}, xb)
+                return optax.softmax_cross_entropy_with_integer_labels(logits, yb).mean()
+
+            updates, s_ = opt.update(jax.grad(loss)(p_), s_, p_)
+            return optax.apply_updates(p_, updates), s_
+
+        self._step = jax.jit(step)
+        self.params, self.opt_state = params, opt.init(params)
+        self.batch, self.n = batch, x.shape[0]
+        self._rng = np.random.default_rng(2)
+        self.run_one()  # compile
+        self.run_one()
+
+    def run_one(self) -> int:
+        import jax
+
+        idx = self._rng.choice(self.n, size=self.batch, replace=False).astype("int32")
+        self.params, self.opt_state = self._step(self.params, self.opt_state, idx)
+        jax.block_until_ready(self.params)
+        return self.batch
+
+
+class _NonPrivateTorch:
+    """Non-private PyTorch at a fixed batch of ``batch`` examples (same draw as
+    :class:`_NonPrivateJax`): what Opacus's modes cost beyond plain PyTorch."""
+
+    def __init__(self, name, kwargs, shape, x, y, batch, jax_params):
+        import numpy as np
+        import torch
+
+        torch.manual_seed(0)
+        self.model = torch_model(name, kwargs, shape)
+        load_flax_params(self.model, name, jax_params)
+        self.x = torch.tensor(np.ascontiguousarray(np.transpose(x, (0, 3, 1, 2))))
+        self.y = torch.tensor(y, dtype=torch.long)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=LEARNING_RATE)
+        self.criterion = torch.nn.CrossEntropyLoss()
+        self.batch, self.n = batch, x.shape[0]
+        self._rng = np.random.default_rng(2)
+        self.run_one()
+
+    def run_one(self) -> int:
+        import torch
+
+        idx = torch.from_numpy(self._rng.choice(self.n, size=self.batch, replace=False))
+        self.optimizer.zero_grad()
+        self.criterion(self.model(self.x[idx]), self.y[idx]).backward()
+        self.optimizer.step()
+        return self.batch
+
+
 def _param_counts(name, kwargs, shape, x):
     import jax
 
@@ -489,6 +571,13 @@ def worker(args: argparse.Namespace) -> int:
                             name, kwargs, shape, x, y, mode, phys, e, params
                         )
             devices = args.devices_here
+            if args.nonprivate and devices == 1:
+                for size in sorted({p, e}):
+                    runners[f"nonprivate_jax_b{size}"] = _NonPrivateJax(model, params, x, y, size)
+                if run_torch:
+                    runners[f"nonprivate_torch_b{e}"] = _NonPrivateTorch(
+                        name, kwargs, shape, x, y, e, params
+                    )
             for clipping in args.clipping if devices == 1 else ["vmap"]:
                 for phys in [p, *(args.jax_physical if devices == 1 else [])]:
                     suffix = "" if phys == p else f"_p{phys}"
@@ -591,7 +680,8 @@ def _run_worker(args, threads: int, devices: int, role: str) -> list[dict[str, A
            "--seconds", str(args.seconds), "--rounds", str(args.rounds),
            "--min-steps", str(args.min_steps), "--clipping", ",".join(args.clipping),
            "--opacus-modes", ",".join(args.opacus_modes),
-           "--jax-physical", ",".join(map(str, args.jax_physical))]  # fmt: skip
+           "--jax-physical", ",".join(map(str, args.jax_physical)),
+           "--nonprivate" if args.nonprivate else "--no-nonprivate"]  # fmt: skip
     if args.quick:
         cmd.append("--quick")
     done = subprocess.run(
@@ -689,6 +779,8 @@ def driver(args: argparse.Namespace) -> list[dict[str, Any]]:
                           if m.startswith("opacus_")}  # fmt: skip
                 ours = {m: r["examples_per_second"] for m, r in rows.items()
                         if m.startswith("ours_")}  # fmt: skip
+                plain = {m: r["examples_per_second"] for m, r in rows.items()
+                         if m.startswith("nonprivate_jax_")}  # fmt: skip
                 best_o = max(opacus, key=opacus.__getitem__)
                 best_u = max(ours, key=ours.__getitem__)
                 first = rows[best_o]
@@ -704,6 +796,15 @@ def driver(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "ours_best_examples_per_second": ours[best_u],
                     "ours_best/opacus_best": ours[best_u] / opacus[best_o],
                     **{f"{m}/opacus_best": v / opacus[best_o] for m, v in ours.items()},
+                }
+                if plain:  # the ceiling: non-private JAX on the same cores, over Opacus's best
+                    best_n = max(plain, key=plain.__getitem__)
+                    ratios.update({
+                        "nonprivate_jax_best_mode": best_n,
+                        "nonprivate_jax_best/opacus_best": plain[best_n] / opacus[best_o],
+                        "ours_best/nonprivate_jax_best": ours[best_u] / plain[best_n],
+                    })  # fmt: skip
+                ratios |= {
                     "load_average": list(os.getloadavg()),
                 }
                 emit(ratios)
@@ -747,6 +848,13 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=40,
         help="logical steps per timing round of --multi-process (default 40)",
+    )
+    parser.add_argument(
+        "--nonprivate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time non-private JAX (at p and E) and PyTorch (at E) on fixed-size "
+        "batches: the ceiling any DP trainer in each framework works under (default on)",
     )
     parser.add_argument("--jax-xla-flags", default="", help="extra XLA flags for JAX at t ≥ 2")
     parser.add_argument("--quick", action="store_true", help="tiny models, 0.05 s per mode")

@@ -35,7 +35,8 @@ def test_quick_run_reports_every_mode_and_ratio(peers, tmp_path, capsys):
     modes = [r["mode"] for r in records]
     opacus = [f"opacus_{g}_{k}" for g in ("hooks", "ghost", "functorch")
               for k in ("logical", "physical")]  # fmt: skip
-    assert modes == [*opacus, "ours_vmap", "ours_ghost", "worker_done", "ratios"]
+    plain = ["nonprivate_jax_b4", "nonprivate_jax_b8", "nonprivate_torch_b8"]  # p = 4, E = 8
+    assert modes == [*opacus, *plain, "ours_vmap", "ours_ghost", "worker_done", "ratios"]
     by = dict(zip(modes, records, strict=True))
     for mode in (*opacus, "ours_vmap", "ours_ghost"):
         row = by[mode]
@@ -54,6 +55,16 @@ def test_quick_run_reports_every_mode_and_ratio(peers, tmp_path, capsys):
     expected = by[ours]["examples_per_second"] / by[best]["examples_per_second"]
     assert ratios["ours_best/opacus_best"] == pytest.approx(expected)
     assert by["worker_done"]["max_rss_bytes"] > 0
+    # the non-private ceiling is reported, never counted as one of ours or Opacus's modes
+    for mode in plain:
+        assert by[mode]["examples_per_second"] > 0 and by[mode]["examples"] > 0
+    jax_best = max(plain[:2], key=lambda m: by[m]["examples_per_second"])
+    assert ratios["nonprivate_jax_best_mode"] == jax_best
+    ceiling = by[jax_best]["examples_per_second"] / by[best]["examples_per_second"]
+    assert ratios["nonprivate_jax_best/opacus_best"] == pytest.approx(ceiling)
+    assert ratios["ours_best/nonprivate_jax_best"] == pytest.approx(
+        by[ours]["examples_per_second"] / by[jax_best]["examples_per_second"]
+    )
 
 
 def test_bad_arguments_exit_2(peers, capsys):
