@@ -40,8 +40,9 @@ Modes, each timed in the same process, interleaved in rounds (best round kept):
   mean loss, ``grad``/``backward``, Adam) on a fixed-size batch of B examples.
   Not contenders: they are the ceiling each framework's DP modes work under on
   the same cores.  ``nonprivate_jax_best / opacus_best`` in the ``ratios``
-  line bounds what any DP trainer written in JAX can reach against Opacus on
-  this machine, because DP-SGD does at least the non-private work per example.
+  line (best of the batch sizes timed) bounds what a DP trainer written in JAX
+  can reach against Opacus on this machine at those batch sizes, because
+  DP-SGD does at least the non-private work per example.
 
 Threads: every setting runs in a subprocess pinned to the first t CPU cores
 (``os.sched_setaffinity``), with ``torch.set_num_threads(t)`` and, for JAX,
@@ -418,9 +419,9 @@ class _NonPrivateJax:
     draw each step) from the data held on the device, mean cross-entropy,
     ``grad``, Adam.  No clipping, no noise, no mask, no padding, no ledger, one
     shape: what the same model costs in JAX on the same cores with nothing
-    private about it.  A DP trainer in JAX does at least this work per example,
-    so ``nonprivate_jax_best / opacus_best`` bounds ``ours_best / opacus_best``
-    from above on this machine."""
+    private about it.  A DP trainer in JAX does at least this work per example
+    at the same batch size, so ``nonprivate_jax_best / opacus_best`` bounds
+    ``ours_best / opacus_best`` from above at the batch sizes timed."""
 
     def __init__(self, model, params, x, y, batch):
         import jax
@@ -796,6 +797,7 @@ def driver(args: argparse.Namespace) -> list[dict[str, Any]]:
                     "ours_best_examples_per_second": ours[best_u],
                     "ours_best/opacus_best": ours[best_u] / opacus[best_o],
                     **{f"{m}/opacus_best": v / opacus[best_o] for m, v in ours.items()},
+                    "load_average": list(os.getloadavg()),
                 }
                 if plain:  # the ceiling: non-private JAX on the same cores, over Opacus's best
                     best_n = max(plain, key=plain.__getitem__)
@@ -804,9 +806,6 @@ def driver(args: argparse.Namespace) -> list[dict[str, Any]]:
                         "nonprivate_jax_best/opacus_best": plain[best_n] / opacus[best_o],
                         "ours_best/nonprivate_jax_best": ours[best_u] / plain[best_n],
                     })  # fmt: skip
-                ratios |= {
-                    "load_average": list(os.getloadavg()),
-                }
                 emit(ratios)
     finally:
         if out is not None:
