@@ -10,7 +10,10 @@ Supervision: when a process ends with a non-zero status, the others are sent
 SIGINT (each finishes or abandons its step, flushes the ledger and stops);
 any still running after ``--grace`` seconds are killed.  The launcher exits
 with the status of the first process that failed (128 + signal number for a
-signal), or 0 when all succeeded.  ``--gpus-per-process K`` gives process I
+signal), or 0 when all succeeded.  Processes found ended in the same poll
+(50 ms) count as failing together; of those, one killed by a signal is named
+first, because a process whose collective broke when its peer died ends with
+status 1 moments after the cause.  ``--gpus-per-process K`` gives process I
 the GPUs I·K … I·K+K−1 (``CUDA_VISIBLE_DEVICES``) on a multi-GPU host.  Ctrl-C (SIGINT) or SIGTERM sent to the
 launcher is forwarded once to every process as SIGINT.  Process 0's output is
 the job's output; ``--resume`` is passed through like any train argument.
@@ -176,15 +179,16 @@ def _supervise(procs: list[subprocess.Popen], *, grace: float) -> int:
     try:
         while True:
             codes = [p.poll() for p in procs]
-            for i, code in enumerate(codes):
-                if code not in (None, 0) and first_failure is None:
-                    first_failure = code
-                    sys.stderr.write(
-                        f"dpverify launch: process {i} ended with {_describe(code)}; "
-                        "stopping the others\n"
-                    )
-                    _interrupt_all(procs)
-                    deadline = time.monotonic() + grace
+            failed = [(i, c) for i, c in enumerate(codes) if c not in (None, 0)]
+            if failed and first_failure is None:
+                # a signal death is the cause; a status-1 exit in the same poll its effect
+                i, first_failure = min(failed, key=lambda f: (f[1] >= 0, f[0]))
+                sys.stderr.write(
+                    f"dpverify launch: process {i} ended with {_describe(first_failure)}; "
+                    "stopping the others\n"
+                )
+                _interrupt_all(procs)
+                deadline = time.monotonic() + grace
             if all(c is not None for c in codes):
                 break
             if deadline is not None and time.monotonic() > deadline:

@@ -87,6 +87,17 @@ def test_a_process_ignoring_sigint_is_killed_after_the_grace_period():
     assert stubborn.returncode == -9
 
 
+def test_a_signal_death_is_named_before_a_status_1_seen_in_the_same_poll(capsys):
+    # Process 1 is killed; process 0 (whose collective broke) exits 1. Both have ended
+    # before the launcher's first poll: the kill is the cause, whatever the order.
+    effect = _python("raise SystemExit(1)")
+    cause = _python("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+    effect.wait()
+    cause.wait()
+    assert _supervise([effect, cause], grace=1) == 128 + 9
+    assert "process 1 ended with signal SIGKILL; stopping the others" in capsys.readouterr().err
+
+
 def test_all_succeeding_is_exit_0():
     assert _supervise([_python("pass"), _python("pass")], grace=1) == 0
 
