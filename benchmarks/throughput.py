@@ -26,7 +26,13 @@ not depend on the values):
   DP-SGD step and ledger writing; ``ledger_share`` is the ledger's part of the
   total (target < 2%).  The trainer's last physical batch runs as a tail batch
   of p/2 rows when it fits (:mod:`trainers.dispatch`); ``--compare-tail`` also
-  times each trainer without it and prints ``tail_gain_<m>``.
+  times each trainer without it and prints ``tail_gain_<m>``.  The trainer and
+  the bare ``dpsgd_<m>`` step compile with the trainer's default per-compilation
+  XLA options (:mod:`trainers.xla_options`: on XLA:CPU under ghost clipping,
+  matrix products only as library fusions); ``--compare-xla-options`` also
+  times each trainer, and each bare step that has options, compiled with
+  XLA's defaults (``masked_trainer_<m>_xla_defaults``,
+  ``dpsgd_<m>_xla_defaults``) and prints ``xla_options_gain_<m>``.
 
 * ``dpsgd_ghost`` — the same step as ``dpsgd_vmap`` with ghost clipping
   (:mod:`trainers.clipping`): per-example norms from one backward pass, the
@@ -274,6 +280,17 @@ def _dpsgd_ghost_step(model, opt, x_dev, y_dev, p: int):
 _STEPS = {"vmap": _dpsgd_vmap_step, "ghost": _dpsgd_ghost_step}
 
 
+def _step_options(make_step) -> dict[str, str] | None:
+    """The per-compilation XLA options the masked trainer would use for this bare step
+    (:func:`trainers.xla_options.step_options`; ``None``: XLA's defaults)."""
+    import jax
+
+    from trainers.xla_options import step_options
+
+    method = next((m for m, f in _STEPS.items() if f is make_step), "none")
+    return step_options(method, jax.default_backend()) or None
+
+
 def _xla_peak_bytes(make_step, model, params, x_dev, y_dev, p, precision) -> int | None:
     """XLA's planned peak (arguments + outputs + temporaries − aliased) of the step at p."""
     import jax
@@ -283,7 +300,11 @@ def _xla_peak_bytes(make_step, model, params, x_dev, y_dev, p, precision) -> int
     from trainers.precision import precision_context
 
     opt = optax.adam(LEARNING_RATE)
-    fn = jax.jit(make_step(model, opt, x_dev, y_dev, p), donate_argnums=(0, 1))
+    fn = jax.jit(
+        make_step(model, opt, x_dev, y_dev, p),
+        donate_argnums=(0, 1),
+        compiler_options=_step_options(make_step),
+    )
     with precision_context(precision):
         compiled = fn.lower(
             params, opt.init(params), np.zeros((p,), np.int32), jax.random.PRNGKey(0)
@@ -299,8 +320,11 @@ def _xla_peak_bytes(make_step, model, params, x_dev, y_dev, p, precision) -> int
     )
 
 
-def _prepare_jitted(make_step, model, params, x_dev, y_dev, p, precision):
-    """Compile and warm up the step ``make_step`` builds; returns ``(run_one, compile_s)``."""
+def _prepare_jitted(make_step, model, params, x_dev, y_dev, p, precision, options=None):
+    """Compile and warm up the step ``make_step`` builds; returns ``(run_one, compile_s)``.
+
+    ``options``: per-compilation XLA options (``None``: the trainer's for this
+    step, :func:`_step_options`; ``{}``: XLA's defaults)."""
     import jax
     import jax.numpy as jnp
     import numpy as np
@@ -309,7 +333,11 @@ def _prepare_jitted(make_step, model, params, x_dev, y_dev, p, precision):
     from trainers.precision import precision_context
 
     opt = optax.adam(LEARNING_RATE)
-    fn = jax.jit(make_step(model, opt, x_dev, y_dev, p), donate_argnums=(0, 1))
+    fn = jax.jit(
+        make_step(model, opt, x_dev, y_dev, p),
+        donate_argnums=(0, 1),
+        compiler_options=_step_options(make_step) if options is None else (options or None),
+    )
     rng = np.random.default_rng(0)
     n, key = x_dev.shape[0], jax.random.PRNGKey(0)
     state = {"params": jax.tree_util.tree_map(jnp.copy, params), "t": 0}
@@ -334,7 +362,17 @@ class _MaskedTrainerBench:
     """The real masked trainer + Poisson sampler + ledger, timed in rounds."""
 
     def __init__(
-        self, model, params, x_np, y_np, setup, precision, ledger_dir, clipping, tail=None
+        self,
+        model,
+        params,
+        x_np,
+        y_np,
+        setup,
+        precision,
+        ledger_dir,
+        clipping,
+        tail=None,
+        compiler_options=None,
     ):
         import jax
         import jax.numpy as jnp
@@ -356,7 +394,11 @@ class _MaskedTrainerBench:
             clipping=clipping,
         )
         self.trainer = MaskedDPSGD(
-            lambda p_, x: model.apply({"params": p_}, x), opt, config, tail_batch_size=tail
+            lambda p_, x: model.apply({"params": p_}, x),
+            opt,
+            config,
+            tail_batch_size=tail,
+            compiler_options=compiler_options,
         )
         self.sampler = PoissonSampler(n, self.q, seed=1)
         header = RunHeader(
@@ -446,6 +488,7 @@ class _MaskedTrainerBench:
             "compilations": self.trainer.compilations,
             "clipping": self.trainer.clipping,
             "tail_batch_size": self.trainer.tail_batch_size,
+            "compiler_options": self.trainer.compiler_options,
             "sampling_rate": self.q,
             "expected_batch_size": self.e,
             "seconds_sampling": timing["sample"],
@@ -504,6 +547,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     info[mode][f"xla_peak_bytes_p{batch}"] = _xla_peak_bytes(
                         make, model, params, x_dev, y_dev, batch, precision
                     )
+                info[mode]["compiler_options"] = _step_options(make) or {}
+            if args.compare_xla_options:  # the bare steps that have options, without them
+                for m in args.clipping:
+                    if _step_options(_STEPS[m]):
+                        mode = f"dpsgd_{m}_xla_defaults"
+                        runners[mode], compile_s = _prepare_jitted(
+                            _STEPS[m], model, params, x_dev, y_dev, p, precision, options={}
+                        )
+                        info[mode] = {"compile_s": compile_s, "compiler_options": {}}
             with tempfile.TemporaryDirectory() as tmp:
                 trainers = {
                     f"masked_trainer_{m}": _MaskedTrainerBench(
@@ -516,6 +568,12 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                         trainers[f"masked_trainer_{m}_no_tail"] = _MaskedTrainerBench(
                             model, params, x, y, setup, precision,
                             Path(tmp) / f"ledger-{m}-no-tail", m, tail=0,
+                        )  # fmt: skip
+                if args.compare_xla_options:  # the same trainers compiled with XLA's defaults
+                    for m in args.clipping:
+                        trainers[f"masked_trainer_{m}_xla_defaults"] = _MaskedTrainerBench(
+                            model, params, x, y, setup, precision,
+                            Path(tmp) / f"ledger-{m}-xla-defaults", m, compiler_options={},
                         )  # fmt: skip
                 best = {mode: 0.0 for mode in runners}
                 for _ in range(args.rounds):
@@ -548,6 +606,15 @@ def run(args: argparse.Namespace) -> list[dict[str, Any]]:
                     ratios[f"masked_trainer_{m}_no_tail/nonprivate"] = without / ref
                     ratios[f"tail_gain_{m}"] = (
                         results[f"masked_trainer_{m}"]["examples_per_second"] / without
+                    )
+                if args.compare_xla_options and f"dpsgd_{m}_xla_defaults" in results:
+                    bare = results[f"dpsgd_{m}_xla_defaults"]["examples_per_second"]
+                    ratios[f"dpsgd_{m}_xla_defaults/nonprivate"] = bare / ref
+                if args.compare_xla_options:
+                    plain = results[f"masked_trainer_{m}_xla_defaults"]["examples_per_second"]
+                    ratios[f"masked_trainer_{m}_xla_defaults/nonprivate"] = plain / ref
+                    ratios[f"xla_options_gain_{m}"] = (
+                        results[f"masked_trainer_{m}"]["examples_per_second"] / plain
                     )
             emit(ratios)
     finally:
@@ -594,6 +661,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--compare-tail",
         action="store_true",
         help="also time each masked trainer without its tail batch (tail_batch_size=0)",
+    )
+    parser.add_argument(
+        "--compare-xla-options",
+        action="store_true",
+        help="also time each masked trainer compiled with XLA's default options "
+        "(compiler_options={}; trainers.xla_options)",
     )
     parser.add_argument("--out", default=None, help="also append the JSON lines to this file")
     parser.add_argument(

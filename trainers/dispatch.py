@@ -46,7 +46,7 @@ References: Chua et al. 2024, "How Private are DP-SGD Implementations?"
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -118,6 +118,13 @@ class MaskedDPSGD:
             ⌊p/2⌋ on a single device, 0 when data-parallel (``devices``).
         mechanics: the :class:`~trainers.dp_math.Mechanics` composition
             (default: ``PRODUCTION``, or the one of ``config.mutation``).
+        compiler_options: per-compilation XLA options of the step's functions
+            (``jax.jit(compiler_options=…)``; they never touch ``XLA_FLAGS``).
+            ``None`` (default): :func:`trainers.xla_options.step_options` for
+            the resolved clipping method and backend (on XLA:CPU under ghost
+            clipping: matrix products only as library fusions, measured
+            faster); ``{}``: XLA's defaults.  Options this XLA rejects are an
+            error at the first step.
 
     Attributes:
         compilations: how many times the step was traced (compiled): the
@@ -132,6 +139,8 @@ class MaskedDPSGD:
             ``clipping_reason`` says why in one line.
         placement: the :class:`trainers.sharding.DataParallel` placement, or
             ``None`` on a single device.
+        compiler_options: the XLA options the step compiles with (``None``
+            until the clipping method is resolved; ``{}``: XLA's defaults).
     """
 
     def __init__(
@@ -147,8 +156,8 @@ class MaskedDPSGD:
         fused_batches: int | None = None,
         tail_batch_size: int | None = None,
         mechanics: Mechanics | None = None,
+        compiler_options: Mapping[str, str] | None = None,
     ) -> None:
-        import jax
 
         if not isinstance(config, DPSGDConfig):
             from dpverify.errors import InvalidArgument
@@ -199,17 +208,47 @@ class MaskedDPSGD:
                 raise InvalidArgument(
                     f"tail_batch_size={tail_batch_size} needs a single device (use 0 with devices)"
                 )
+        self._donate = donate
+        self._requested_options: dict[str, str] | None = None
+        if compiler_options is not None:
+            if not isinstance(compiler_options, Mapping) or not all(
+                isinstance(k, str) and isinstance(v, str) for k, v in compiler_options.items()
+            ):
+                from dpverify.errors import InvalidArgument
+
+                raise InvalidArgument(
+                    f"compiler_options={compiler_options!r} must map option names to strings"
+                )
+            self._requested_options = dict(compiler_options)
+        self.compiler_options: dict[str, str] | None = None
+        self._make_functions({})
+
+    def _make_functions(self, options: dict[str, str]) -> None:
+        """(Re)wrap the step's compiled functions with per-compilation XLA ``options``
+        (before their first call: nothing compiled is thrown away)."""
+        import jax
+
         shard = jit_shardings(self.placement)
+        donate = self._donate
+        co = dict(options) or None
         self._fused = jax.jit(
-            self._fused_impl, donate_argnums=(0, 1) if donate else (), **shard["fused"]
+            self._fused_impl,
+            donate_argnums=(0, 1) if donate else (),
+            compiler_options=co,
+            **shard["fused"],
         )
-        self._init = jax.jit(self._init_impl, **shard["init"])
+        self._init = jax.jit(self._init_impl, compiler_options=co, **shard["init"])
         self._accumulate = jax.jit(
-            self._accumulate_impl, donate_argnums=(0,), **shard["accumulate"]
+            self._accumulate_impl, donate_argnums=(0,), compiler_options=co, **shard["accumulate"]
         )
-        self._accumulate_tail = jax.jit(self._accumulate_tail_impl, donate_argnums=(0,))
+        self._accumulate_tail = jax.jit(
+            self._accumulate_tail_impl, donate_argnums=(0,), compiler_options=co
+        )
         self._finalize = jax.jit(
-            self._finalize_impl, donate_argnums=(0, 1) if donate else (), **shard["finalize"]
+            self._finalize_impl,
+            donate_argnums=(0, 1) if donate else (),
+            compiler_options=co,
+            **shard["finalize"],
         )
 
     @property
@@ -331,7 +370,34 @@ class MaskedDPSGD:
                 y_one=None if y0 is None else jax.ShapeDtypeStruct(y0.shape, y0.dtype),
             )
             self._ghost, self.clipping, self.clipping_reason = ghost, method, reason
+            self._resolve_compiler_options(method)
         return self.clipping
+
+    def _resolve_compiler_options(self, method: str) -> None:
+        """Set :attr:`compiler_options` for the resolved clipping method, and rewrap."""
+        import jax
+
+        from trainers.xla_options import step_options, supported
+
+        if self._requested_options is None:
+            backend = (
+                jax.default_backend()
+                if self.placement is None
+                else self.placement.devices[0].platform
+            )
+            options = step_options(method, backend)
+        else:
+            options = self._requested_options
+            if options and not supported(options):
+                from dpverify.errors import InvalidArgument
+
+                raise InvalidArgument(
+                    f"compiler_options={options!r} are not accepted by this XLA "
+                    f"(jax {jax.__version__})"
+                )
+        self.compiler_options = dict(options)
+        if options:
+            self._make_functions(options)
 
     def _per_example_grads(self, params, xb, yb):
         if self._ghost is not None:  # ghost norms + book-keeping (trainers.clipping)

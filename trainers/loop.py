@@ -286,6 +286,7 @@ def _run(
         "precision": plan.precision,
         "clipping": getattr(trainer, "clipping", None) or session.clipping,
         "clipping_reason": session.clipping_reason,
+        "compiler_options": getattr(trainer, "compiler_options", None),
         "sampling_rate": plan.sampling_rate,
         "expected_batch_size": plan.expected_batch_size,
         "noise_multiplier": plan.noise_multiplier,

@@ -55,6 +55,12 @@ def test_summary_fields(run):
     assert eps["prv"]["lower"] <= eps["prv"]["upper"]
     assert summary["claimed_epsilon"] == pytest.approx(eps["pld"]["epsilon"], rel=1e-6)
     assert summary["wall_seconds"] > 0
+    # The step's per-compilation XLA options are those of its clipping method.
+    import jax
+
+    from trainers.xla_options import step_options
+
+    assert summary["compiler_options"] == step_options(summary["clipping"], jax.default_backend())
 
 
 def test_ledger_has_every_step_once_and_is_sealed(run):

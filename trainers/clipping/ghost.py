@@ -490,10 +490,52 @@ class GhostClipping:
         import jax.numpy as jnp
 
         p = g.shape[0]
+        theta = _subtree(params, layer.key)
+        if (
+            layer.kind in ("Dense", "DenseGeneral")
+            and layer.rule in ("ghost", "direct")
+            and getattr(layer.module, "dot_general", None) is None
+            and getattr(layer.module, "dot_general_cls", None) is None
+        ):
+            return self._linear_weighted_sum(layer, theta, a, g, w, keep)
         a_kept = jnp.where(keep.reshape((p,) + (1,) * (a.ndim - 1)), a, jnp.zeros((), a.dtype))
         gw = g.astype(jnp.float32) * w.reshape((p,) + (1,) * (g.ndim - 1))
         g_kept = jnp.where(keep.reshape((p,) + (1,) * (g.ndim - 1)), gw, 0.0).astype(g.dtype)
-        theta = _subtree(params, layer.key)
         _, vjp = jax.vjp(lambda th: self._apply_layer(layer)(th, a_kept), theta)
         (grads,) = vjp(g_kept)
         return grads
+
+    def _linear_weighted_sum(
+        self, layer: LayerPlan, theta: Any, a: Any, g: Any, w: Any, keep: Any
+    ) -> dict:
+        """A Dense/DenseGeneral layer's Σ_i w_i·∇ℓ_i as one matrix product.
+
+        With the p·T kept rows stacked, A ∈ R^{pT×d_in} and G ∈ R^{pT×d_out}
+        (row (i, t) scaled by w_i, dropped rows zeroed in both so a NaN/inf
+        row adds exactly 0): kernel = AᵀG, bias = 1ᵀG.  The same products the
+        layer's VJP computes, written as one plain (pT, d) contraction, which
+        XLA:CPU runs as a library matrix product (the VJP's batched layout was
+        a slower generic dot on the ViT; docs/masked-dpsgd.md).
+        """
+        import jax.numpy as jnp
+
+        n = g.shape[0] * layer.tokens
+        rows_keep = jnp.repeat(keep, layer.tokens)[:, None]
+        rows_w = jnp.repeat(w.astype(jnp.float32), layer.tokens)[:, None]
+        a2 = jnp.where(rows_keep, a.reshape((n, layer.d_in)), jnp.zeros((), a.dtype))
+        g2 = g.reshape((n, layer.d_out))
+        gw = jnp.where(rows_keep, g2.astype(jnp.float32) * rows_w, 0.0).astype(g.dtype)
+        out = {}
+        if layer.trainable.get("kernel", False):
+            kernel = jnp.einsum(
+                "nd,ne->de",
+                a2,
+                gw,
+                precision=getattr(layer.module, "precision", None),
+                preferred_element_type=jnp.float32,
+            )
+            out["kernel"] = kernel.reshape(jnp.shape(theta["kernel"]))
+        if layer.trainable.get("bias", False):
+            bias = jnp.sum(gw.astype(jnp.float32), axis=0)
+            out["bias"] = bias.reshape(jnp.shape(theta["bias"]))
+        return out

@@ -1,0 +1,116 @@
+"""trainers.xla_options and MaskedDPSGD(compiler_options=...): the step's per-compilation
+XLA options change the kernels, never the update; rejected options are clear errors."""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from dpverify.errors import InvalidArgument
+from trainers import xla_options
+from trainers.dpsgd import DPSGDConfig, MaskedDPSGD
+from trainers.models import ViT
+from trainers.xla_options import GHOST_CPU_OPTIONS, step_options, supported
+
+_MODEL = ViT(num_classes=3, patch_size=2, width=8, depth=1, num_heads=2, mlp_dim=16)
+N, P = 20, 4
+
+
+def _apply(p, x):
+    return _MODEL.apply({"params": p}, x)
+
+
+@pytest.fixture(scope="module")
+def problem():
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(N, 4, 4, 1)).astype(np.float32)
+    x[N - 1] = np.nan  # the padding row: never sampled, must change nothing
+    y = rng.integers(0, 3, N).astype(np.int32)
+    params = _MODEL.init(jax.random.key(1), x[:1])["params"]
+    return x, y, params
+
+
+def _trainer(clipping, **kwargs):
+    cfg = DPSGDConfig(
+        clip_norm=0.05, noise_multiplier=0.7, denominator=6.0, physical_batch_size=P,
+        clipping=clipping,
+    )  # fmt: skip
+    return MaskedDPSGD(_apply, optax.sgd(0.1), cfg, donate=False, **kwargs)
+
+
+def _run(trainer, problem, steps=3):
+    x, y, params = problem
+    opt_state = trainer.optimizer.init(params)
+    key = jax.random.key(7)
+    for t, L in enumerate([5, 2, 9][:steps]):
+        idx = np.sort(np.random.default_rng(t).choice(N - 1, L, replace=False))
+        params, opt_state, stats = trainer.step(
+            params, opt_state, x, y, idx, key, t, pad_index=N - 1
+        )
+        assert stats.num_nonfinite == 0  # the NaN padding row was never counted
+    return params
+
+
+def test_step_options_by_method_and_backend():
+    assert supported(GHOST_CPU_OPTIONS)  # this jaxlib has the option
+    assert step_options("ghost", "cpu") == dict(GHOST_CPU_OPTIONS)
+    assert step_options("vmap", "cpu") == {}
+    assert step_options("ghost", "gpu") == {}
+    assert step_options("ghost", "tpu") == {}
+
+
+def test_an_option_this_xla_rejects_falls_back_to_the_defaults(monkeypatch):
+    bogus = {"xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_NO_SUCH"}
+    assert not supported(bogus)
+    assert not supported({"xla_cpu_no_such_option": "1"})
+    monkeypatch.setattr(xla_options, "GHOST_CPU_OPTIONS", bogus)
+    assert step_options("ghost", "cpu") == {}
+
+
+def test_ghost_trainer_compiles_with_the_options_and_updates_as_with_the_defaults(
+    problem, monkeypatch
+):
+    if jax.default_backend() != "cpu":
+        pytest.skip("the default options are XLA:CPU's")
+    seen = []
+    real_jit = jax.jit
+
+    def spy(fun, *args, **kwargs):
+        seen.append((getattr(fun, "__name__", ""), kwargs.get("compiler_options")))
+        return real_jit(fun, *args, **kwargs)
+
+    monkeypatch.setattr(jax, "jit", spy)
+    tuned = _trainer("ghost")
+    _run(tuned, problem, steps=1)
+    monkeypatch.setattr(jax, "jit", real_jit)
+    # every step function is (re)wrapped with the options before its first call
+    step_fns = {"_fused_impl", "_init_impl", "_accumulate_impl", "_accumulate_tail_impl",
+                "_finalize_impl"}  # fmt: skip
+    last = {name: opts for name, opts in seen if name in step_fns}
+    assert last == {name: dict(GHOST_CPU_OPTIONS) for name in step_fns}
+    tuned = _trainer("ghost")
+    plain = _trainer("ghost", compiler_options={})
+    vmap = _trainer("vmap")
+    out = {name: _run(t, problem) for name, t in (("tuned", tuned), ("plain", plain), ("vmap", vmap))}
+    assert tuned.compiler_options == dict(GHOST_CPU_OPTIONS)
+    assert plain.compiler_options == {} and vmap.compiler_options == {}
+    for t in (tuned, plain, vmap):
+        assert t.compilations == 1
+    assert all(np.isfinite(np.asarray(a)).all() for a in jax.tree_util.tree_leaves(out["tuned"]))
+    for name in ("plain", "vmap"):
+        for a, b in zip(
+            jax.tree_util.tree_leaves(out["tuned"]), jax.tree_util.tree_leaves(out[name]),
+            strict=True,
+        ):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-5, atol=2e-6)
+
+
+def test_bad_compiler_options_are_one_line_errors(problem):
+    with pytest.raises(InvalidArgument, match="compiler_options="):
+        _trainer("ghost", compiler_options=["xla_cpu_use_xnnpack"])
+    with pytest.raises(InvalidArgument, match="compiler_options="):
+        _trainer("ghost", compiler_options={"xla_cpu_use_xnnpack": False})
+    trainer = _trainer("vmap", compiler_options={"xla_cpu_no_such_option": "1"})
+    with pytest.raises(InvalidArgument, match=r"xla_cpu_no_such_option.*not accepted") as err:
+        _run(trainer, problem, steps=1)
+    assert "\n" not in str(err.value)
