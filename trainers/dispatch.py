@@ -373,6 +373,12 @@ class MaskedDPSGD:
             self._resolve_compiler_options(method)
         return self.clipping
 
+    def _platform(self) -> str:
+        """The JAX platform the step runs on (``"cpu"``, ``"gpu"``, …)."""
+        import jax
+
+        return jax.default_backend() if self.placement is None else self.placement.devices[0].platform
+
     def _resolve_compiler_options(self, method: str) -> None:
         """Set :attr:`compiler_options` for the resolved clipping method, and rewrap."""
         import jax
@@ -380,12 +386,7 @@ class MaskedDPSGD:
         from trainers.xla_options import step_options, supported
 
         if self._requested_options is None:
-            backend = (
-                jax.default_backend()
-                if self.placement is None
-                else self.placement.devices[0].platform
-            )
-            options = step_options(method, backend)
+            options = step_options(method, self._platform())
         else:
             options = self._requested_options
             if options and not supported(options):
@@ -453,10 +454,7 @@ class MaskedDPSGD:
         import jax
 
         cfg = self.config
-        platform = (
-            jax.default_backend() if self.placement is None else self.placement.devices[0].platform
-        )
-        if platform == "cpu":
+        if self._platform() == "cpu":
             # A trace only (no compilation, not counted): does the model convolve?
             jaxpr = jax.make_jaxpr(lambda *a: self._per_example_grads(*a)[0])(params, x[:1], y[:1])
             if "conv_general_dilated" in str(jaxpr):
