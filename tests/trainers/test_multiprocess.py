@@ -53,7 +53,12 @@ def launch(n: int, out: Path, *extra: str, env: dict | None = None, task: str = 
 
 
 def single_process_twin(job: Path, out: Path, monkeypatch, task: str) -> dict:
-    """A single-process run with the job's seed and (patched in) the job's noise key."""
+    """A single-process run with the job's seed and (patched in) the job's noise key.
+
+    It clips with vmap, as every multi-process execution does (ghost clipping is
+    single-device only, :func:`trainers.clipping.select.resolve_clipping`), so the
+    twins differ only in where the per-example terms are summed.
+    """
     import dpverify.private_files as private_files
     from trainers.loop import TrainConfig, train
 
@@ -61,7 +66,7 @@ def single_process_twin(job: Path, out: Path, monkeypatch, task: str) -> dict:
     monkeypatch.setattr(private_files.secrets, "token_bytes", lambda n: key[:n])
     config = TrainConfig(
         task=task, expected_batch_size=40, noise_multiplier=1.0, clip_norm=0.5,
-        physical_batch_size=16, steps=STEPS, checkpoint_every=EVERY, seed=5,
+        physical_batch_size=16, steps=STEPS, checkpoint_every=EVERY, seed=5, clipping="vmap",
     )  # fmt: skip
     return train(config, out, progress=False)
 
@@ -102,7 +107,27 @@ def assert_same_run(job: Path, twin: Path, *, final_format: str = ".orbax") -> N
     assert path_a.endswith(final_format) and path_b.endswith(".msgpack")
     assert len(leaves_a) == len(leaves_b)
     for x, y in zip(leaves_a, leaves_b, strict=True):
-        np.testing.assert_allclose(x, y, rtol=2e-5, atol=2e-6)
+        assert_float32_twins(x, y)
+
+
+def assert_float32_twins(x: np.ndarray, y: np.ndarray) -> None:
+    """``x`` and ``y`` are one leaf of two runs that differ only in float32 rounding.
+
+    The runs sum the same per-example terms in another order (per process, then
+    all-reduced), and Adam amplifies that rounding wherever its first moment
+    nearly cancels (m̂ ≈ 0 while v̂ is not): one element in a few thousand then
+    moves by up to about 1e-3 of a step.  So: all but 0.1 % of the elements (one in a small leaf) agree to
+    float32 tolerance (rtol 2e-5), and every element to 1e-3 of the leaf's
+    scale.  The bugs this comparison exists for (noise added on every process,
+    a lost or repeated step) move most elements by a whole Adam step (lr =
+    1.5e-2 here, about 5 % of the weights' scale) and fail both.
+    """
+    assert x.shape == y.shape and x.dtype == y.dtype
+    scale = float(np.max(np.abs(y))) or 1.0
+    tight = np.abs(x - y) <= 2e-6 + 2e-5 * np.abs(y)
+    loose = int((~tight).sum())
+    assert loose <= max(1, y.size // 1000), f"{loose} of {y.size} elements beyond rtol 2e-5"
+    np.testing.assert_allclose(x, y, rtol=0, atol=1e-3 * scale)
 
 
 def assert_certified(run: Path) -> None:
