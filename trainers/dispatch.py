@@ -32,8 +32,17 @@ tail batch is the last physical batch with fewer padding rows, and
 (:func:`trainers.dp_math.accumulate_batch`, :func:`trainers.dp_math.finalize_step`),
 so they agree up to float32 rounding.  By default a convolutional model on
 XLA:CPU always takes the k + 2 path (K = 0): XLA:CPU runs convolutions
-inside a loop body several times slower (see ``MaskedDPSGD``'s
-``fused_batches``).
+inside a loop body several times slower; so does a model whose physical
+batch is heavy enough that dispatches cost nothing (:data:`HEAVY_BATCH_FLOPS`;
+see ``MaskedDPSGD``'s ``fused_batches``).
+
+Inside the loop, physical batch j's rows (gathered inputs, labels, mask)
+reach the body through the loop state, gathered by iteration j − 1.  Had the
+body gathered them itself, XLA would fuse the gather and its index
+arithmetic (a dynamic slice of the index buffer) into every consumer of the
+rows; on XLA:CPU such fusions are not vectorised (the text transformer's
+attention softmax ran 7× slower inside the loop than in the k + 2 path's
+``accumulate``).
 
 The realised L never reaches the compiled code as a shape or a static value,
 so each of the step's functions compiles at most once per run whatever the
@@ -69,7 +78,18 @@ from trainers.precision import precision_context
 from trainers.prng import noise_context, wrap_noise_key
 from trainers.sharding import data_parallel, jit_shardings
 
-__all__ = ["MaskedDPSGD", "default_fused_batches"]
+__all__ = ["HEAVY_BATCH_FLOPS", "MaskedDPSGD", "default_fused_batches"]
+
+#: On XLA:CPU a physical batch whose gradient's matrix products take at least
+#: this many floating-point operations (:func:`trainers.jaxpr_cost.matmul_flops`
+#: of one example times p) runs on the k + 2 path.  Such a batch takes about a
+#: millisecond or more on a CPU core, so the k + 1 extra dispatches (about
+#: 50 µs each, measured on the digits MLP) cost a few percent at most, while
+#: the loop body ran 8–14 % slower than separate calls (text transformer and
+#: ViT of ``benchmarks/throughput.py``; docs/masked-dpsgd.md).  The digits MLP
+#: (about 2·10⁴ per example) stays far below it, the benchmark's text
+#: transformer (3·10⁷ per example) far above.
+HEAVY_BATCH_FLOPS = 5e7
 
 
 def default_fused_batches(expected_batch_size: float, physical_batch_size: int) -> int:
@@ -107,11 +127,13 @@ class MaskedDPSGD:
             0 disables it (every step makes k + 2 dispatches).  ``None``
             (default) chooses at the first step: K from the expected batch
             size D (:func:`default_fused_batches`), except on XLA:CPU when
-            the model contains a convolution, where K = 0 (XLA:CPU runs a
-            loop body containing convolutions 3–11× slower than the same
-            body compiled as its own function; measured in
-            ``docs/masked-dpsgd.md``).  A larger K costs only a larger index
-            buffer per step, never computation.
+            the model contains a convolution (XLA:CPU runs a loop body
+            containing convolutions 3–11× slower than the same body compiled
+            as its own function) or when one physical batch's matrix
+            products take at least :data:`HEAVY_BATCH_FLOPS` (the loop body
+            then ran 8–14 % slower, and dispatches cost nothing): then K = 0.
+            Measured in ``docs/masked-dpsgd.md``.  A larger K costs only a
+            larger index buffer per step, never computation.
         tail_batch_size: p_t, rows of the tail batch that replaces a last
             physical batch holding at most p_t real rows (module docstring);
             0 disables it, and p_t must be below p.  ``None`` (default):
@@ -297,18 +319,35 @@ class MaskedDPSGD:
 
         self.trace_counts["fused"] += 1
 
-        def body(j, carry):
-            return self._accumulate_body(
-                carry, params, x_all, y_all, idx_buf[j], mask_buf[j], noise_key, step, j
-            )
+        import jax.numpy as jnp
 
-        carry = jax.lax.fori_loop(0, count, body, self._init_body(params, extra))
+        last = idx_buf.shape[0] - 1
+
+        def rows(j):  # physical batch j's inputs, labels and mask
+            xb, yb = self._gather(x_all, y_all, idx_buf[j])
+            return xb, yb, mask_buf[j]
+
+        def body(j, state):
+            # Batch j's rows arrive through the loop state, gathered by the previous
+            # iteration: XLA cannot fuse the gather and the index arithmetic into
+            # every consumer of the rows (on XLA:CPU such a fusion is not
+            # vectorised: the attention softmax of the text transformer ran 7x
+            # slower inside the loop than outside it).
+            carry, (xb, yb, mask) = state
+            ahead = rows(jnp.minimum(j + 1, last))  # unused after the last row
+            carry = self._accumulate_rows(carry, params, xb, yb, mask, noise_key, step, j)
+            return carry, ahead
+
+        carry, _ = jax.lax.fori_loop(
+            0, count, body, (self._init_body(params, extra), rows(jnp.int32(0)))
+        )
         if tail is not None:
             tail_idx, tail_mask, tail_count = tail
+            tail_x, tail_y = self._gather(x_all, y_all, tail_idx[0])
 
             def tail_body(j, carry):
-                return self._accumulate_body(
-                    carry, params, x_all, y_all, tail_idx[j], tail_mask[j], noise_key, step, count
+                return self._accumulate_rows(
+                    carry, params, tail_x, tail_y, tail_mask[0], noise_key, step, count
                 )
 
             carry = jax.lax.fori_loop(0, tail_count, tail_body, carry)
@@ -413,13 +452,21 @@ class MaskedDPSGD:
             return placement.per_row(grads, params, xb, yb)
         return grads(params, xb, yb)
 
-    def _accumulate_body(self, carry, params, x_all, y_all, idx, mask, noise_key, step, batch):
+    def _gather(self, x_all, y_all, idx):
+        """The rows ``idx`` of the data set, placed on their devices."""
         import jax.numpy as jnp
 
         xb = jnp.take(x_all, idx, axis=0)
         yb = jnp.take(y_all, idx, axis=0)
         if self.placement is not None:  # per-example work stays on the row's device
             xb, yb = self.placement.constrain_batch(xb), self.placement.constrain_batch(yb)
+        return xb, yb
+
+    def _accumulate_body(self, carry, params, x_all, y_all, idx, mask, noise_key, step, batch):
+        xb, yb = self._gather(x_all, y_all, idx)
+        return self._accumulate_rows(carry, params, xb, yb, mask, noise_key, step, batch)
+
+    def _accumulate_rows(self, carry, params, xb, yb, mask, noise_key, step, batch):
         losses, grads = self._per_example_grads(params, xb, yb)
         return accumulate_batch(
             self.mechanics,
@@ -450,14 +497,19 @@ class MaskedDPSGD:
     # -- host side ---------------------------------------------------------------
 
     def _auto_fused_batches(self, params: Any, x: Any, y: Any) -> int:
-        """K for ``fused_batches=None``: 0 on XLA:CPU for convolutional models."""
+        """K for ``fused_batches=None``: 0 on XLA:CPU for a convolutional model or a heavy
+        physical batch (:data:`HEAVY_BATCH_FLOPS`), else :func:`default_fused_batches`."""
         import jax
+
+        from trainers.jaxpr_cost import matmul_flops, uses_convolution
 
         cfg = self.config
         if self._platform() == "cpu":
-            # A trace only (no compilation, not counted): does the model convolve?
+            # A trace of one example's gradient (no compilation, not counted).
             jaxpr = jax.make_jaxpr(lambda *a: self._per_example_grads(*a)[0])(params, x[:1], y[:1])
-            if "conv_general_dilated" in str(jaxpr):
+            if uses_convolution(jaxpr):
+                return 0
+            if matmul_flops(jaxpr) * cfg.physical_batch_size >= HEAVY_BATCH_FLOPS:
                 return 0
         return default_fused_batches(cfg.denominator, cfg.physical_batch_size)
 

@@ -285,3 +285,29 @@ def test_automatic_k_is_fused_for_mlp_and_off_for_conv_on_cpu(problem):
         "accumulate_tail": 1,
         "finalize": 1,
     }
+
+
+def test_automatic_k_is_off_on_cpu_for_a_heavy_physical_batch(problem, monkeypatch):
+    """The rule compares one physical batch's matrix-product FLOPs (one example's, from
+    its jaxpr, times p) with HEAVY_BATCH_FLOPS: moved just below and just above this
+    MLP's own count, the same trainer takes the k + 2 path, then the fused one."""
+    import trainers.dispatch as dispatch
+    from trainers.jaxpr_cost import matmul_flops
+
+    if jax.default_backend() != "cpu":
+        pytest.skip("the rule is XLA:CPU's")
+    x, y, params = problem
+    probe = _trainer(None)
+    probe.resolve_clipping(params, x, y)
+    one = matmul_flops(
+        jax.make_jaxpr(lambda *a: probe._per_example_grads(*a)[0])(params, x[:1], y[:1])
+    )
+    # Dense 4→5 and 5→3: forward 2·(4·5 + 5·3) = 70 FLOPs; the gradient's products
+    # at least double it.
+    assert one >= 140
+    for threshold, expected in ((one * P, 0), (one * P + 1, default_fused_batches(D, P))):
+        monkeypatch.setattr(dispatch, "HEAVY_BATCH_FLOPS", threshold)
+        tr = _trainer(None)
+        tr.step(params, tr.optimizer.init(params), x, y, _indices(5, 0), jax.random.key(0), 0)
+        assert tr.fused_batches == expected, threshold
+        assert tr.trace_counts["fused"] == (1 if expected else 0)
