@@ -180,7 +180,6 @@ class MaskedDPSGD:
         mechanics: Mechanics | None = None,
         compiler_options: Mapping[str, str] | None = None,
     ) -> None:
-
         if not isinstance(config, DPSGDConfig):
             from dpverify.errors import InvalidArgument
 

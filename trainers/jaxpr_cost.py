@@ -22,6 +22,7 @@ body ``length`` times, a ``while`` loop's body and each ``cond`` branch once
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 __all__ = ["matmul_flops", "uses_convolution"]
@@ -83,12 +84,15 @@ def matmul_flops(jaxpr: Any) -> float:
     return total
 
 
-def uses_convolution(jaxpr: Any) -> bool:
-    """Whether ``jaxpr`` (or a sub-computation of it) contains a ``conv_general_dilated``."""
+def _equations(jaxpr: Any) -> Iterator[Any]:
+    """Every equation of ``jaxpr`` and of its sub-computations, each once."""
     for inner in _sub_jaxprs(jaxpr):
         for eqn in inner.eqns:
-            if eqn.primitive.name == "conv_general_dilated":
-                return True
-            if any(uses_convolution(s) for v in eqn.params.values() for s in _sub_jaxprs(v)):
-                return True
-    return False
+            yield eqn
+            for value in eqn.params.values():
+                yield from _equations(value)
+
+
+def uses_convolution(jaxpr: Any) -> bool:
+    """Whether ``jaxpr`` (or a sub-computation of it) contains a ``conv_general_dilated``."""
+    return any(eqn.primitive.name == "conv_general_dilated" for eqn in _equations(jaxpr))
