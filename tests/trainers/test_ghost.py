@@ -246,6 +246,90 @@ def test_conv_strides_padding_dilations_and_1d():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.parametrize("rank", [1, 2, 3])
+def test_sliced_patches_equal_lax_patches_bit_for_bit(rank):
+    """conv_patches cuts the patches by slicing; lax.conv_general_dilated_patches
+    (a convolution with a one-hot kernel, not our code) is the oracle, over
+    kernel sizes, strides, kernel dilations and every padding form."""
+    import itertools
+
+    from jax import lax
+
+    from trainers.clipping._rules import conv_padding, conv_patches
+
+    rng = np.random.default_rng(rank)
+    letters = "DHW"[-rank:]
+    spec = ("N" + letters + "C", letters + "IO", "N" + letters + "C")
+    spatial = (7, 6, 5)[:rank]
+    x = jnp.asarray(rng.normal(size=(3, 1, *spatial, 2)), jnp.float32)
+    checked = 0
+    for k, stride, dil, pad in itertools.product(
+        (1, 2, 3), (1, 2, 3), (1, 2), ("SAME", "SAME_LOWER", "VALID", 1, ((2, 0),))
+    ):
+        kernel = tuple(max(1, k - i % 2) for i in range(rank))  # uneven kernels too
+        padding = pad * rank if isinstance(pad, tuple) else pad
+        module = nn.Conv(4, kernel, strides=stride, kernel_dilation=dil, padding=padding)
+        ours = conv_patches(x, module)
+        want = lax.conv_general_dilated_patches(
+            x.reshape((-1, *spatial, 2)),
+            kernel,
+            (stride,) * rank,
+            conv_padding(padding, rank),
+            rhs_dilation=(dil,) * rank,
+            dimension_numbers=spec,
+            precision=lax.Precision.HIGHEST,
+        )
+        want = want.reshape((3, -1, want.shape[-1]))
+        assert ours.shape == want.shape, (kernel, stride, dil, padding)
+        np.testing.assert_array_equal(np.asarray(ours), np.asarray(want))
+        checked += 1
+    assert checked == 90
+
+
+def test_conv_chunk_rule_by_hand(monkeypatch):
+    from trainers.clipping import _rules
+
+    # benchmark CNN's second conv at p = 256 (T = 64, 144 -> 32, direct):
+    # w = 64·144 + 144·32 = 13 824; share 256·64·32 // (2w) = 18; floor 2^20 // (4w) = 18
+    assert _rules.conv_chunk(256, 64, 144, 32, "direct") == 18
+    # its first conv at p = 32 (T = 256, 27 -> 16): share 8, floor 35, capped at p
+    assert _rules.conv_chunk(32, 256, 27, 16, "direct") == 32
+    # a Gram-method conv (T = 4, 144 -> 16): w = 576 + 2·16 = 608, floor 431, capped at p
+    assert _rules.conv_chunk(256, 4, 144, 16, "ghost") == 256
+    monkeypatch.setattr(_rules, "PATCH_FLOOR_BYTES", 0)
+    assert _rules.conv_chunk(256, 4, 144, 16, "ghost") == 13  # 16 384 // 1 216
+    assert _rules.conv_chunk(7, 36, 18, 4, "direct") == 1  # never below one example
+
+
+@pytest.mark.parametrize("chunk", [1, 3])
+def test_conv_norms_in_chunks_equal_vmap(monkeypatch, chunk):
+    """The conv norms computed a few examples at a time (chunks that do and do
+    not divide p, NaN padding rows inside a chunk) equal vmap's norms and sums."""
+    from trainers.clipping import _rules
+
+    monkeypatch.setattr(_rules, "conv_chunk", lambda *args: chunk)
+    for model, shape in ((MODELS["cnn"][0], (6, 6, 2)), (_OddConvs(), (7, 6, 2))):
+        rng = np.random.default_rng(4)
+        x = rng.normal(size=(7, *shape)).astype(np.float32)
+        x[4] = np.nan  # a padding row in the second chunk
+        y = rng.integers(0, 3, 7).astype(np.int32)
+        params = model.init(jax.random.key(0), x[:1])["params"]
+
+        def apply(p, xx, model=model):
+            return model.apply({"params": p}, xx)
+
+        trainable = trainable_leaves(params)
+        keep = jnp.asarray(np.arange(7) != 4)
+        ghost = jax.jit(functools.partial(_ghost_clip_eager, apply, trainable=trainable))
+        _, n1, s1 = ghost(params, x, y, 0.5, keep)
+        _, n0, s0 = _vmap_clip(apply, params, x, y, trainable, 0.5, keep)
+        real = np.asarray(keep)
+        np.testing.assert_allclose(np.asarray(n1)[real], np.asarray(n0)[real], rtol=1e-4)
+        assert not np.isfinite(np.asarray(n1)[4])
+        for a, b in zip(s1, s0, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 class _WithEinsum(nn.Module):
     @nn.compact
     def __call__(self, x):

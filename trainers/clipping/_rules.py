@@ -43,11 +43,14 @@ import math
 from typing import Any
 
 __all__ = [
+    "conv_chunk",
     "conv_patches",
-    "direct_sq_norms",
+    "direct_grads",
     "embed_sq_norms",
+    "grads_sq_norms",
     "linear_method",
     "linear_sq_norms",
+    "map_in_chunks",
 ]
 
 
@@ -154,51 +157,151 @@ def conv_patches(a: Any, module: Any) -> Any:
     Returns:
         ``(p, T, C·∏kernel_size)`` with T = (∏batch)·(output positions):
         row t of example i is the input patch that output position t of the
-        layer multiplies with the (flattened) kernel.
+        layer multiplies with the (flattened) kernel; columns in
+        ``lax.conv_general_dilated_patches``'s order (channel major, then the
+        kernel offsets in row-major order).
+
+    The patches are cut as ∏kernel_size strided slices of the padded input,
+    one per kernel offset: copies only.  ``lax.conv_general_dilated_patches``
+    computes the same array as a convolution with a one-hot kernel, which
+    costs (C·∏kernel_size)² multiply-adds per output position instead of
+    none (9× the layer's own forward work for a 3×3 convolution from 16 to
+    32 channels); it remains the route for input (transposed) dilation.
     """
+    import itertools
+
+    import jax.numpy as jnp
     from jax import lax
 
     n = len(module.kernel_size)
-    p = a.shape[0]
-    inner = a.shape[-(n + 1) :]
-    x = a.reshape((-1, *tuple(inner)))
-    letters = "DHW"[-n:] if n <= 3 else None
-    if letters is None:  # pragma: no cover - guarded by the caller
+    if n > 3:  # pragma: no cover - guarded by the caller
         raise ValueError(f"conv with {n} spatial dimensions")
-    spec = ("N" + letters + "C", letters + "IO", "N" + letters + "C")
-    patches = lax.conv_general_dilated_patches(
-        x,
-        filter_shape=tuple(module.kernel_size),
-        window_strides=_tuple(module.strides, n),
-        padding=conv_padding(module.padding, n),
-        lhs_dilation=_tuple(module.input_dilation, n),
-        rhs_dilation=_tuple(module.kernel_dilation, n),
-        dimension_numbers=spec,
-        precision=lax.Precision.HIGHEST,
+    p = a.shape[0]
+    inner = tuple(a.shape[-(n + 1) :])
+    x = a.reshape((-1, *inner))
+    kernel = tuple(int(k) for k in module.kernel_size)
+    strides = _tuple(module.strides, n)
+    kernel_dilation = _tuple(module.kernel_dilation, n)
+    input_dilation = _tuple(module.input_dilation, n)
+    padding = conv_padding(module.padding, n)
+    channels = inner[-1]
+    if any(d != 1 for d in input_dilation):
+        letters = "DHW"[-n:]
+        spec = ("N" + letters + "C", letters + "IO", "N" + letters + "C")
+        patches = lax.conv_general_dilated_patches(
+            x,
+            filter_shape=kernel,
+            window_strides=strides,
+            padding=padding,
+            lhs_dilation=input_dilation,
+            rhs_dilation=kernel_dilation,
+            dimension_numbers=spec,
+            precision=lax.Precision.HIGHEST,
+        )
+        return patches.reshape((p, -1, channels * math.prod(kernel)))
+    window = tuple((k - 1) * d + 1 for k, d in zip(kernel, kernel_dilation, strict=True))
+    if isinstance(padding, str):
+        padding = lax.padtype_to_pads(inner[:-1], window, strides, padding)
+    config = [(0, 0, 0), *((int(lo), int(hi), 0) for lo, hi in padding), (0, 0, 0)]
+    xp = lax.pad(x, jnp.zeros((), x.dtype), config)
+    out = tuple(
+        (size - w) // s + 1 for size, w, s in zip(xp.shape[1:-1], window, strides, strict=True)
     )
-    k = inner[-1] * math.prod(module.kernel_size)
-    return patches.reshape((p, -1, k))
+    cols = []
+    for offset in itertools.product(*(range(k) for k in kernel)):
+        start = tuple(o * d for o, d in zip(offset, kernel_dilation, strict=True))
+        limit = tuple(
+            b + (m - 1) * s + 1 for b, m, s in zip(start, out, strides, strict=True)
+        )
+        cols.append(
+            lax.slice(
+                xp,
+                (0, *start, 0),
+                (xp.shape[0], *limit, channels),
+                (1, *strides, 1),
+            )
+        )
+    patches = jnp.stack(cols, axis=-1)  # (N, *out, C, ∏kernel): channel major
+    return patches.reshape((p, -1, channels * len(cols)))
 
 
-def direct_sq_norms(apply_layer: Any, theta: Any, trainable: Any, a: Any, g: Any) -> Any:
-    """Squared per-example norms by forming each example's gradient of this layer.
+PATCH_FLOOR_BYTES = 1 << 20
+
+
+def conv_chunk(p: int, tokens: int, d_in: int, d_out: int, method: str) -> int:
+    """How many examples' patches a Conv layer's norm rule unfolds at a time.
+
+    One example's patches take T·d_in floats, and the rule's product over
+    them T² · 2 more (``ghost``: two Gram matrices) or d_in·d_out
+    (``direct``: the kernel gradient).  The layer's output gradient, which
+    the step holds for all p examples anyway (book-keeping needs it), takes
+    p·T·d_out.  The norms are therefore computed in chunks of
+
+        max(⌊p·T·d_out / (2·w)⌋, ⌊PATCH_FLOOR_BYTES / (4·w)⌋), at most p,
+
+    examples (w the per-example floats above): the unfolded working set
+    stays within half of that output gradient, except that a chunk is never
+    smaller than what fills ``PATCH_FLOOR_BYTES`` (1 MiB), below which the
+    loop over chunks costs more than the memory it saves.  Shapes only, so
+    the choice is fixed per run (one compilation).
+    """
+    work = tokens * d_in + (2 * tokens * tokens if method == "ghost" else d_in * d_out)
+    by_share = (p * tokens * d_out) // (2 * work)
+    by_floor = PATCH_FLOOR_BYTES // (4 * work)
+    return max(1, min(p, max(by_share, by_floor)))
+
+
+def map_in_chunks(fn: Any, a: Any, g: Any, chunk: int) -> Any:
+    """``fn(a, g) -> (p,)`` evaluated ``chunk`` examples at a time (``lax.map``).
+
+    Row i of the result depends only on row i of ``a`` and ``g`` for the
+    rules here, so the chunks concatenate to ``fn(a, g)``; the last, shorter
+    chunk (when ``chunk`` does not divide p) is evaluated on its own.
+    """
+    import jax.numpy as jnp
+    from jax import lax
+
+    p = a.shape[0]
+    if chunk >= p:
+        return fn(a, g)
+    full = (p // chunk) * chunk
+
+    def split(v: Any) -> Any:
+        return v[:full].reshape((p // chunk, chunk, *v.shape[1:]))
+
+    head = lax.map(lambda ag: fn(ag[0], ag[1]), (split(a), split(g))).reshape((full,))
+    if full == p:
+        return head
+    return jnp.concatenate([head, fn(a[full:], g[full:])])
+
+
+def direct_grads(apply_layer: Any, theta: Any, a: Any, g: Any) -> Any:
+    """Each example's gradient of this layer's parameters: ``{name: (p, *shape)}``.
 
     Args:
         apply_layer: ``apply_layer(theta, a_i) -> output`` for one example.
         theta: the layer's parameters (a dict of arrays).
-        trainable: dict of bools with ``theta``'s keys.
         a, g: stacked per-example inputs and output gradients.
+
+    The layer's own vector-Jacobian product at (a_i, g_i), under ``vmap``.
+    For the normalisation layers this is a few values per example, which
+    both the norm (:func:`grads_sq_norms`) and the weighted sum reuse.
     """
     import jax
-    import jax.numpy as jnp
 
     def one(a_i, g_i):
         _, vjp = jax.vjp(lambda th: apply_layer(th, a_i), theta)
         (grad,) = vjp(g_i)
         return grad
 
-    grads = jax.vmap(one)(a, g)
-    p = g.shape[0]
+    return jax.vmap(one)(a, g)
+
+
+def grads_sq_norms(grads: Any, trainable: Any) -> Any:
+    """Σ over the trainable leaves of ``grads`` (``{name: (p, …)}``) of ‖grad_i‖², float32 ``(p,)``."""
+    import jax.numpy as jnp
+
+    p = next(iter(grads.values())).shape[0]
     sq = jnp.zeros((p,), jnp.float32)
     for name, leaf in grads.items():
         if trainable[name]:

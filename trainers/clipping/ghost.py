@@ -166,6 +166,21 @@ def _path_names(path: Any) -> tuple[str, ...]:
     return tuple(names)
 
 
+def _stored_weighted_sum(grads: dict, w: Any, keep: Any) -> dict:
+    """Σ_i where(keep_i, w_i·grad_i, 0) over per-example gradients ``{name: (p, …)}``.
+
+    ``where`` after the product, so a NaN/inf row that is not kept adds exactly 0.
+    """
+    import jax.numpy as jnp
+
+    out = {}
+    for name, leaf in grads.items():
+        shape = (leaf.shape[0],) + (1,) * (leaf.ndim - 1)
+        weighted = leaf.astype(jnp.float32) * w.reshape(shape)
+        out[name] = jnp.sum(jnp.where(keep.reshape(shape), weighted, 0.0), axis=0)
+    return out
+
+
 def _subtree(params: Any, key: str) -> Any:
     node = params
     for name in key.split("/") if key else ():
@@ -430,8 +445,14 @@ class GhostClipping:
         )(loose_b, deltas)
 
         sq = jnp.zeros((p,), jnp.float32)
+        stored: dict[str, Any] = {}  # per-example gradients a rule formed anyway
         for layer in plan.layers:
-            sq = sq + self._layer_sq_norms(layer, params, inputs[layer.key], g_out[layer.key])
+            layer_sq, grads = self._layer_sq_norms(
+                layer, params, inputs[layer.key], g_out[layer.key]
+            )
+            sq = sq + layer_sq
+            if grads is not None:
+                stored[layer.key] = grads
         for g in g_loose:
             sq = sq + jnp.sum(jnp.square(g.astype(jnp.float32).reshape(p, -1)), axis=1)
         norms = jnp.sqrt(sq)
@@ -440,9 +461,12 @@ class GhostClipping:
             w = jnp.where(keep, weights, 0.0).astype(jnp.float32)
             out = [jnp.zeros(jnp.shape(a), jnp.float32) for a in leaves]
             for layer in plan.layers:
-                grads = self._layer_weighted_sum(
-                    layer, params, inputs[layer.key], g_out[layer.key], w, keep
-                )
+                if layer.key in stored:
+                    grads = _stored_weighted_sum(stored[layer.key], w, keep)
+                else:
+                    grads = self._layer_weighted_sum(
+                        layer, params, inputs[layer.key], g_out[layer.key], w, keep
+                    )
                 for name, index in layer.leaves.items():
                     if layer.trainable[name]:
                         out[index] = grads[name].astype(jnp.float32)
@@ -462,25 +486,45 @@ class GhostClipping:
 
         return apply
 
-    def _layer_sq_norms(self, layer: LayerPlan, params: Any, a: Any, g: Any) -> Any:
+    def _layer_sq_norms(
+        self, layer: LayerPlan, params: Any, a: Any, g: Any
+    ) -> tuple[Any, dict | None]:
+        """The layer's squared per-example norms, and the per-example gradients
+        if its rule formed them (normalisation layers; ``None`` otherwise)."""
         p = g.shape[0]
         tr = layer.trainable
+        kernel, bias = tr.get("kernel", False), tr.get("bias", False)
         if layer.rule in ("ghost", "direct"):
             if layer.kind == "Conv":
-                rows = _rules.conv_patches(a, layer.module)
-            else:
-                rows = a.reshape((p, layer.tokens, layer.d_in))
-            return _rules.linear_sq_norms(
-                rows,
-                g.reshape((p, layer.tokens, layer.d_out)),
-                kernel=tr.get("kernel", False),
-                bias=tr.get("bias", False),
-                method=layer.rule,
+
+                def conv_norms(a_c: Any, g_c: Any) -> Any:
+                    rows = _rules.conv_patches(a_c, layer.module)
+                    return _rules.linear_sq_norms(
+                        rows,
+                        g_c.reshape((g_c.shape[0], layer.tokens, layer.d_out)),
+                        kernel=kernel,
+                        bias=bias,
+                        method=layer.rule,
+                    )
+
+                chunk = _rules.conv_chunk(p, layer.tokens, layer.d_in, layer.d_out, layer.rule)
+                return _rules.map_in_chunks(conv_norms, a, g, chunk), None
+            rows = a.reshape((p, layer.tokens, layer.d_in))
+            return (
+                _rules.linear_sq_norms(
+                    rows,
+                    g.reshape((p, layer.tokens, layer.d_out)),
+                    kernel=kernel,
+                    bias=bias,
+                    method=layer.rule,
+                ),
+                None,
             )
         if layer.rule == "embed":
-            return _rules.embed_sq_norms(a.reshape((p, -1)), g.reshape((p, a[0].size, -1)))
+            return _rules.embed_sq_norms(a.reshape((p, -1)), g.reshape((p, a[0].size, -1))), None
         theta = _subtree(params, layer.key)
-        return _rules.direct_sq_norms(self._apply_layer(layer), theta, tr, a, g)
+        grads = _rules.direct_grads(self._apply_layer(layer), theta, a, g)
+        return _rules.grads_sq_norms(grads, tr), grads
 
     def _layer_weighted_sum(
         self, layer: LayerPlan, params: Any, a: Any, g: Any, w: Any, keep: Any
