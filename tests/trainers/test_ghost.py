@@ -301,6 +301,55 @@ def test_conv_chunk_rule_by_hand(monkeypatch):
     assert _rules.conv_chunk(7, 36, 18, 4, "direct") == 1  # never below one example
 
 
+class _GroupedConvs(nn.Module):
+    """A grouped conv (direct rule), a depthwise conv, and a grouped conv on a
+    2×2 map with wide channels (Gram rule), frozen bias on one of them."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = jnp.tanh(nn.Conv(8, (3, 3), feature_group_count=2, name="grouped")(x))
+        x = jnp.tanh(nn.Conv(8, (3, 3), feature_group_count=8, name="depthwise")(x))
+        x = nn.Conv(16, (3, 3), strides=3, feature_group_count=2, name="wide")(x)
+        return nn.Dense(3)(jnp.tanh(x).reshape(x.shape[0], -1))
+
+
+def test_grouped_and_depthwise_convolutions_equal_vmap():
+    """Grouped convolutions: ‖∇kernel‖² = Σ_j ‖A_ijᵀG_ij‖² per group j, by both
+    rules; vmap's per-example gradients are the oracle (norms and sums, with
+    a NaN padding row and a frozen leaf)."""
+    model = _GroupedConvs()
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(5, 6, 6, 4)).astype(np.float32)
+    x[3] = np.nan
+    y = rng.integers(0, 3, 5).astype(np.int32)
+    params = model.init(jax.random.key(0), x[:1])["params"]
+
+    def apply(p, xx):
+        return model.apply({"params": p}, xx)
+
+    ghost = GhostClipping(apply, softmax_cross_entropy, trainable_leaves(params))
+    plan = ghost.plan(params, jax.ShapeDtypeStruct(x.shape[1:], x.dtype)).describe()
+    assert "grouped (Conv): direct T=36 d_in=18 d_out=4 groups=2" in plan
+    assert "depthwise (Conv): direct T=36 d_in=9 d_out=1 groups=8" in plan
+    assert "wide (Conv): ghost T=4 d_in=36 d_out=8 groups=2" in plan
+    frozen = jax.tree_util.tree_map_with_path(
+        lambda path, _: "depthwise" in jax.tree_util.keystr(path)
+        and "bias" in jax.tree_util.keystr(path),
+        params,
+    )
+    for trainable in (trainable_leaves(params), trainable_leaves(params, frozen)):
+        real = np.arange(5) != 3
+        _, n1, s1 = _ghost_clip(apply, params, x, y, trainable, 0.5, jnp.asarray(real))
+        # the oracle sees the real rows only: vmap's own per-example gradient of a
+        # grouped convolution spreads one example's NaN to every example (JAX's
+        # batching of the kernel gradient), which ghost clipping does not
+        _, n0, s0 = _vmap_clip(apply, params, x[real], y[real], trainable, 0.5, jnp.ones(4, bool))
+        np.testing.assert_allclose(np.asarray(n1)[real], np.asarray(n0), rtol=1e-4)
+        assert not np.isfinite(np.asarray(n1)[3])
+        for a, b in zip(s1, s0, strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_conv_norms_in_chunks_equal_vmap(monkeypatch, chunk):
     """The conv norms computed a few examples at a time (chunks that do and do
@@ -308,7 +357,11 @@ def test_conv_norms_in_chunks_equal_vmap(monkeypatch, chunk):
     from trainers.clipping import _rules
 
     monkeypatch.setattr(_rules, "conv_chunk", lambda *args: chunk)
-    for model, shape in ((MODELS["cnn"][0], (6, 6, 2)), (_OddConvs(), (7, 6, 2))):
+    for model, shape in (
+        (MODELS["cnn"][0], (6, 6, 2)),
+        (_OddConvs(), (7, 6, 2)),
+        (_GroupedConvs(), (6, 6, 4)),
+    ):
         rng = np.random.default_rng(4)
         x = rng.normal(size=(7, *shape)).astype(np.float32)
         x[4] = np.nan  # a padding row in the second chunk
@@ -319,12 +372,11 @@ def test_conv_norms_in_chunks_equal_vmap(monkeypatch, chunk):
             return model.apply({"params": p}, xx)
 
         trainable = trainable_leaves(params)
-        keep = jnp.asarray(np.arange(7) != 4)
+        real = np.arange(7) != 4
         ghost = jax.jit(functools.partial(_ghost_clip_eager, apply, trainable=trainable))
-        _, n1, s1 = ghost(params, x, y, 0.5, keep)
-        _, n0, s0 = _vmap_clip(apply, params, x, y, trainable, 0.5, keep)
-        real = np.asarray(keep)
-        np.testing.assert_allclose(np.asarray(n1)[real], np.asarray(n0)[real], rtol=1e-4)
+        _, n1, s1 = ghost(params, x, y, 0.5, jnp.asarray(real))
+        _, n0, s0 = _vmap_clip(apply, params, x[real], y[real], trainable, 0.5, jnp.ones(6, bool))
+        np.testing.assert_allclose(np.asarray(n1)[real], np.asarray(n0), rtol=1e-4)
         assert not np.isfinite(np.asarray(n1)[4])
         for a, b in zip(s1, s0, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
@@ -350,10 +402,10 @@ class _Tied(nn.Module):
         return embed.attend(embed(ids).mean(axis=1))
 
 
-class _Grouped(nn.Module):
+class _Circular(nn.Module):
     @nn.compact
     def __call__(self, x):
-        x = nn.Conv(4, (3, 3), feature_group_count=2, name="grouped")(x)
+        x = nn.Conv(4, (3, 3), padding="CIRCULAR", name="circular")(x)
         return x.mean(axis=(1, 2))
 
 
@@ -363,7 +415,7 @@ class _Grouped(nn.Module):
         (_WithEinsum(), np.ones((2, 4), np.float32), "'mixer' (Einsum)"),
         (_SharedDense(), np.ones((2, 4), np.float32), "'shared' (Dense): called 2 times"),
         (_Tied(), np.ones((2, 3), np.int32), "'tied' (Embed)"),
-        (_Grouped(), np.ones((2, 5, 5, 4), np.float32), "'grouped' (Conv): feature_group_count=2"),
+        (_Circular(), np.ones((2, 5, 5, 4), np.float32), "'circular' (Conv): padding='CIRCULAR'"),
     ],
 )
 def test_unsupported_layer_is_one_line_error_naming_it(model, x, needle):

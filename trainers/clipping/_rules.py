@@ -26,8 +26,12 @@ d_in·d_out, i.e. memory; here multiply-adds decide, memory follows).
 
 Conv: a convolution is a linear map applied to each unfolded patch of the
 input (the im2col equivalence), so A_i is the example's patches matrix
-(``lax.conv_general_dilated_patches`` with the layer's strides, padding and
-dilations) and T the number of output positions.
+(what ``lax.conv_general_dilated_patches`` computes with the layer's
+strides, padding and dilations; :func:`conv_patches` cuts it by slicing) and
+T the number of output positions.  A grouped convolution (``feature_group_count`` G) maps the j-th block of
+C_in/G input channels to the j-th block of C_out/G outputs only; its kernel
+gradient is the G blocks A_ijᵀG_ij, so ‖·‖² = Σ_j ‖A_ijᵀG_ij‖² with d_in and
+d_out counted per group (a depthwise convolution: d_in = ∏kernel, d_out = 1).
 
 Embedding: the gradient of row v of the table is Σ_{t: id_t = v} g_t, so
 ‖·‖² = Σ_{t,s} [id_t = id_s]·⟨g_t, g_s⟩ (tokens sharing an id add up first).
@@ -66,15 +70,21 @@ def linear_method(tokens: int, d_in: int, d_out: int) -> str:
     return "ghost" if tokens * (d_in + d_out) <= d_in * d_out else "direct"
 
 
-def linear_sq_norms(a: Any, g: Any, *, kernel: bool, bias: bool, method: str) -> Any:
+def linear_sq_norms(
+    a: Any, g: Any, *, kernel: bool, bias: bool, method: str, groups: int = 1
+) -> Any:
     """Squared per-example norms of a linear layer's kernel and/or bias gradient.
 
     Args:
-        a: ``(p, T, d_in)`` inputs (tokens or patches) per example.
-        g: ``(p, T, d_out)`` output gradients per example.
+        a: ``(p, T, groups·d_in)`` inputs (tokens or patches) per example.
+        g: ``(p, T, groups·d_out)`` output gradients per example.
         kernel: include the kernel gradient A_iᵀG_i.
         bias: include the bias gradient 1ᵀG_i.
         method: ``"ghost"`` (Gram matrices) or ``"direct"`` (form A_iᵀG_i).
+        groups: a grouped convolution's ``feature_group_count``: group j maps
+            the j-th block of d_in input columns to the j-th block of d_out
+            output columns only, so its kernel gradient is A_ijᵀG_ij and
+            ‖∇kernel‖² = Σ_j ‖A_ijᵀG_ij‖² (each by ``method``).
     """
     import jax.numpy as jnp
     from jax import lax
@@ -82,17 +92,22 @@ def linear_sq_norms(a: Any, g: Any, *, kernel: bool, bias: bool, method: str) ->
     hi = lax.Precision.HIGHEST
     a = a.astype(jnp.float32)
     g = g.astype(jnp.float32)
-    sq = jnp.zeros((g.shape[0],), jnp.float32)
+    p, tokens = g.shape[0], g.shape[1]
+    sq = jnp.zeros((p,), jnp.float32)
     if kernel:
-        if a.shape[1] == 1:
-            sq = sq + jnp.sum(jnp.square(a), axis=(1, 2)) * jnp.sum(jnp.square(g), axis=(1, 2))
+        ag = a.reshape((p, tokens, groups, -1))
+        gg = g.reshape((p, tokens, groups, -1))
+        if tokens == 1:
+            norms_a = jnp.sum(jnp.square(ag), axis=(1, 3))
+            norms_g = jnp.sum(jnp.square(gg), axis=(1, 3))
+            sq = sq + jnp.sum(norms_a * norms_g, axis=1)
         elif method == "ghost":
-            gram_a = jnp.einsum("ptd,psd->pts", a, a, precision=hi)
-            gram_g = jnp.einsum("ptd,psd->pts", g, g, precision=hi)
-            sq = sq + jnp.sum(gram_a * gram_g, axis=(1, 2))
+            gram_a = jnp.einsum("ptjd,psjd->pjts", ag, ag, precision=hi)
+            gram_g = jnp.einsum("ptjd,psjd->pjts", gg, gg, precision=hi)
+            sq = sq + jnp.sum(gram_a * gram_g, axis=(1, 2, 3))
         else:
-            w = jnp.einsum("ptd,pte->pde", a, g, precision=hi)
-            sq = sq + jnp.sum(jnp.square(w), axis=(1, 2))
+            w = jnp.einsum("ptjd,ptje->pjde", ag, gg, precision=hi)
+            sq = sq + jnp.sum(jnp.square(w), axis=(1, 2, 3))
     if bias:
         sq = sq + jnp.sum(jnp.square(jnp.sum(g, axis=1)), axis=1)
     return sq
@@ -151,8 +166,8 @@ def conv_patches(a: Any, module: Any) -> Any:
     Args:
         a: ``(p, *batch, *spatial, C)`` per-example inputs (``batch`` may be
             empty or, e.g., the leading 1 of a one-example batch).
-        module: the ``nn.Conv`` (``feature_group_count == 1``, padding
-            accepted by :func:`conv_padding`).
+        module: the ``nn.Conv`` (padding accepted by :func:`conv_padding`;
+            any ``feature_group_count``: the patches do not depend on it).
 
     Returns:
         ``(p, T, C·∏kernel_size)`` with T = (∏batch)·(output positions):
@@ -228,16 +243,19 @@ def conv_patches(a: Any, module: Any) -> Any:
 PATCH_FLOOR_BYTES = 1 << 20
 
 
-def conv_chunk(p: int, tokens: int, d_in: int, d_out: int, method: str) -> int:
+def conv_chunk(
+    p: int, tokens: int, d_in: int, d_out: int, method: str, groups: int = 1
+) -> int:
     """How many examples' patches a Conv layer's norm rule unfolds at a time.
 
-    One example's patches take T·d_in floats, and the rule's product over
-    them T² · 2 more (``ghost``: two Gram matrices) or d_in·d_out
-    (``direct``: the kernel gradient).  The layer's output gradient, which
-    the step holds for all p examples anyway (book-keeping needs it), takes
-    p·T·d_out.  The norms are therefore computed in chunks of
+    One example's patches take T·G·d_in floats (G = ``groups``, d_in and
+    d_out per group), and the rule's product over them G·2T² more
+    (``ghost``: two Gram matrices per group) or G·d_in·d_out (``direct``:
+    the kernel gradient).  The layer's output gradient, which the step holds
+    for all p examples anyway (book-keeping needs it), takes p·T·G·d_out.
+    The norms are therefore computed in chunks of
 
-        max(⌊p·T·d_out / (2·w)⌋, ⌊PATCH_FLOOR_BYTES / (4·w)⌋), at most p,
+        max(⌊p·T·G·d_out / (2·w)⌋, ⌊PATCH_FLOOR_BYTES / (4·w)⌋), at most p,
 
     examples (w the per-example floats above): the unfolded working set
     stays within half of that output gradient, except that a chunk is never
@@ -245,8 +263,8 @@ def conv_chunk(p: int, tokens: int, d_in: int, d_out: int, method: str) -> int:
     loop over chunks costs more than the memory it saves.  Shapes only, so
     the choice is fixed per run (one compilation).
     """
-    work = tokens * d_in + (2 * tokens * tokens if method == "ghost" else d_in * d_out)
-    by_share = (p * tokens * d_out) // (2 * work)
+    work = groups * (tokens * d_in + (2 * tokens * tokens if method == "ghost" else d_in * d_out))
+    by_share = (p * tokens * groups * d_out) // (2 * work)
     by_floor = PATCH_FLOOR_BYTES // (4 * work)
     return max(1, min(p, max(by_share, by_floor)))
 

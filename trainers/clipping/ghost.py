@@ -37,7 +37,7 @@ example, as in ``vmap(grad)``).  A trainable parameter of any other module
 that owns parameters itself (a leaf module of a type without a rule, e.g.
 ``nn.Einsum``), a supported layer called twice per example, called through
 another method (``Embed.attend``) or with a configuration the rules do not
-cover (grouped convolution, circular padding, ``DenseGeneral`` batch
+cover (circular padding, ``DenseGeneral`` batch
 dimensions) raises :class:`UnsupportedLayer`, one line naming the layer.
 
 Frozen parameters (``trainable`` false) are excluded from the norms and get
@@ -101,7 +101,9 @@ class LayerPlan:
         leaves: parameter name → index in ``tree_leaves(params)``.
         trainable: parameter name → trained.
         out_shape, out_dtype: the layer's output for one example.
-        tokens, d_in, d_out: T, d_in, d_out of a linear layer (0 otherwise).
+        tokens, d_in, d_out: T, d_in, d_out of a linear layer (0 otherwise);
+            for a grouped convolution, d_in and d_out per group.
+        groups: a convolution's ``feature_group_count`` (1 otherwise).
     """
 
     key: str
@@ -115,6 +117,7 @@ class LayerPlan:
     tokens: int = 0
     d_in: int = 0
     d_out: int = 0
+    groups: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -130,6 +133,8 @@ class GhostPlan:
         lines = []
         for layer in self.layers:
             dims = f" T={layer.tokens} d_in={layer.d_in} d_out={layer.d_out}" if layer.d_in else ""
+            if layer.groups > 1:
+                dims += f" groups={layer.groups}"
             lines.append(f"{layer.key} ({layer.kind}): {layer.rule}{dims}")
         for name in self.loose_names:
             lines.append(f"{name} (parameter): per-example gradient")
@@ -332,6 +337,7 @@ class GhostClipping:
             raise unsupported("called with more than one input")
         rule = _supported()[type(module)]
         tokens = d_in = d_out = 0
+        groups = 1
         if rule == "dense":
             d_in, d_out = int(a.shape[-1]), int(out.shape[-1])
             tokens = math.prod(a.shape[:-1])
@@ -350,16 +356,17 @@ class GhostClipping:
             tokens = math.prod(a.shape[: -len(axis)])
         elif rule == "conv":
             n = len(module.kernel_size)
-            if module.feature_group_count != 1:
-                raise unsupported(f"feature_group_count={module.feature_group_count}")
+            groups = int(module.feature_group_count)
             if getattr(module, "mask", None) is not None:
                 raise unsupported("masked kernel")
             if _rules.conv_padding(module.padding, n) is None:
                 raise unsupported(f"padding={module.padding!r}")
             if len(a.shape) < n + 1:
                 raise unsupported(f"input of rank {len(a.shape)}")
-            d_in = int(a.shape[-1]) * math.prod(module.kernel_size)
-            d_out = int(out.shape[-1])
+            if groups < 1 or a.shape[-1] % groups or out.shape[-1] % groups:
+                raise unsupported(f"feature_group_count={module.feature_group_count}")
+            d_in = int(a.shape[-1]) // groups * math.prod(module.kernel_size)
+            d_out = int(out.shape[-1]) // groups
             tokens = math.prod(out.shape[:-1])
         elif rule == "embed":
             if not jnp.issubdtype(a.dtype, jnp.integer):
@@ -378,6 +385,7 @@ class GhostClipping:
             tokens=tokens,
             d_in=d_in,
             d_out=d_out,
+            groups=groups,
         )
 
     def _check_params(self, layer: LayerPlan, params: Any, a: Any) -> None:
@@ -501,13 +509,16 @@ class GhostClipping:
                     rows = _rules.conv_patches(a_c, layer.module)
                     return _rules.linear_sq_norms(
                         rows,
-                        g_c.reshape((g_c.shape[0], layer.tokens, layer.d_out)),
+                        g_c.reshape((g_c.shape[0], layer.tokens, layer.groups * layer.d_out)),
                         kernel=kernel,
                         bias=bias,
                         method=layer.rule,
+                        groups=layer.groups,
                     )
 
-                chunk = _rules.conv_chunk(p, layer.tokens, layer.d_in, layer.d_out, layer.rule)
+                chunk = _rules.conv_chunk(
+                    p, layer.tokens, layer.d_in, layer.d_out, layer.rule, layer.groups
+                )
                 return _rules.map_in_chunks(conv_norms, a, g, chunk), None
             rows = a.reshape((p, layer.tokens, layer.d_in))
             return (
