@@ -348,6 +348,25 @@ def test_grouped_and_depthwise_convolutions_equal_vmap():
         assert not np.isfinite(np.asarray(n1)[3])
         for a, b in zip(s1, s0, strict=True):
             np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+    # and against the float64 reference trainer (its own per-example loop)
+    idx = np.array([0, 1, 2, 4])
+    _, _, sums = _ghost_clip(
+        apply, params, x[idx], y[idx], trainable_leaves(params), 0.05, jnp.ones(4, bool)
+    )
+    ref = reference_noisy_gradient(
+        apply,
+        params,
+        x,
+        y,
+        idx,
+        clip_norm=0.05,
+        noise_multiplier=0.0,
+        denominator=1.0,
+        noise_key=jax.random.key(0),
+        step=0,
+    )
+    for a, b in zip(sums, jax.tree_util.tree_leaves(ref.clipped_sum), strict=True):
+        np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=1e-4, atol=2e-6)
 
 
 @pytest.mark.parametrize("chunk", [1, 3])
