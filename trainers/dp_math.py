@@ -319,7 +319,17 @@ PRODUCTION = Mechanics()
 def per_example_grads(
     model_apply: Callable, loss_fn: Callable, precision: str, params: Any, xb: Any, yb: Any
 ) -> tuple[Any, Any]:
-    """Per-example float32 losses ``(p,)`` and gradients (leaves ``(p, …)``) by ``vmap(grad)``."""
+    """Per-example float32 losses ``(p,)`` and gradients (leaves ``(p, …)``) by ``vmap(grad)``.
+
+    A row of ``xb`` holding a NaN or ±inf is differentiated at zeros instead,
+    and its loss is NaN, so the caller counts it as non-finite and keeps it
+    out of the sum, as it would have anyway.  The reason is the other rows:
+    JAX's ``vmap`` of a grouped convolution's kernel gradient folds the
+    examples into feature groups of one convolution, where a NaN example
+    makes every example's gradient NaN (and would zero the whole batch).  A
+    NaN that first appears inside the model, from finite inputs, is not
+    caught here.
+    """
     import jax
     import jax.numpy as jnp
 
@@ -332,9 +342,16 @@ def per_example_grads(
         logits = model_apply(jax.tree_util.tree_map(cast, p), cast(x)[None])
         return loss_fn(logits.astype(jnp.float32), y[None])[0]
 
+    bad = None
+    if jnp.issubdtype(xb.dtype, jnp.floating):
+        bad = ~jnp.all(jnp.isfinite(xb.reshape((xb.shape[0], -1))), axis=1)
+        xb = jnp.where(bad.reshape((-1,) + (1,) * (xb.ndim - 1)), jnp.zeros((), xb.dtype), xb)
     losses, grads = jax.vmap(jax.value_and_grad(example_loss), in_axes=(None, 0, 0))(params, xb, yb)
     grads = jax.tree_util.tree_map(lambda g: g.astype(jnp.float32), grads)
-    return losses.astype(jnp.float32), grads
+    losses = losses.astype(jnp.float32)
+    if bad is not None:
+        losses = jnp.where(bad, jnp.float32(jnp.nan), losses)
+    return losses, grads
 
 
 def init_carry(params: Any) -> dict[str, Any]:

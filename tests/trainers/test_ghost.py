@@ -369,6 +369,46 @@ def test_grouped_and_depthwise_convolutions_equal_vmap():
         np.testing.assert_allclose(np.asarray(a, np.float64), b, rtol=1e-4, atol=2e-6)
 
 
+@pytest.mark.parametrize("clipping", ["vmap", "ghost"])
+def test_a_nan_example_stays_its_own_with_grouped_convolutions(clipping):
+    """One NaN example in a model with grouped convolutions: it alone is
+    counted non-finite, and the step equals the step without it (same key,
+    fixed denominator).  On the vmap path JAX's batching of the grouped
+    kernel gradient would otherwise make every example NaN."""
+    import optax
+
+    from trainers.dpsgd import DPSGDConfig, MaskedDPSGD
+
+    model = _GroupedConvs()
+    rng = np.random.default_rng(6)
+    x = rng.normal(size=(12, 6, 6, 4)).astype(np.float32)
+    x[3] = np.nan
+    y = rng.integers(0, 3, 12).astype(np.int32)
+    results = []
+    for idx in (np.array([0, 1, 2, 3, 4, 5]), np.array([0, 1, 2, 4, 5])):
+        params = model.init(jax.random.key(0), x[:1])["params"]
+        config = DPSGDConfig(
+            clip_norm=1.0,
+            noise_multiplier=1.0,
+            denominator=8.0,
+            physical_batch_size=4,
+            clipping=clipping,
+        )
+        trainer = MaskedDPSGD(
+            lambda p, xb: model.apply({"params": p}, xb), optax.sgd(0.1), config
+        )
+        new, _, stats = trainer.step(
+            params, optax.sgd(0.1).init(params), jnp.asarray(x), jnp.asarray(y), idx,
+            jax.random.key(1), 0,
+        )  # fmt: skip
+        results.append((jax.tree_util.tree_leaves(new), stats.ledger_fields()))
+    (with_nan, fields), (without, fields_clean) = results
+    assert fields["num_nonfinite"] == 1 and fields_clean["num_nonfinite"] == 0
+    assert fields["num_clipped"] == fields_clean["num_clipped"] > 0
+    for a, b in zip(with_nan, without, strict=True):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+
+
 @pytest.mark.parametrize("chunk", [1, 3])
 def test_conv_norms_in_chunks_equal_vmap(monkeypatch, chunk):
     """The conv norms computed a few examples at a time (chunks that do and do
