@@ -24,6 +24,10 @@ Modes, each timed in the same process, interleaved in rounds (best round kept):
 * ``ours_vmap_dev<n>`` — data parallel over n simulated CPU devices
   (``--xla_force_host_platform_device_count=n``, ``MaskedDPSGD(devices=n)``);
   run in a process of its own, because that flag changes the whole process.
+* ``ours_<c>[_p<P>]_streams<n>`` — in that same process, the single-device
+  trainer with ``MaskedDPSGD(streams=n)``: each logical step's physical
+  batches dealt round-robin to the n devices, which accumulate concurrently,
+  merged on the first for one noise draw and update (both clipping methods).
 * ``ours_vmap_proc<t>`` — data parallel over t *processes* (``--multi-process``,
   off by default: on this 2-core machine it ran at a tenth of one process's
   speed, see docs/masked-dpsgd.md): t single-threaded JAX processes, process i pinned to
@@ -343,7 +347,7 @@ class _Ours:
 
     def __init__(
         self, name, kwargs, shape, x, y, clipping, physical, expected, devices, tmp,
-        write_ledger=True,
+        write_ledger=True, streams=None,
     ):  # fmt: skip
         import jax
         import jax.numpy as jnp
@@ -370,6 +374,7 @@ class _Ours:
             opt,
             config,
             devices=devices if not isinstance(devices, int) or devices > 1 else None,
+            streams=streams,
         )
         self.params = model.init(jax.random.PRNGKey(0), x[:1])["params"]
         self.opt_state = opt.init(self.params)
@@ -586,6 +591,13 @@ def worker(args: argparse.Namespace) -> int:
                     key = f"ours_{clipping}{suffix}"
                     runners[key] = _Ours(name, kwargs, shape, x, y, clipping, phys, e, devices,
                                          f"{tmp}/{key}")  # fmt: skip
+            if devices > 1:  # the same devices as S concurrent streams of physical batches
+                for clipping in args.clipping:
+                    for phys in [p, *args.jax_physical]:
+                        suffix = "" if phys == p else f"_p{phys}"
+                        key = f"ours_{clipping}{suffix}_streams{devices}"
+                        runners[key] = _Ours(name, kwargs, shape, x, y, clipping, phys, e, 1,
+                                             f"{tmp}/{key}", streams=devices)  # fmt: skip
             best: dict[str, dict[str, Any]] = {}
             for _ in range(args.rounds):
                 for mode, runner in runners.items():

@@ -70,6 +70,7 @@ from trainers.dp_math import (
     accumulate_batch,
     finalize_step,
     init_carry,
+    merge_carries,
     per_example_grads,
     trainable_leaves,
 )
@@ -138,6 +139,18 @@ class MaskedDPSGD:
             physical batch holding at most p_t real rows (module docstring);
             0 disables it, and p_t must be below p.  ``None`` (default):
             ⌊p/2⌋ on a single device, 0 when data-parallel (``devices``).
+        streams: ``None`` or 1 (off), or S ≥ 2: deal the physical batches of
+            each logical step round-robin to the first S local devices, each
+            accumulating its own sum concurrently (no collective per batch),
+            then add the S sums on the first device, which adds the noise and
+            updates once (:func:`~trainers.dp_math.merge_carries`).  The same
+            update as one device up to float32 summation order, with each of
+            the step's functions traced once and compiled once per device.
+            On XLA:CPU, where a small model's step gains little from a second
+            thread, S CPU devices (``XLA_FLAGS=
+            --xla_force_host_platform_device_count=S``) run S batches at once
+            on S cores.  Uses the k + 2 path (``fused_batches`` must be 0 or
+            ``None``) and a single-device trainer (not with ``devices``).
         mechanics: the :class:`~trainers.dp_math.Mechanics` composition
             (default: ``PRODUCTION``, or the one of ``config.mutation``).
         compiler_options: per-compilation XLA options of the step's functions
@@ -179,6 +192,7 @@ class MaskedDPSGD:
         tail_batch_size: int | None = None,
         mechanics: Mechanics | None = None,
         compiler_options: Mapping[str, str] | None = None,
+        streams: int | None = None,
     ) -> None:
         if not isinstance(config, DPSGDConfig):
             from dpverify.errors import InvalidArgument
@@ -229,6 +243,10 @@ class MaskedDPSGD:
                 raise InvalidArgument(
                     f"tail_batch_size={tail_batch_size} needs a single device (use 0 with devices)"
                 )
+        self._streams = self._stream_devices(streams)
+        self._streamed: tuple[Any, list] | None = None
+        if self._streams:
+            self.fused_batches = 0
         self._donate = donate
         self._requested_options: dict[str, str] | None = None
         if compiler_options is not None:
@@ -243,6 +261,37 @@ class MaskedDPSGD:
             self._requested_options = dict(compiler_options)
         self.compiler_options: dict[str, str] | None = None
         self._make_functions({})
+
+    def _stream_devices(self, streams: int | None) -> tuple[Any, ...]:
+        """The S local devices of ``streams`` (empty when off); one-line errors."""
+        from dpverify.errors import InvalidArgument
+
+        if streams is None:
+            return ()
+        count = check_int("streams", streams, minimum=1)
+        if count == 1:
+            return ()
+        if self.placement is not None:
+            raise InvalidArgument(f"streams={streams} needs a single-device trainer (not devices)")
+        if self.fused_batches:
+            raise InvalidArgument(
+                f"streams={streams} runs the k + 2 path; fused_batches={self.fused_batches} "
+                "must be 0 or None"
+            )
+        import jax
+
+        local = jax.local_devices()
+        if len(local) < count:
+            raise InvalidArgument(
+                f"streams={streams} needs {count} local devices, this process has {len(local)} "
+                f"(on the CPU: XLA_FLAGS=--xla_force_host_platform_device_count={count})"
+            )
+        return tuple(local[:count])
+
+    @property
+    def stream_count(self) -> int:
+        """S, the devices physical batches are dealt to (1 when ``streams`` is off)."""
+        return max(1, len(self._streams))
 
     def _make_functions(self, options: dict[str, str]) -> None:
         """(Re)wrap the step's compiled functions with per-compilation XLA ``options``
@@ -265,6 +314,7 @@ class MaskedDPSGD:
         self._accumulate_tail = jax.jit(
             self._accumulate_tail_impl, donate_argnums=(0,), compiler_options=co
         )
+        self._merge = jax.jit(merge_carries, donate_argnums=(0, 1), compiler_options=co)
         self._finalize = jax.jit(
             self._finalize_impl,
             donate_argnums=(0, 1) if donate else (),
@@ -523,6 +573,62 @@ class MaskedDPSGD:
         self._data = (x, y, x_dev, y_dev)
         return x_dev, y_dev
 
+    def _streamed_step(
+        self, params, opt_state, x, y, batches, full, noise_key, step_arr, extra_sum
+    ) -> tuple[Any, Any, Any]:
+        """The k + 2 path with physical batch j accumulated on device j mod S.
+
+        Each device starts its own accumulator (the canaries' ``extra_sum`` on
+        the first only, zeros of its shape on the others, so ``init`` traces
+        once), and the calls are dispatched without waiting, so the devices
+        run concurrently.  The accumulators are then moved to the first
+        device and merged there, where the step is finalised once: one noise
+        draw, one update, as on one device.
+        """
+        import jax
+        import jax.numpy as jnp
+
+        devs = self._streams
+        pt = self.tail_batch_size
+        data = self._stream_data(x, y)
+        params = jax.device_put(params, devs[0])
+        opt_state = jax.device_put(opt_state, devs[0])
+        on = [params] + [jax.device_put(params, d) for d in devs[1:]]
+        keys = [jax.device_put(noise_key, d) for d in devs]
+        carries = []
+        for i, d in enumerate(devs):
+            extra = extra_sum
+            if extra is not None:
+                extra = extra if i == 0 else jax.tree_util.tree_map(jnp.zeros_like, extra)
+                extra = jax.device_put(extra, d)
+            carries.append(self._init(on[i], extra))
+        for j, (idx, m) in enumerate(batches):
+            i = j % len(devs)
+            xd, yd = data[i]
+            if j == full:  # the tail batch
+                carries[i] = self._accumulate_tail(
+                    carries[i], on[i], xd, yd, idx[:pt], m[:pt], keys[i], step_arr, np.int32(j)
+                )
+            else:
+                carries[i] = self._accumulate(
+                    carries[i], on[i], xd, yd, idx, m, keys[i], step_arr, np.int32(j)
+                )
+        carry = carries[0]
+        for other in carries[1:]:
+            carry = self._merge(carry, jax.device_put(other, devs[0]))
+        return self._finalize(params, opt_state, carry, keys[0], step_arr)
+
+    def _stream_data(self, x: Any, y: Any) -> list[tuple[Any, Any]]:
+        """``(x, y)`` on every stream device, copied once per data set."""
+        import jax
+
+        x_dev, y_dev = self._device_data(x, y)
+        if self._streamed is not None and self._streamed[0] is x_dev:
+            return self._streamed[1]
+        copies = [jax.device_put((x_dev, y_dev), d) for d in self._streams]
+        self._streamed = (x_dev, copies)
+        return copies
+
     def step(
         self,
         params: Any,
@@ -606,6 +712,10 @@ class MaskedDPSGD:
                     step_arr,
                     extra_sum,
                     *(() if tail is None else (tail,)),
+                )
+            elif self._streams:  # k + 2 dispatches, batches dealt to S devices
+                params, opt_state, out = self._streamed_step(
+                    params, opt_state, x, y, batches, full, noise_key, step_arr, extra_sum
                 )
             else:  # L > K·p (or K = 0): k + 2 dispatches, nothing truncated
                 carry = self._init(params, extra_sum)

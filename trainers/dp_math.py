@@ -57,6 +57,7 @@ __all__ = [
     "finalize_step",
     "gaussian_noise",
     "init_carry",
+    "merge_carries",
     "per_example_grads",
     "trainable_leaves",
 ]
@@ -368,6 +369,24 @@ def init_carry(params: Any) -> dict[str, Any]:
         "loss_sum": jnp.zeros((), jnp.float32),
         "count": jnp.zeros((), jnp.int32),
     }
+
+
+def merge_carries(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
+    """Two accumulators of the same logical step as one (:func:`init_carry`'s fields).
+
+    Sums and counts add, maxima take the maximum: the accumulator of the
+    union of the two sets of physical batches, up to float32 summation order.
+    """
+    import jax
+    import jax.numpy as jnp
+
+    out = {}
+    for name, value in a.items():
+        if name in ("max_grad_norm", "max_clipped_norm"):
+            out[name] = jnp.maximum(value, b[name])
+        else:
+            out[name] = jax.tree_util.tree_map(jnp.add, value, b[name])
+    return out
 
 
 def _vmap_norms_and_sum(grads: Any, trainable: tuple[bool, ...], p: int) -> tuple[Any, Any]:
