@@ -85,3 +85,31 @@ def plan_ledger():
     """:func:`_plan_ledger`: write a small ledger from a plan of steps, checkpoints and resumes."""
     return _plan_ledger
 
+
+def _run_with_host_devices(script: str, devices: int, *, timeout: float):
+    """Run the test module ``script`` as a script with ``devices`` simulated host
+    devices (``XLA_FLAGS=--xla_force_host_platform_device_count``, fixed when
+    JAX initialises, hence a fresh process); its last stdout line, as JSON."""
+    import json
+    import subprocess
+    import sys
+
+    env = dict(os.environ)
+    flags = env.get("XLA_FLAGS", "")
+    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={devices}".strip()
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, os.path.abspath(script)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="session")
+def run_with_host_devices():
+    """:func:`_run_with_host_devices`, for tests that need several devices."""
+    return _run_with_host_devices

@@ -259,20 +259,8 @@ def _stats_json(s):
 
 
 @pytest.fixture(scope="module")
-def multi():
-    env = dict(os.environ)
-    flags = env.get("XLA_FLAGS", "")
-    env["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={_DEVICES}".strip()
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def multi(run_with_host_devices):
+    return run_with_host_devices(__file__, _DEVICES, timeout=300)
 
 
 def test_sharded_step_equals_single_device_step(multi):

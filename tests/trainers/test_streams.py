@@ -15,9 +15,6 @@ no statistical test.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -121,21 +118,8 @@ def _script() -> None:
 
 
 @pytest.fixture(scope="module")
-def runs():
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        f"{env.get('XLA_FLAGS', '')} --xla_force_host_platform_device_count=3".strip()
-    )
-    env["JAX_PLATFORMS"] = "cpu"
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def runs(run_with_host_devices):
+    return run_with_host_devices(__file__, 3, timeout=600)
 
 
 @pytest.mark.parametrize("case", ["mlp-vmap-False", "mlp-vmap-True", "vit-ghost-False"])
