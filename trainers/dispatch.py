@@ -589,7 +589,6 @@ class MaskedDPSGD:
         import jax.numpy as jnp
 
         devs = self._streams
-        pt = self.tail_batch_size
         data = self._stream_data(x, y)
         params = jax.device_put(params, devs[0])
         opt_state = jax.device_put(opt_state, devs[0])
@@ -602,21 +601,35 @@ class MaskedDPSGD:
                 extra = extra if i == 0 else jax.tree_util.tree_map(jnp.zeros_like, extra)
                 extra = jax.device_put(extra, d)
             carries.append(self._init(on[i], extra))
-        for j, (idx, m) in enumerate(batches):
-            i = j % len(devs)
-            xd, yd = data[i]
-            if j == full:  # the tail batch
-                carries[i] = self._accumulate_tail(
-                    carries[i], on[i], xd, yd, idx[:pt], m[:pt], keys[i], step_arr, np.int32(j)
-                )
-            else:
-                carries[i] = self._accumulate(
-                    carries[i], on[i], xd, yd, idx, m, keys[i], step_arr, np.int32(j)
-                )
+        carries = self._accumulate_batches(carries, on, data, keys, batches, full, step_arr)
         carry = carries[0]
         for other in carries[1:]:
             carry = self._merge(carry, jax.device_put(other, devs[0]))
         return self._finalize(params, opt_state, carry, keys[0], step_arr)
+
+    def _accumulate_batches(
+        self, carries, params, data, keys, batches, full, step_arr
+    ) -> list[Any]:
+        """The k + 2 path's accumulation: physical batch j goes into accumulator
+        j mod S (S = ``len(carries)``; 1 unless ``streams``), with that slot's
+        parameters, ``(x, y)`` and noise key; batch ``full`` runs as the tail
+        batch.  Dispatched without waiting; returns the S accumulators."""
+        pt = self.tail_batch_size
+        carries = list(carries)
+        for j, (idx, m) in enumerate(batches):
+            i = j % len(carries)
+            xd, yd = data[i]
+            if j == full:  # the tail batch
+                carries[i] = self._accumulate_tail(
+                    carries[i], params[i], xd, yd, idx[:pt], m[:pt], keys[i], step_arr, np.int32(j)
+                )
+                continue
+            if self.placement is not None:
+                idx, m = self.placement.rows((idx, m))
+            carries[i] = self._accumulate(
+                carries[i], params[i], xd, yd, idx, m, keys[i], step_arr, np.int32(j)
+            )
+        return carries
 
     def _stream_data(self, x: Any, y: Any) -> list[tuple[Any, Any]]:
         """``(x, y)`` on every stream device, copied once per data set."""
@@ -718,26 +731,15 @@ class MaskedDPSGD:
                     params, opt_state, x, y, batches, full, noise_key, step_arr, extra_sum
                 )
             else:  # L > K·p (or K = 0): k + 2 dispatches, nothing truncated
-                carry = self._init(params, extra_sum)
-                for j, (idx, m) in enumerate(batches):
-                    if j == full:  # the tail batch (use_tail)
-                        carry = self._accumulate_tail(
-                            carry,
-                            params,
-                            x_dev,
-                            y_dev,
-                            idx[:pt],
-                            m[:pt],
-                            noise_key,
-                            step_arr,
-                            np.int32(j),
-                        )
-                        continue
-                    if self.placement is not None:
-                        idx, m = self.placement.rows((idx, m))
-                    carry = self._accumulate(
-                        carry, params, x_dev, y_dev, idx, m, noise_key, step_arr, np.int32(j)
-                    )
+                (carry,) = self._accumulate_batches(
+                    [self._init(params, extra_sum)],
+                    [params],
+                    [(x_dev, y_dev)],
+                    [noise_key],
+                    batches,
+                    full,
+                    step_arr,
+                )
                 params, opt_state, out = self._finalize(
                     params, opt_state, carry, noise_key, step_arr
                 )
