@@ -180,7 +180,7 @@ def conv_patches(a: Any, module: Any) -> Any:
     one per kernel offset: copies only.  ``lax.conv_general_dilated_patches``
     computes the same array as a convolution with a one-hot kernel, which
     costs (C·∏kernel_size)² multiply-adds per output position instead of
-    none (9× the layer's own forward work for a 3×3 convolution from 16 to
+    none (4.5× the layer's own forward work for a 3×3 convolution from 16 to
     32 channels); it remains the route for input (transposed) dilation.
     """
     import itertools
