@@ -79,7 +79,7 @@ from trainers.precision import precision_context
 from trainers.prng import noise_context, wrap_noise_key
 from trainers.sharding import data_parallel, jit_shardings
 
-__all__ = ["HEAVY_BATCH_FLOPS", "MaskedDPSGD", "default_fused_batches"]
+__all__ = ["HEAVY_BATCH_FLOPS", "MaskedDPSGD", "PendingStats", "default_fused_batches"]
 
 #: On XLA:CPU a physical batch whose gradient's matrix products take at least
 #: this many floating-point operations (:func:`trainers.jaxpr_cost.matmul_flops`
@@ -655,7 +655,37 @@ class MaskedDPSGD:
         pad_index: int | None = None,
         extra_sum: Any = None,
     ) -> tuple[Any, Any, StepStats]:
-        """Run logical step ``step`` on the examples ``indices`` of ``(x, y)``.
+        """Run logical step ``step``; :meth:`step_async` followed by its
+        :meth:`PendingStats.result` (the arguments and return value are those of
+        :meth:`step_async`, with the statistics fetched)."""
+        params, opt_state, pending = self.step_async(
+            params, opt_state, x, y, indices, noise_key, step,
+            pad_index=pad_index, extra_sum=extra_sum,
+        )  # fmt: skip
+        return params, opt_state, pending.result()
+
+    def step_async(
+        self,
+        params: Any,
+        opt_state: Any,
+        x: Any,
+        y: Any,
+        indices: np.ndarray,
+        noise_key: Any,
+        step: int,
+        *,
+        pad_index: int | None = None,
+        extra_sum: Any = None,
+    ) -> tuple[Any, Any, PendingStats]:
+        """Dispatch logical step ``step`` on the examples ``indices`` of ``(x, y)``.
+
+        Returns as soon as the step's calls are queued: the new parameters are
+        device arrays still being computed, and the statistics stay on the
+        device until :meth:`PendingStats.result` fetches them (the step's one
+        device → host transfer, which waits for the step).  A caller may so
+        sample and dispatch step t + 1 before recording step t, and the host's
+        work overlaps the device's (:mod:`trainers.loop` does).  The math and
+        the compiled functions are those of :meth:`step`.
 
         Args:
             params: parameter pytree (float32); donated when ``donate``.
@@ -675,9 +705,8 @@ class MaskedDPSGD:
                 Pass it at every step of a run or at none (one compilation).
 
         Returns:
-            ``(new_params, new_opt_state, StepStats)``.
+            ``(new_params, new_opt_state, PendingStats)``.
         """
-        import jax
 
         t = check_int("step", step, minimum=0)
         cfg = self.config
@@ -743,19 +772,45 @@ class MaskedDPSGD:
                 params, opt_state, out = self._finalize(
                     params, opt_state, carry, noise_key, step_arr
                 )
-        out = jax.device_get(out)  # the one device → host transfer of the step
-        count = int(out["count"])
-        stats = StepStats(
-            batch_size=batches.batch_size,
-            noise_std=cfg.noise_std,
-            noise_draws=1,
-            num_clipped=int(out["num_clipped"]),
-            num_nonfinite=int(out["num_nonfinite"]),
-            max_grad_norm=float(out["max_grad_norm"]),
-            max_clipped_norm=float(out["max_clipped_norm"]),
-            denominator=cfg.denominator,
-            physical_batches=batches.count,
-            update_sketch=tuple(float(v) for v in out["sketch"]),
-            loss=float(out["loss_sum"]) / count if count else math.nan,
-        )
-        return params, opt_state, stats
+        return params, opt_state, PendingStats(out, batches.batch_size, batches.count, cfg)
+
+
+class PendingStats:
+    """The statistics of a dispatched step, fetched from the device on first use.
+
+    :meth:`result` makes the step's one device → host transfer (waiting for
+    the step to finish, and raising the step's error if it failed) and
+    returns the :class:`~trainers.dp_math.StepStats`; later calls return the
+    same object.
+    """
+
+    def __init__(self, out: Any, batch_size: int, physical_batches: int, config: DPSGDConfig):
+        self._out = out
+        self._batch_size = batch_size
+        self._physical_batches = physical_batches
+        self._config = config
+        self._stats: StepStats | None = None
+
+    def result(self) -> StepStats:
+        """The step's :class:`~trainers.dp_math.StepStats` (waits for the step)."""
+        if self._stats is None:
+            import jax
+
+            out = jax.device_get(self._out)  # the one device → host transfer of the step
+            count = int(out["count"])
+            cfg = self._config
+            self._stats = StepStats(
+                batch_size=self._batch_size,
+                noise_std=cfg.noise_std,
+                noise_draws=1,
+                num_clipped=int(out["num_clipped"]),
+                num_nonfinite=int(out["num_nonfinite"]),
+                max_grad_norm=float(out["max_grad_norm"]),
+                max_clipped_norm=float(out["max_clipped_norm"]),
+                denominator=cfg.denominator,
+                physical_batches=self._physical_batches,
+                update_sketch=tuple(float(v) for v in out["sketch"]),
+                loss=float(out["loss_sum"]) / count if count else math.nan,
+            )
+            self._out = None
+        return self._stats

@@ -22,6 +22,7 @@ arXiv:1607.00133; Chua et al. 2024, "How Private are DP-SGD Implementations?".
 from __future__ import annotations
 
 from trainers.dispatch import MaskedDPSGD as MaskedDPSGD
+from trainers.dispatch import PendingStats as PendingStats
 from trainers.dispatch import default_fused_batches as default_fused_batches
 from trainers.dp_math import DPSGDConfig as DPSGDConfig
 from trainers.dp_math import StepStats as StepStats
@@ -31,6 +32,7 @@ from trainers.dp_math import trainable_leaves as trainable_leaves
 __all__ = [
     "DPSGDConfig",
     "MaskedDPSGD",
+    "PendingStats",
     "StepStats",
     "default_fused_batches",
     "gaussian_noise",

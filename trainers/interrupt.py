@@ -6,9 +6,10 @@ first, compiling step): the exception unwinds through C++ frames of a Python
 callback.  So no Ctrl-C ever raises inside a step.
 
 Inside :func:`deferred_interrupt` the first SIGINT only sets a flag: the loop
-finishes the step it is in, records it in the ledger, and then raises
-``KeyboardInterrupt`` at a step boundary, where the ledger is flushed and the
-run can be resumed.
+finishes the steps in flight (the one being recorded and the one queued after
+it: :class:`trainers.loop.RecordOneBehind`), records them in the ledger, and
+then raises ``KeyboardInterrupt`` at a step boundary, where the ledger is
+flushed and the run can be resumed.
 
 A second Ctrl-C means "stop now".  What that does depends on the process:
 

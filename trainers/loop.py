@@ -4,8 +4,10 @@ For each logical step t the loop
 
 1. draws the batch ``indices = sampler.sample(t)`` (step-addressable, so a
    resumed run redraws exactly the same batches),
-2. runs :meth:`trainers.dpsgd.MaskedDPSGD.step` (one compilation per run),
-3. appends the :class:`~dpverify.ledger.Step` record to the ledger,
+2. queues :meth:`trainers.dpsgd.MaskedDPSGD.step_async` (one compilation per run),
+3. appends the :class:`~dpverify.ledger.Step` record to the ledger, one step
+   behind: step t − 1 is recorded while step t runs, so sampling, batching and
+   the ledger write overlap the device's work (:class:`RecordOneBehind`),
 4. every ``checkpoint_every`` steps and at the end: **write-ahead** — flushes
    (fsyncs) the ledger, *then* saves the parameters after step t as checkpoint
    t + 1, then appends its :class:`~dpverify.ledger.Checkpoint` record.
@@ -33,6 +35,7 @@ Run directory::
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import math
@@ -48,7 +51,14 @@ from dpverify.errors import InvalidArgument, UnusableInput
 from trainers.run_plan import RunPlan, TrainConfig, plan_run
 from trainers.session import Session, open_new, open_resume
 
-__all__ = ["CONFIG_FILE", "SUMMARY_FILE", "TrainConfig", "load_summary", "train"]
+__all__ = [
+    "CONFIG_FILE",
+    "SUMMARY_FILE",
+    "RecordOneBehind",
+    "TrainConfig",
+    "load_summary",
+    "train",
+]
 
 CONFIG_FILE = "config.json"
 SUMMARY_FILE = "summary.json"
@@ -199,42 +209,54 @@ def _run(
         executed_before=session.executed_before,
         label=f"{plan.task} [{session.sampler_label}]",
     )
-    executed = examples = 0
+    counts = {"executed": 0, "examples": 0}
     loss = math.nan
     first_step_seconds = None
     loop_start = time.perf_counter()
     after_first = loop_start
+
+    def record(t: int, indices: np.ndarray, stats: Any) -> None:
+        """Step t's ledger record and its book-keeping (the step has finished)."""
+        nonlocal loss, first_step_seconds, after_first
+        entry = _step_record(t, indices, plan, stats)
+        with interrupt.critical():
+            writer.append(entry)
+        counts["executed"] += 1
+        counts["examples"] += int(indices.size) if counts["executed"] > 1 else 0
+        value = _float(getattr(stats, "loss", None))
+        loss = math.nan if value is None else value
+        if counts["executed"] == 1:
+            after_first = time.perf_counter()
+            first_step_seconds = after_first - loop_start
+        bar.update(t, counts["executed"], loss)
+
+    behind = RecordOneBehind(record)
     try:
         interrupt.check()  # Ctrl-C during setup: stop before the first step
         for t in range(session.start_step, plan.steps):
             indices = session.sampler.sample(t)
             if session.shared:
+                run = functools.partial(_step, trainer, session, params, opt_state, x, y)
                 params, opt_state, stats = _shared_step(
-                    functools.partial(
-                        _step, trainer, session, params, opt_state, x, y, indices, noise_key, t
-                    ),
-                    t,
+                    functools.partial(run, indices, noise_key, t, wait=True), t
                 )
-            else:
-                params, opt_state, stats = _step(
+                behind.push(t, indices, _Fetched(stats))
+            else:  # queued: step t - 1 is recorded while step t runs
+                params, opt_state, pending = _step(
                     trainer, session, params, opt_state, x, y, indices, noise_key, t
                 )
-            record = _step_record(t, indices, plan, stats)
-            with interrupt.critical():
-                writer.append(record)
-            executed += 1
-            examples += int(indices.size) if executed > 1 else 0
-            value = _float(getattr(stats, "loss", None))
-            loss = math.nan if value is None else value
-            if executed == 1:
-                after_first = time.perf_counter()
-                first_step_seconds = after_first - loop_start
+                behind.push(t, indices, pending)
             if (t + 1) % plan.checkpoint_every == 0 or t + 1 == plan.steps:
+                behind.settle()  # write-ahead: the ledger holds step t before its checkpoint
                 with interrupt.critical():
                     session.checkpoint(t + 1, params, opt_state)
-            bar.update(t, executed, loss)
+            if interrupt.requested:
+                behind.settle()  # the step in flight is finished and recorded first
             interrupt.check()  # Ctrl-C stops here, after the step is recorded
+        behind.settle()
     except BaseException as exc:
+        behind.settle_quietly()  # a step that finished is recorded; one that failed is not
+        executed = counts["executed"]
         bar.close()
         with interrupt.critical():
             _close_quietly(writer)
@@ -244,6 +266,7 @@ def _run(
                 # blocks a rerun (an interrupted run stays resumable)
                 session.discard()
         raise
+    executed, examples = counts["executed"], counts["examples"]
     bar.close()
     loop_end = time.perf_counter()
     executed_total = session.executed_before + executed
@@ -312,14 +335,68 @@ def _run(
     return summary
 
 
-def _step(trainer, session, params, opt_state, x, y, indices, noise_key, t):
-    """One masked step; canary slots (indices ≥ N₀) enter as an extra clipped sum."""
+def _step(trainer, session, params, opt_state, x, y, indices, noise_key, t, *, wait=False):
+    """One masked step, queued (:meth:`~trainers.dispatch.MaskedDPSGD.step_async`;
+    ``wait``: run to completion, :meth:`~trainers.dispatch.MaskedDPSGD.step`); canary
+    slots (indices ≥ N₀) enter as an extra clipped sum."""
+    run = trainer.step if wait else trainer.step_async
     canaries = session.canaries
     if canaries is None:
-        return trainer.step(params, opt_state, x, y, indices, noise_key, t)
+        return run(params, opt_state, x, y, indices, noise_key, t)
     real, slots = canaries.split(indices)
     extra = canaries.clipped_sum(slots)
-    return trainer.step(params, opt_state, x, y, real, noise_key, t, extra_sum=extra)
+    return run(params, opt_state, x, y, real, noise_key, t, extra_sum=extra)
+
+
+class _Fetched:
+    """Statistics already on the host, in the shape of a pending step's."""
+
+    def __init__(self, stats: Any) -> None:
+        self._stats = stats
+
+    def result(self) -> Any:
+        return self._stats
+
+
+class RecordOneBehind:
+    """Ledger records one step behind the device: step t is recorded after step t + 1
+    is queued, so the host's sampling, batching and ledger write overlap the device's
+    work instead of leaving it idle between steps.
+
+    ``push(t, indices, pending)`` records the step pushed before (waiting for its
+    statistics) and keeps this one; :meth:`settle` records the one kept.  The loop
+    settles before every checkpoint (write-ahead still holds: a checkpoint's steps
+    are in the ledger first), before stopping on Ctrl-C and at the end; after an
+    error, :meth:`settle_quietly` records the kept step if it finished.  A step is
+    recorded once its statistics are fetched, before anything of it is shown.
+    """
+
+    def __init__(self, record: Any) -> None:
+        """``record(t, indices, stats)`` is called once per step, in step order."""
+        self._record = record
+        self._kept: tuple[int, np.ndarray, Any] | None = None
+
+    def push(self, t: int, indices: np.ndarray, pending: Any) -> None:
+        self.settle()
+        self._kept = (t, indices, pending)
+
+    def settle(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is not None:
+            t, indices, pending = kept
+            self._record(t, indices, pending.result())
+
+    def settle_quietly(self) -> None:
+        kept, self._kept = self._kept, None
+        if kept is None:
+            return
+        t, indices, pending = kept
+        try:
+            stats = pending.result()
+        except Exception:  # the step itself failed: nothing of it was released
+            return
+        with contextlib.suppress(Exception):  # the error being handled matters more
+            self._record(t, indices, stats)
 
 
 def _shared_step(run: Any, t: int) -> Any:

@@ -158,7 +158,9 @@ def test_one_ctrl_c_finishes_the_step_records_it_and_exits_130(tmp_path):
     assert proc.returncode == 130, err
     assert "Traceback" not in err
     assert "--resume" in err.strip().splitlines()[-1]
-    assert _steps_in_ledger(out) == [0, 1, 2, 3]  # the step in progress was recorded
+    # Steps are recorded one behind the device: when step 3 is being recorded,
+    # step 4 is already running.  Both steps in progress are finished and recorded.
+    assert _steps_in_ledger(out) == [0, 1, 2, 3, 4]
 
 
 @pytest.mark.parametrize(("mode", "recorded"), [("step", [0, 1, 2]), ("write", [0, 1, 2, 3])])
@@ -207,4 +209,4 @@ def test_ctrl_c_during_interpreter_teardown_still_exits_130_without_traceback(tm
     _, err = _finish(proc, before)
     assert proc.returncode == 130, err
     assert "Traceback" not in err and "Exception ignored" not in err
-    assert _steps_in_ledger(out) == [0, 1, 2]
+    assert _steps_in_ledger(out) == [0, 1, 2, 3]  # step 3 was running: recorded too

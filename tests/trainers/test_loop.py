@@ -269,3 +269,66 @@ def test_a_new_run_that_fails_at_its_first_step_leaves_nothing_behind(tmp_path, 
     with pytest.raises(RuntimeError, match="RESOURCE_EXHAUSTED"):
         train(TrainConfig(**SMALL), out, progress=False)
     assert not out.exists()
+
+
+def test_steps_are_recorded_one_behind_the_device_and_before_each_checkpoint(tmp_path, monkeypatch):
+    """Step t is recorded after step t + 1 is queued (the host's work overlaps the
+    device's), and every step is recorded before the checkpoint that follows it."""
+    import trainers.checkpoint as ckpt
+    import trainers.dpsgd as dpsgd
+    from dpverify.ledger.writer import LedgerWriter
+
+    events: list[tuple[str, int]] = []
+    real_step, real_append, real_save = (
+        dpsgd.MaskedDPSGD.step_async, LedgerWriter.append, ckpt.save_checkpoint
+    )  # fmt: skip
+
+    def step_async(self, params, opt_state, x, y, indices, noise_key, step, **kw):
+        events.append(("dispatch", step))
+        return real_step(self, params, opt_state, x, y, indices, noise_key, step, **kw)
+
+    def append(self, record):
+        if isinstance(record, Step):
+            events.append(("record", record.step))
+        return real_append(self, record)
+
+    def save(run_dir, step, *args, **kwargs):
+        events.append(("checkpoint", step))
+        return real_save(run_dir, step, *args, **kwargs)
+
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "step_async", step_async)
+    monkeypatch.setattr(LedgerWriter, "append", append)
+    monkeypatch.setattr(ckpt, "save_checkpoint", save)
+    train(TrainConfig(**dict(SMALL, steps=7, checkpoint_every=3)), tmp_path / "r", progress=False)
+    d, r, c = "dispatch", "record", "checkpoint"
+    assert events == [
+        (c, 0),
+        (d, 0), (d, 1), (r, 0), (d, 2), (r, 1), (r, 2), (c, 3),
+        (d, 3), (d, 4), (r, 3), (d, 5), (r, 4), (r, 5), (c, 6),
+        (d, 6), (r, 6), (c, 7),
+    ]  # fmt: skip
+
+
+def test_a_step_that_fails_on_the_device_is_not_recorded_and_the_ones_before_are(
+    tmp_path, monkeypatch
+):
+    """With dispatch ahead of recording, a step's error surfaces when its statistics
+    are fetched: the steps before it are in the ledger, the failed one is not."""
+    import trainers.dpsgd as dpsgd
+
+    real_step = dpsgd.MaskedDPSGD.step_async
+
+    class Failed:
+        def result(self):
+            raise RuntimeError("simulated device failure in step 5")
+
+    def step_async(self, params, opt_state, x, y, indices, noise_key, step, **kw):
+        out = real_step(self, params, opt_state, x, y, indices, noise_key, step, **kw)
+        return (*out[:2], Failed()) if step == 5 else out
+
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "step_async", step_async)
+    out = tmp_path / "r"
+    with pytest.raises(RuntimeError, match="device failure in step 5"):
+        train(TrainConfig(**SMALL), out, progress=False)
+    ledger = read_ledger(out / "ledger")
+    assert ledger.seal is None and [s.step for s in ledger.steps] == [0, 1, 2, 3, 4]

@@ -217,10 +217,10 @@ def test_crash_keeps_every_step_and_resume_skips_a_damaged_checkpoint(tmp_path, 
     falls back past a checkpoint file whose digest no longer matches its record."""
     import trainers.dpsgd as dpsgd
 
-    real_step = dpsgd.MaskedDPSGD.step
+    real_step = dpsgd.MaskedDPSGD.step_async  # what the loop calls
 
     def failing_step(self, params, opt_state, x, y, indices, noise_key, step):
-        if step == 9:
+        if step == 9:  # step 8 is still in flight, recorded one step behind
             raise RuntimeError("simulated crash")
         return real_step(self, params, opt_state, x, y, indices, noise_key, step)
 
@@ -229,7 +229,7 @@ def test_crash_keeps_every_step_and_resume_skips_a_damaged_checkpoint(tmp_path, 
         task="digits-mlp", expected_batch_size=40, noise_multiplier=1.0,
         physical_batch_size=16, steps=12, checkpoint_every=5, seed=4,
     )  # fmt: skip
-    monkeypatch.setattr(dpsgd.MaskedDPSGD, "step", failing_step)
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "step_async", failing_step)
     with pytest.raises(RuntimeError, match="simulated crash"):
         train(config, out, progress=False)
     crashed = read_ledger(out / "ledger")
@@ -237,7 +237,7 @@ def test_crash_keeps_every_step_and_resume_skips_a_damaged_checkpoint(tmp_path, 
     assert [c.step for c in crashed.checkpoints] == [0, 5]
     with open(out / crashed.checkpoints[-1].path, "ab") as fh:
         fh.write(b"damage")
-    monkeypatch.setattr(dpsgd.MaskedDPSGD, "step", real_step)
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "step_async", real_step)
     summary = train(None, out, resume=True, progress=False)
     ledger = read_ledger(out / "ledger")
     (resume,) = ledger.resumes
