@@ -480,12 +480,10 @@ class _MaskedTrainerBench:
 
     def _rows_computed(self, batch_size: int, k: int) -> int:
         """Rows the step computed on: k − 1 full batches and a last one of p, or of p_t
-        when it ran as the tail batch (r ≤ p_t real rows)."""
-        pt = self.trainer.tail_batch_size
+        when it ran as a tail batch (:meth:`MaskedDPSGD.tail_for`)."""
         if k == 0:
             return 0
-        last = pt if pt and batch_size - self.p * (k - 1) <= pt else self.p
-        return (k - 1) * self.p + last
+        return (k - 1) * self.p + (self.trainer.tail_for(batch_size) or self.p)
 
     def time_round(self, seconds: float, min_steps: int) -> None:
         before = dict(self.timing)

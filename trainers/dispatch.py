@@ -16,19 +16,21 @@ falls back to three separately compiled functions, each compiled once:
 ``init``, ``accumulate`` called once per physical batch, ``finalize``
 (k + 2 dispatches).
 
-**Tail batch.**  Padding the last physical batch to p rows wastes, on
+**Tail batches.**  Padding the last physical batch to p rows wastes, on
 average, p/2 rows of computation per logical step: at E = 128 and p = 32
-that is 11 % of the step.  On a single device the step therefore holds a
-second, smaller compiled shape, the tail batch of p_t = ⌊p/2⌋ rows
-(``tail_batch_size``): when the last physical batch has r ≤ p_t real rows
-(r = L − p·(k − 1)), it runs as one tail batch instead of a padded full one.
-A batch of p_t rows never costs more than one of p rows, so the rule is a
-gain on any device; the expected padding falls from p/2 to about p/4 rows.
-In the fused function the tail is a second ``fori_loop`` over 0 or 1 rows of
-a ``(1, p_t)`` buffer; on the k + 2 path it is its own compiled function
-(``accumulate_tail``).  Masking, noise and statistics are unchanged: the
-tail batch is the last physical batch with fewer padding rows, and
-``physical_batches`` is still k = ⌈L/p⌉.  Both paths run the same traced code
+that is 11 % of the step.  On a single device the step therefore holds
+smaller compiled shapes, the tail batches of p_t ∈ {⌊p/4⌋, ⌊p/2⌋} rows
+(``tail_batch_size``; the zero sizes dropped): when the last physical batch
+has r real rows (r = L − p·(k − 1)), it runs as the smallest tail batch with
+p_t ≥ r, and as a padded full batch when none is that large.  A batch of p_t
+rows never costs more than one of p rows, so the rule is a gain on any
+device; the expected padding falls from p/2 to about 3p/16 rows (one tail
+size ⌊p/2⌋ gives p/4).  In the fused function each tail size is one more
+``fori_loop`` over 0 or 1 rows of a ``(1, p_t)`` buffer; on the k + 2 path
+each is its own compiled function (``accumulate_tail_<p_t>``), compiled at
+its first use.  Masking, noise and statistics are unchanged: a tail batch is
+the last physical batch with fewer padding rows, and ``physical_batches`` is
+still k = ⌈L/p⌉.  Both paths run the same traced code
 (:func:`trainers.dp_math.accumulate_batch`, :func:`trainers.dp_math.finalize_step`),
 so they agree up to float32 rounding.  By default a convolutional model on
 XLA:CPU always takes the k + 2 path (K = 0): XLA:CPU runs convolutions
@@ -54,6 +56,7 @@ References: Chua et al. 2024, "How Private are DP-SGD Implementations?"
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -135,10 +138,12 @@ class MaskedDPSGD:
             then ran 8–14 % slower, and dispatches cost nothing): then K = 0.
             Measured in ``docs/masked-dpsgd.md``.  A larger K costs only a
             larger index buffer per step, never computation.
-        tail_batch_size: p_t, rows of the tail batch that replaces a last
-            physical batch holding at most p_t real rows (module docstring);
-            0 disables it, and p_t must be below p.  ``None`` (default):
-            ⌊p/2⌋ on a single device, 0 when data-parallel (``devices``).
+        tail_batch_size: the tail batch sizes p_t, an int or a sequence of
+            ints: the last physical batch, holding r real rows, runs as the
+            smallest tail batch with p_t ≥ r (module docstring); 0 (or an
+            empty sequence) disables them, and each p_t must be below p.
+            ``None`` (default): ⌊p/4⌋ and ⌊p/2⌋ (those above 0) on a single
+            device, none when data-parallel (``devices``).
         streams: ``None`` or 1 (off), or S ≥ 2: deal the physical batches of
             each logical step round-robin to the first S local devices, each
             accumulating its own sum concurrently (no collective per batch),
@@ -165,10 +170,11 @@ class MaskedDPSGD:
         compilations: how many times the step was traced (compiled): the
             maximum over its compiled functions; 1 for a healthy run.
         trace_counts: per compiled function trace counts (``fused``, and
-            ``init``/``accumulate``/``accumulate_tail``/``finalize`` of the
-            fallback path, which stay 0 until some L > K·p).
+            ``init``/``accumulate``/``accumulate_tail_<p_t>``/``finalize`` of
+            the fallback path, which stay 0 until some L > K·p).
         fused_batches: K (``None`` until the first step when chosen automatically).
-        tail_batch_size: p_t (0: no tail batch).
+        tail_batch_sizes: the tail batch sizes, ascending (empty: none).
+        tail_batch_size: the largest of them (0: no tail batch).
         clipping: ``"vmap"`` or ``"ghost"``, what ``config.clipping`` resolved
             to (``None`` until the first step or :meth:`resolve_clipping`);
             ``clipping_reason`` says why in one line.
@@ -218,31 +224,16 @@ class MaskedDPSGD:
         self.fused_batches: int | None = (
             None if fused_batches is None else check_int("fused_batches", fused_batches, minimum=0)
         )
+        self.placement = data_parallel(devices, physical_batch_size=config.physical_batch_size)
+        self.tail_batch_sizes = self._tail_sizes(tail_batch_size)
+        self.tail_batch_size = max(self.tail_batch_sizes, default=0)
         self.trace_counts = {
             "fused": 0,
             "init": 0,
             "accumulate": 0,
-            "accumulate_tail": 0,
+            **{f"accumulate_tail_{pt}": 0 for pt in self.tail_batch_sizes},
             "finalize": 0,
         }
-        self.placement = data_parallel(devices, physical_batch_size=config.physical_batch_size)
-        p = config.physical_batch_size
-        if tail_batch_size is None:
-            self.tail_batch_size = p // 2 if self.placement is None else 0
-        else:
-            self.tail_batch_size = check_int("tail_batch_size", tail_batch_size, minimum=0)
-            if self.tail_batch_size >= p:
-                from dpverify.errors import InvalidArgument
-
-                raise InvalidArgument(
-                    f"tail_batch_size={tail_batch_size} must be below physical_batch_size={p}"
-                )
-            if self.tail_batch_size and self.placement is not None:
-                from dpverify.errors import InvalidArgument
-
-                raise InvalidArgument(
-                    f"tail_batch_size={tail_batch_size} needs a single device (use 0 with devices)"
-                )
         self._streams = self._stream_devices(streams)
         self._streamed: tuple[Any, list] | None = None
         if self._streams:
@@ -261,6 +252,38 @@ class MaskedDPSGD:
             self._requested_options = dict(compiler_options)
         self.compiler_options: dict[str, str] | None = None
         self._make_functions({})
+
+    def _tail_sizes(self, requested: int | Any) -> tuple[int, ...]:
+        """The validated tail batch sizes, ascending (see ``tail_batch_size``)."""
+        from dpverify.errors import InvalidArgument
+
+        p = self.config.physical_batch_size
+        if requested is None:
+            return () if self.placement is not None else tuple(sorted({p // 4, p // 2} - {0}))
+        values = [requested] if isinstance(requested, int | np.integer) else list(requested)
+        sizes = [check_int("tail_batch_size", v, minimum=0) for v in values]
+        for pt in sizes:
+            if pt >= p:
+                raise InvalidArgument(
+                    f"tail_batch_size={requested} must be below physical_batch_size={p}"
+                )
+        sizes = sorted(set(sizes) - {0})
+        if sizes and self.placement is not None:
+            raise InvalidArgument(
+                f"tail_batch_size={requested} needs a single device (use 0 with devices)"
+            )
+        return tuple(sizes)
+
+    def tail_for(self, batch_size: int) -> int:
+        """The rows of the batch that the last physical batch of a logical batch of
+        ``batch_size`` examples runs as: the smallest tail batch size p_t ≥ r
+        (r = L − p·(k − 1) real rows), or 0 when it runs as a full batch of p
+        rows (or L = 0)."""
+        p = self.config.physical_batch_size
+        if batch_size <= 0:
+            return 0
+        r = batch_size - p * ((batch_size - 1) // p)
+        return next((pt for pt in self.tail_batch_sizes if r <= pt), 0)
 
     def _stream_devices(self, streams: int | None) -> tuple[Any, ...]:
         """The S local devices of ``streams`` (empty when off); one-line errors."""
@@ -311,9 +334,14 @@ class MaskedDPSGD:
         self._accumulate = jax.jit(
             self._accumulate_impl, donate_argnums=(0,), compiler_options=co, **shard["accumulate"]
         )
-        self._accumulate_tail = jax.jit(
-            self._accumulate_tail_impl, donate_argnums=(0,), compiler_options=co
-        )
+        self._accumulate_tails = {
+            pt: jax.jit(
+                functools.partial(self._accumulate_tail_impl, f"accumulate_tail_{pt}"),
+                donate_argnums=(0,),
+                compiler_options=co,
+            )
+            for pt in self.tail_batch_sizes
+        }
         self._merge = jax.jit(merge_carries, donate_argnums=(0, 1), compiler_options=co)
         self._finalize = jax.jit(
             self._finalize_impl,
@@ -340,7 +368,7 @@ class MaskedDPSGD:
                 ("fused", self._fused),
                 ("init", self._init),
                 ("accumulate", self._accumulate),
-                ("accumulate_tail", self._accumulate_tail),
+                *((f"accumulate_tail_{pt}", fn) for pt, fn in self._accumulate_tails.items()),
                 ("finalize", self._finalize),
             )
         }
@@ -359,11 +387,11 @@ class MaskedDPSGD:
         noise_key,
         step,
         extra=None,
-        tail=None,
+        tails=(),
     ):
         """The whole logical step: the first ``count`` rows of the buffers, then
-        ``tail = (idx (1, p_t), mask (1, p_t), tail_count ∈ {0, 1})`` when the
-        trainer has a tail batch, then finalize."""
+        for each tail batch size ``(idx (1, p_t), mask (1, p_t), tail_count ∈ {0, 1})``
+        (at most one of them with count 1), then finalize."""
         import jax
 
         self.trace_counts["fused"] += 1
@@ -390,14 +418,11 @@ class MaskedDPSGD:
         carry, _ = jax.lax.fori_loop(
             0, count, body, (self._init_body(params, extra), rows(jnp.int32(0)))
         )
-        if tail is not None:
-            tail_idx, tail_mask, tail_count = tail
+        for tail_idx, tail_mask, tail_count in tails:
             tail_x, tail_y = self._gather(x_all, y_all, tail_idx[0])
 
-            def tail_body(j, carry):
-                return self._accumulate_rows(
-                    carry, params, tail_x, tail_y, tail_mask[0], noise_key, step, count
-                )
+            def tail_body(j, carry, xb=tail_x, yb=tail_y, mask=tail_mask[0]):
+                return self._accumulate_rows(carry, params, xb, yb, mask, noise_key, step, count)
 
             carry = jax.lax.fori_loop(0, tail_count, tail_body, carry)
         return self._finalize_body(params, opt_state, carry, noise_key, step)
@@ -410,8 +435,10 @@ class MaskedDPSGD:
         self.trace_counts["accumulate"] += 1
         return self._accumulate_body(carry, params, x_all, y_all, idx, mask, noise_key, step, batch)
 
-    def _accumulate_tail_impl(self, carry, params, x_all, y_all, idx, mask, noise_key, step, batch):
-        self.trace_counts["accumulate_tail"] += 1
+    def _accumulate_tail_impl(
+        self, name, carry, params, x_all, y_all, idx, mask, noise_key, step, batch
+    ):  # fmt: skip
+        self.trace_counts[name] += 1
         return self._accumulate_body(carry, params, x_all, y_all, idx, mask, noise_key, step, batch)
 
     def _finalize_impl(self, params, opt_state, carry, noise_key, step):
@@ -574,7 +601,7 @@ class MaskedDPSGD:
         return x_dev, y_dev
 
     def _streamed_step(
-        self, params, opt_state, x, y, batches, full, noise_key, step_arr, extra_sum
+        self, params, opt_state, x, y, batches, tail, noise_key, step_arr, extra_sum
     ) -> tuple[Any, Any, Any]:
         """The k + 2 path with physical batch j accumulated on device j mod S.
 
@@ -601,28 +628,30 @@ class MaskedDPSGD:
                 extra = extra if i == 0 else jax.tree_util.tree_map(jnp.zeros_like, extra)
                 extra = jax.device_put(extra, d)
             carries.append(self._init(on[i], extra))
-        carries = self._accumulate_batches(carries, on, data, keys, batches, full, step_arr)
+        carries = self._accumulate_batches(carries, on, data, keys, batches, tail, step_arr)
         carry = carries[0]
         for other in carries[1:]:
             carry = self._merge(carry, jax.device_put(other, devs[0]))
         return self._finalize(params, opt_state, carry, keys[0], step_arr)
 
     def _accumulate_batches(
-        self, carries, params, data, keys, batches, full, step_arr
+        self, carries, params, data, keys, batches, tail, step_arr
     ) -> list[Any]:
         """The k + 2 path's accumulation: physical batch j goes into accumulator
         j mod S (S = ``len(carries)``; 1 unless ``streams``), with that slot's
-        parameters, ``(x, y)`` and noise key; batch ``full`` runs as the tail
-        batch.  Dispatched without waiting; returns the S accumulators."""
-        pt = self.tail_batch_size
+        parameters, ``(x, y)`` and noise key; the last batch runs as the tail
+        batch of ``tail`` rows when ``tail`` > 0.  Dispatched without waiting;
+        returns the S accumulators."""
         carries = list(carries)
+        last = batches.count - 1
         for j, (idx, m) in enumerate(batches):
             i = j % len(carries)
             xd, yd = data[i]
-            if j == full:  # the tail batch
-                carries[i] = self._accumulate_tail(
-                    carries[i], params[i], xd, yd, idx[:pt], m[:pt], keys[i], step_arr, np.int32(j)
-                )
+            if tail and j == last:  # the tail batch
+                carries[i] = self._accumulate_tails[tail](
+                    carries[i], params[i], xd, yd, idx[:tail], m[:tail], keys[i], step_arr,
+                    np.int32(j),
+                )  # fmt: skip
                 continue
             if self.placement is not None:
                 idx, m = self.placement.rows((idx, m))
@@ -723,10 +752,9 @@ class MaskedDPSGD:
             params, opt_state, noise_key = self.placement.replicate((params, opt_state, noise_key))
         step_arr = np.uint32(t)
         k, K, p = batches.count, self.fused_batches, cfg.physical_batch_size
-        pt = self.tail_batch_size
-        # The last physical batch runs as a tail batch of p_t rows when it fits.
-        use_tail = bool(pt) and k > 0 and batches.batch_size - p * (k - 1) <= pt
-        full = k - 1 if use_tail else k
+        # The last physical batch runs as the smallest tail batch it fits in, if any.
+        tail = self.tail_for(batches.batch_size)
+        full = k - 1 if tail else k
         with precision_context(cfg.precision), noise_context():
             if 0 < K and k <= K:  # the common case: one dispatch
                 idx_buf = np.zeros((K, p), np.int32)
@@ -734,14 +762,14 @@ class MaskedDPSGD:
                 idx_buf[:full], mask_buf[:full] = batches.indices[:full], batches.mask[:full]
                 if self.placement is not None:  # global arrays across processes
                     idx_buf, mask_buf = self.placement.rows((idx_buf, mask_buf), axis=1)
-                tail = None
-                if pt:
+                tails = []
+                for pt in self.tail_batch_sizes:
                     tail_idx = np.zeros((1, pt), np.int32)
                     tail_mask = np.zeros((1, pt), bool)
-                    if use_tail:
+                    if pt == tail:
                         tail_idx[0] = batches.indices[k - 1, :pt]
                         tail_mask[0] = batches.mask[k - 1, :pt]
-                    tail = (tail_idx, tail_mask, np.int32(1 if use_tail else 0))
+                    tails.append((tail_idx, tail_mask, np.int32(1 if pt == tail else 0)))
                 params, opt_state, out = self._fused(
                     params,
                     opt_state,
@@ -753,11 +781,11 @@ class MaskedDPSGD:
                     noise_key,
                     step_arr,
                     extra_sum,
-                    *(() if tail is None else (tail,)),
+                    *((tuple(tails),) if tails else ()),
                 )
             elif self._streams:  # k + 2 dispatches, batches dealt to S devices
                 params, opt_state, out = self._streamed_step(
-                    params, opt_state, x, y, batches, full, noise_key, step_arr, extra_sum
+                    params, opt_state, x, y, batches, tail, noise_key, step_arr, extra_sum
                 )
             else:  # L > K·p (or K = 0): k + 2 dispatches, nothing truncated
                 (carry,) = self._accumulate_batches(
@@ -766,7 +794,7 @@ class MaskedDPSGD:
                     [(x_dev, y_dev)],
                     [noise_key],
                     batches,
-                    full,
+                    tail,
                     step_arr,
                 )
                 params, opt_state, out = self._finalize(

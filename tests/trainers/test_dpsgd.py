@@ -171,12 +171,14 @@ def test_one_compilation_across_varied_batch_sizes():
     assert {0, 1, 8, 12} <= seen  # includes new counts of physical batches
     assert trainer.compilations == 1
     # L = 7p + 1 and L = N overflow the one-dispatch buffer: the fallback compiled
-    # once too, its tail batch (p_t = 2) for L = 7p + 1's last row of one example.
+    # once too, its 1-row tail batch for L = 7p + 1's last row of one example (the
+    # 2-row tail is compiled at its first use: none here).
     assert trainer.cache_sizes() == {
         "fused": 1,
         "init": 1,
         "accumulate": 1,
-        "accumulate_tail": 1,
+        "accumulate_tail_1": 1,
+        "accumulate_tail_2": 0,
         "finalize": 1,
     }
     # The counter can fail: a data set of another shape forces a retrace.
@@ -186,8 +188,9 @@ def test_one_compilation_across_varied_batch_sizes():
 
 
 # tail_batch_size: 0 pads the last physical batch to p = 4 rows (3 padding rows);
-# None (default, p_t = 2) runs it as a tail batch of 2 rows (1 padding row).
-@pytest.mark.parametrize(("tail", "padding"), [(0, 3), (None, 1)])
+# 2 runs it as a tail batch of 2 rows (1 padding row).  (The default, tails of 1
+# and 2 rows, runs this one-example batch without padding.)
+@pytest.mark.parametrize(("tail", "padding"), [(0, 3), (2, 1)])
 @pytest.mark.parametrize("poison", [np.nan, np.inf])
 def test_nan_or_inf_padding_does_not_change_the_update(poison, tail, padding):
     x, y, params, apply = _problem()

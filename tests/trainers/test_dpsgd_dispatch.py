@@ -51,6 +51,11 @@ def _trainer(fused_batches, mutation=None, tail_batch_size=None):
     )
 
 
+def _tail_traces(counts):
+    """Traces of the tail batch functions, whatever their sizes."""
+    return sum(v for k, v in counts.items() if k.startswith("accumulate_tail_"))
+
+
 def _indices(L, seed):
     return np.sort(np.random.default_rng(seed).choice(_BAD, L, replace=False))
 
@@ -64,8 +69,8 @@ def _max_dev(a, b):
 
 
 # L = 0; L < p; L in the fused range of K = 2 (k = 2); L > K·p = 8 (k = 6, overflow);
-# with the tail batch of p_t = 2 rows: L = 2 (the tail alone), 6 (one full batch
-# + tail), 21 (overflow + tail).
+# with the default tail batches of p_t = 1 and 2 rows: L = 2 (the 2-row tail alone),
+# 6 (one full batch + the 2-row tail), 21 (overflow + the 1-row tail).
 @pytest.mark.parametrize("L", [0, 2, 3, 6, 7, 21, 23])
 def test_fused_equals_fallback_equals_reference_with_nan_padding(problem, L):
     x, y, params = problem
@@ -73,7 +78,7 @@ def test_fused_equals_fallback_equals_reference_with_nan_padding(problem, L):
     key = jax.random.key(5)
     opt = optax.adam(0.05)
     runs = {}
-    tailed = L % P in (1, 2)  # the last batch has r ≤ p_t = 2 real rows
+    tailed = L % P in (1, 2)  # the last batch has r ≤ 2 real rows: a tail batch of r rows
     variants = [("fused", 2, None), ("fallback", 0, None), ("default", None, None)]
     if tailed:  # the same trainers without the tail batch
         variants += [("fused_no_tail", 2, 0), ("fallback_no_tail", 0, 0)]
@@ -84,17 +89,19 @@ def test_fused_equals_fallback_equals_reference_with_nan_padding(problem, L):
     overflow = L > 2 * P
     assert runs["fused"][2]["fused"] == (0 if overflow else 1)
     assert runs["fused"][2]["accumulate"] == (1 if overflow else 0)
-    assert runs["fused"][2]["accumulate_tail"] == (1 if overflow and tailed else 0)
+    assert _tail_traces(runs["fused"][2]) == (1 if overflow and tailed else 0)
     assert runs["fallback"][2]["fused"] == 0 and runs["fallback"][2]["finalize"] == 1
-    assert runs["fallback"][2]["accumulate_tail"] == (1 if tailed else 0)
+    assert _tail_traces(runs["fallback"][2]) == (1 if tailed else 0)
+    if tailed:  # the tail of exactly r rows
+        assert runs["fallback"][2][f"accumulate_tail_{L % P}"] == 1
+        assert _tail_traces(runs["fallback_no_tail"][2]) == 0
     assert runs["fallback"][2]["accumulate"] == (0 if L <= 2 else 1)
-    if tailed:
-        assert runs["fallback_no_tail"][2]["accumulate_tail"] == 0
     assert runs["default"][2] == {
         "fused": 1,
         "init": 0,
         "accumulate": 0,
-        "accumulate_tail": 0,
+        "accumulate_tail_1": 0,
+        "accumulate_tail_2": 0,
         "finalize": 0,
     }
     ref_p, _, ref = reference_step(
@@ -174,29 +181,34 @@ def test_compilations_do_not_grow_with_distinct_k_including_overflow(problem):
         seen.add(s.physical_batches)
         assert tr.compilations == 1, (t, tr.trace_counts)
     assert len(lengths) >= 20 and len(seen) >= 12 and max(seen) > 2  # overflow exercised
-    one = {"fused": 1, "init": 1, "accumulate": 1, "accumulate_tail": 1, "finalize": 1}
+    one = {"fused": 1, "init": 1, "accumulate": 1, "finalize": 1}
+    one |= {"accumulate_tail_1": 1, "accumulate_tail_2": 1}
     assert tr.trace_counts == one and tr.cache_sizes() == one
     assert all(np.isfinite(v).all() for v in _leaves(params))
 
 
-def test_tail_batch_runs_exactly_when_the_last_batch_fits_it(problem):
-    # The tail batch must be a pure efficiency change: every L gives the same
-    # update as the trainer without it, and it is chosen iff r = L - p(k-1) <= p_t.
+@pytest.mark.parametrize("K", [3, 0])  # the fused path and the k + 2 path
+def test_tail_batch_runs_exactly_when_the_last_batch_fits_it(problem, K):
+    # The tail batches must be a pure efficiency change: every L gives the same
+    # update as the trainer without them, and the last batch runs as the smallest
+    # p_t >= r = L - p(k-1), or as a full batch when none is that large.
     x, y, params = problem
     opt = optax.adam(0.05)
     key = jax.random.key(2)
-    with_tail = _trainer(3, tail_batch_size=3)
-    without = _trainer(3, tail_batch_size=0)
+    with_tail = _trainer(K, tail_batch_size=(1, 3))
+    without = _trainer(K, tail_batch_size=0)
     calls = []
-    orig = with_tail._fused
+    if K:
+        orig = with_tail._fused
 
-    def spy(*args):
-        calls.append(int(args[-1][2]))  # tail_count of the tail tuple
-        return orig(*args)
+        def spy(*args):
+            calls.append([int(count) for _, _, count in args[-1]])  # tail counts, by size
+            return orig(*args)
 
-    with_tail._fused = spy
+        with_tail._fused = spy
     for L in range(0, 13):
         idx = _indices(L, 100 + L)
+        before = dict(with_tail.trace_counts)
         a, _, sa = with_tail.step(params, opt.init(params), x, y, idx, key, L, pad_index=_BAD)
         b, _, sb = without.step(params, opt.init(params), x, y, idx, key, L, pad_index=_BAD)
         assert _max_dev(a, b) < 1e-6, L
@@ -206,17 +218,32 @@ def test_tail_batch_runs_exactly_when_the_last_batch_fits_it(problem):
             sb.num_clipped,
         )
         k = -(-L // P)
-        assert calls[-1] == (1 if k and L - P * (k - 1) <= 3 else 0), L
-    assert with_tail.compilations == 1 and with_tail.tail_batch_size == 3
+        r = L - P * (k - 1) if k else 0
+        expected = 0 if not k else 1 if r <= 1 else 3 if r <= 3 else 0
+        assert with_tail.tail_for(L) == expected, L
+        if K:
+            assert calls[-1] == [int(expected == 1), int(expected == 3)], L
+        elif expected and before[f"accumulate_tail_{expected}"] == 0:  # first use compiles
+            assert with_tail.trace_counts[f"accumulate_tail_{expected}"] == 1, L
+    assert with_tail.compilations == 1
+    assert with_tail.tail_batch_sizes == (1, 3) and with_tail.tail_batch_size == 3
+    if not K:  # both tail functions ran, each compiled once
+        assert with_tail.trace_counts["accumulate_tail_1"] == 1
+        assert with_tail.trace_counts["accumulate_tail_3"] == 1
 
 
 def test_tail_batch_size_is_validated():
     from dpverify.errors import InvalidArgument
 
     assert _trainer(None).tail_batch_size == P // 2
+    assert _trainer(None).tail_batch_sizes == (P // 4, P // 2)
     assert _trainer(None, tail_batch_size=0).tail_batch_size == 0
+    assert _trainer(None, tail_batch_size=()).tail_batch_sizes == ()
+    assert _trainer(None, tail_batch_size=[2, 0, 1, 2]).tail_batch_sizes == (1, 2)
     with pytest.raises(InvalidArgument, match="tail_batch_size=4 must be below"):
         _trainer(None, tail_batch_size=P)
+    with pytest.raises(InvalidArgument, match=r"tail_batch_size=\(1, 4\) must be below"):
+        _trainer(None, tail_batch_size=(1, 4))
     with pytest.raises(InvalidArgument, match="tail_batch_size"):
         _trainer(None, tail_batch_size=-1)
 
@@ -278,11 +305,12 @@ def test_automatic_k_is_fused_for_mlp_and_off_for_conv_on_cpu(problem):
     conv = MaskedDPSGD(lambda p_, xb: model.apply({"params": p_}, xb), optax.sgd(0.1), cfg)
     conv.step(cp, conv.optimizer.init(cp), xi, yi, np.arange(5), jax.random.key(0), 0)
     assert conv.fused_batches == 0
-    assert conv.trace_counts == {  # L = 5, p = 4: one full batch and the tail batch
+    assert conv.trace_counts == {  # L = 5, p = 4: one full batch and the 1-row tail batch
         "fused": 0,
         "init": 1,
         "accumulate": 1,
-        "accumulate_tail": 1,
+        "accumulate_tail_1": 1,
+        "accumulate_tail_2": 0,
         "finalize": 1,
     }
 

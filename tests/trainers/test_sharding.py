@@ -301,7 +301,7 @@ def test_sharded_step_matches_float64_reference(multi):
 def test_compiles_once_across_varied_batch_sizes(multi):
     assert len(_SEQ) >= 10
     # Both the one-dispatch path and the overflow path (L > K·p) ran, each compiled once.
-    one = {"fused": 1, "init": 1, "accumulate": 1, "accumulate_tail": 0, "finalize": 1}
+    one = {"fused": 1, "init": 1, "accumulate": 1, "finalize": 1}  # no tail batches when sharded
     assert multi["trace_counts"] == one and multi["cache_sizes"] == one
 
 

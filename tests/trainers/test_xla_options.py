@@ -76,7 +76,8 @@ def test_ghost_trainer_compiles_with_the_options_and_updates_as_with_the_default
     real_jit = jax.jit
 
     def spy(fun, *args, **kwargs):
-        seen.append((getattr(fun, "__name__", ""), kwargs.get("compiler_options")))
+        name = getattr(fun, "__name__", None) or getattr(getattr(fun, "func", None), "__name__", "")
+        seen.append((name, kwargs.get("compiler_options")))  # (a partial: its function's name)
         return real_jit(fun, *args, **kwargs)
 
     monkeypatch.setattr(jax, "jit", spy)
