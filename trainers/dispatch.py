@@ -454,6 +454,37 @@ class MaskedDPSGD:
             carry["sum"] = jax.tree_util.tree_map(lambda a: a.astype(jnp.float32), extra)
         return carry
 
+    def precompile(
+        self, params: Any, opt_state: Any, x: Any, y: Any, *, extra_sum: Any = None
+    ) -> None:
+        """Compile, now, every function a step of this trainer normally calls.
+
+        Functions compile at their first call, and on the k + 2 path each tail
+        batch size and each stream device first comes up at some later step
+        (a stall of seconds there, in the middle of a timed loop).  This runs
+        one step for each last-batch shape (every tail size and the full
+        batch) and each stream device, on copies of ``params`` and
+        ``opt_state`` with a throwaway noise key, and discards the results:
+        nothing of it reaches the arguments, and nothing is released.  The
+        overflow path (L > K·p with K > 0) still compiles at its first use.
+        Pass ``extra_sum`` when the run's steps pass one (one compilation).
+        """
+        import jax
+        import jax.numpy as jnp
+
+        p = self.config.physical_batch_size
+        n = int(np.shape(x)[0])
+        key = jax.random.key(0)  # throwaway: the results are discarded
+        for k in range(1, max(1, len(self._streams)) + 1):  # last batch on device (k−1) mod S
+            for last in (*self.tail_batch_sizes, p):
+                size = min(n, p * (k - 1) + last)
+                copies = jax.tree_util.tree_map(jnp.copy, (params, opt_state))
+                out = self.step_async(
+                    *copies, x, y, np.arange(size), key, 0, extra_sum=extra_sum
+                )  # fmt: skip
+                jax.block_until_ready(out[:2])
+                out[2].result()
+
     def resolve_clipping(self, params: Any, x: Any, y: Any = None) -> str:
         """Decide ``config.clipping`` for these parameters and inputs (once; under ``auto``
         two compilations of the clipping part, :mod:`trainers.clipping.cost`).
@@ -492,7 +523,9 @@ class MaskedDPSGD:
         """The JAX platform the step runs on (``"cpu"``, ``"gpu"``, …)."""
         import jax
 
-        return jax.default_backend() if self.placement is None else self.placement.devices[0].platform
+        return (
+            jax.default_backend() if self.placement is None else self.placement.devices[0].platform
+        )
 
     def _resolve_compiler_options(self, method: str) -> None:
         """Set :attr:`compiler_options` for the resolved clipping method, and rewrap."""

@@ -53,7 +53,7 @@ def _problem(name):
     )
 
 
-def _run(name, clipping, streams, extra):
+def _run(name, clipping, streams, extra, precompile=False):
     import jax
 
     from trainers.dpsgd import DPSGDConfig, MaskedDPSGD
@@ -70,6 +70,15 @@ def _run(name, clipping, streams, extra):
     state = opt.init(params)
     key = jax.random.key(7)
     bonus = jax.tree_util.tree_map(lambda a: np.full(a.shape, 0.01, np.float32), params)
+    warmed = {}
+    if precompile:  # every shape and device compiled first; the arguments must not change
+        before = [np.asarray(a).copy() for a in jax.tree_util.tree_leaves((params, state))]
+        trainer.precompile(params, state, x, y, extra_sum=bonus if extra else None)
+        after = [np.asarray(a) for a in jax.tree_util.tree_leaves((params, state))]
+        warmed = {
+            "unchanged": all(np.array_equal(a, b) for a, b in zip(before, after, strict=True)),
+            "cache_after_precompile": trainer.cache_sizes(),
+        }
     out = []
     for t, L in enumerate(_SEQ):
         idx = np.sort(np.random.default_rng(100 + t).choice(_BAD, L, replace=False))
@@ -102,6 +111,8 @@ def _run(name, clipping, streams, extra):
         "compilations": trainer.compilations,
         "stream_count": trainer.stream_count,
         "clipping": trainer.clipping,
+        "cache_after_steps": trainer.cache_sizes(),
+        **warmed,
     }
 
 
@@ -114,6 +125,7 @@ def _script() -> None:
     ):
         for streams in (None, 2, 3):
             results[f"{name}-{clipping}-{extra}-{streams}"] = _run(name, clipping, streams, extra)
+    results["precompiled"] = _run("mlp", "vmap", 3, True, precompile=True)
     print(json.dumps(results))
 
 
@@ -144,6 +156,20 @@ def test_streamed_steps_equal_one_device(runs, case):
             for pa, pb in zip(a["params"], b["params"], strict=True):
                 assert np.all(np.isfinite(pb)), "NaN padding leaked into the update"
                 np.testing.assert_allclose(pb, pa, rtol=1e-5, atol=1e-6)
+
+
+def test_precompile_leaves_nothing_to_compile_mid_run_and_changes_nothing(runs):
+    """After ``precompile`` (3 streams, tails of 1 and 2 rows, a canary sum), the
+    steps of varied L compile nothing more, on any device; the arguments were not
+    changed, so the steps equal those of the trainer that was not precompiled."""
+    warm, plain = runs["precompiled"], runs["mlp-vmap-True-3"]
+    assert warm["unchanged"] is True
+    assert warm["cache_after_precompile"] == warm["cache_after_steps"]
+    assert warm["cache_after_steps"]["accumulate_tail_1"] == 3  # one per device
+    assert warm["compilations"] == 1
+    for a, b in zip(plain["steps"], warm["steps"], strict=True):
+        for pa, pb in zip(a["params"], b["params"], strict=True):
+            np.testing.assert_allclose(pb, pa, rtol=1e-6, atol=1e-7)
 
 
 def test_the_canary_sum_is_added_once(runs):
