@@ -660,7 +660,9 @@ class MaskedDPSGD:
             if extra is not None:
                 extra = extra if i == 0 else jax.tree_util.tree_map(jnp.zeros_like, extra)
                 extra = jax.device_put(extra, d)
-            carries.append(self._init(on[i], extra))
+            # Committed to its device: init's zeros come back uncommitted, and a carry
+            # that is committed at one call and not at the next compiles again.
+            carries.append(jax.device_put(self._init(on[i], extra), d))
         carries = self._accumulate_batches(carries, on, data, keys, batches, tail, step_arr)
         carry = carries[0]
         for other in carries[1:]:
