@@ -478,10 +478,10 @@ class MaskedDPSGD:
         for k in range(1, max(1, len(self._streams)) + 1):  # last batch on device (k−1) mod S
             for last in (*self.tail_batch_sizes, p):
                 size = min(n, p * (k - 1) + last)
-                copies = jax.tree_util.tree_map(jnp.copy, (params, opt_state))
+                params_copy, state_copy = jax.tree_util.tree_map(jnp.copy, (params, opt_state))
                 out = self.step_async(
-                    *copies, x, y, np.arange(size), key, 0, extra_sum=extra_sum
-                )  # fmt: skip
+                    params_copy, state_copy, x, y, np.arange(size), key, 0, extra_sum=extra_sum
+                )
                 jax.block_until_ready(out[:2])
                 out[2].result()
 

@@ -241,6 +241,7 @@ def _run(
                     functools.partial(run, indices, noise_key, t, wait=True), t
                 )
                 behind.push(t, indices, _Fetched(stats))
+                behind.settle()  # the step ran to completion: nothing to overlap
             else:  # queued: step t - 1 is recorded while step t runs
                 params, opt_state, pending = _step(
                     trainer, session, params, opt_state, x, y, indices, noise_key, t
