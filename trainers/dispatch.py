@@ -82,7 +82,13 @@ from trainers.precision import precision_context
 from trainers.prng import noise_context, wrap_noise_key
 from trainers.sharding import data_parallel, jit_shardings
 
-__all__ = ["HEAVY_BATCH_FLOPS", "MaskedDPSGD", "PendingStats", "default_fused_batches"]
+__all__ = [
+    "HEAVY_BATCH_FLOPS",
+    "MaskedDPSGD",
+    "PendingStats",
+    "default_fused_batches",
+    "stream_devices",
+]
 
 #: On XLA:CPU a physical batch whose gradient's matrix products take at least
 #: this many floating-point operations (:func:`trainers.jaxpr_cost.matmul_flops`
@@ -108,6 +114,33 @@ def default_fused_batches(expected_batch_size: float, physical_batch_size: int) 
     e = check_positive("expected_batch_size", expected_batch_size)
     p = check_int("physical_batch_size", physical_batch_size, minimum=1)
     return max(1, math.ceil((e + 6.0 * math.sqrt(e) + 6.0) / p))
+
+
+def stream_devices(streams: int | None, *, data_parallel: bool = False) -> tuple[Any, ...]:
+    """The first S local devices for ``MaskedDPSGD(streams=S)`` (empty for ``None`` or 1).
+
+    One-line :class:`~dpverify.errors.InvalidArgument` for S < 1, for streams
+    with a data-parallel trainer, and for fewer than S local devices (the
+    message names the XLA flag that makes S CPU devices).
+    """
+    from dpverify.errors import InvalidArgument
+
+    if streams is None:
+        return ()
+    count = check_int("streams", streams, minimum=1)
+    if count == 1:
+        return ()
+    if data_parallel:
+        raise InvalidArgument(f"streams={streams} needs a single-device trainer (not devices)")
+    import jax
+
+    local = jax.local_devices()
+    if len(local) < count:
+        raise InvalidArgument(
+            f"streams={streams} needs {count} local devices, this process has {len(local)} "
+            f"(on the CPU: XLA_FLAGS=--xla_force_host_platform_device_count={count})"
+        )
+    return tuple(local[:count])
 
 
 class MaskedDPSGD:
@@ -289,27 +322,13 @@ class MaskedDPSGD:
         """The S local devices of ``streams`` (empty when off); one-line errors."""
         from dpverify.errors import InvalidArgument
 
-        if streams is None:
-            return ()
-        count = check_int("streams", streams, minimum=1)
-        if count == 1:
-            return ()
-        if self.placement is not None:
-            raise InvalidArgument(f"streams={streams} needs a single-device trainer (not devices)")
-        if self.fused_batches:
+        wanted = streams is not None and check_int("streams", streams, minimum=1) > 1
+        if wanted and self.placement is None and self.fused_batches:
             raise InvalidArgument(
                 f"streams={streams} runs the k + 2 path; fused_batches={self.fused_batches} "
                 "must be 0 or None"
             )
-        import jax
-
-        local = jax.local_devices()
-        if len(local) < count:
-            raise InvalidArgument(
-                f"streams={streams} needs {count} local devices, this process has {len(local)} "
-                f"(on the CPU: XLA_FLAGS=--xla_force_host_platform_device_count={count})"
-            )
-        return tuple(local[:count])
+        return stream_devices(streams, data_parallel=self.placement is not None)
 
     @property
     def stream_count(self) -> int:

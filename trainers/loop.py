@@ -303,6 +303,7 @@ def _run(
         "compilations": compilations,
         "compilations_per_process": per_process,
         "devices": int(getattr(trainer, "device_count", 1)),
+        "streams": int(getattr(trainer, "stream_count", 1)),
         "processes": _process_count(session),
         "examples_per_second": (examples / timed) if executed > 1 and timed > 0 else None,
         "first_step_seconds": first_step_seconds,

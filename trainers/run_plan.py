@@ -96,6 +96,10 @@ class TrainConfig:
         mutation: name of a deliberate bug (``trainers.mutations``; testing only).
         devices: run each physical batch data-parallel over this many devices
             (:mod:`trainers.sharding`; p must be divisible by it); ``None`` = 1.
+        streams: S ≥ 1: deal each step's physical batches to S local devices
+            that accumulate concurrently (``MaskedDPSGD(streams=S)``; on the
+            CPU, S devices need ``XLA_FLAGS=--xla_force_host_platform_device_count=S``);
+            a speed setting, like ``devices``: not recorded, may change on resume.
         canaries: M ≥ 0 white-box gradient canaries (:mod:`trainers.canaries`);
             their M slots count in N.
         clipping: ``"vmap"``, ``"ghost"`` or ``"auto"`` (``None``: auto), how
@@ -124,6 +128,7 @@ class TrainConfig:
     data_path: str | None = None
     mutation: str | None = None
     devices: int | None = None
+    streams: int | None = None
     canaries: int = 0
     clipping: str | None = None
 
@@ -165,6 +170,7 @@ class TrainConfig:
         if self.mutation is not None:
             _check_mutation(self.mutation)
         _optional(check_int, "devices", self.devices, minimum=1)
+        _optional(check_int, "streams", self.streams, minimum=1)
         check_int("canaries", self.canaries, minimum=0)
         if self.clipping is not None:
             from trainers.clipping.select import check_clipping

@@ -53,6 +53,7 @@ class Session:
     sealed_summary: dict | None = None
     canaries: Any = None  # trainers.canaries.TrainingCanaries when the run has canaries
     devices: Any = None
+    streams: int | None = None  # MaskedDPSGD(streams=…): a speed setting of this session
     created_dir: bool = False  # open_new made run_dir (discard() may remove it)
     #: False on processes 1..P-1 of a multi-process job (they write nothing).
     leader: bool = True
@@ -94,7 +95,9 @@ class Session:
             mutation=self.private.get("mutation"),
             clipping=self.clipping,
         )
-        return MaskedDPSGD(self.model_apply, self.optimizer, cfg, devices=self.devices)
+        return MaskedDPSGD(
+            self.model_apply, self.optimizer, cfg, devices=self.devices, streams=self.streams
+        )
 
     def checkpoint(self, step: int, params: Any, opt_state: Any) -> None:
         """Write-ahead checkpoint: flush the ledger, save the checkpoint, record it.
@@ -250,12 +253,16 @@ def _init_seed(seed: int) -> int:
     return int(step_rng(seed, 0, stream=0x1417).integers(2**31 - 1))
 
 
-def _check_devices(devices: int | None, plan: RunPlan) -> None:
-    """Fail before anything is written if ``devices`` cannot split ``p``."""
+def _check_devices(devices: int | None, plan: RunPlan, streams: int | None = None) -> None:
+    """Fail before anything is written if ``devices`` cannot split ``p``, or if the
+    ``streams`` cannot be had (too few local devices, or with ``devices``)."""
     if devices is not None and devices > 1:
         from trainers.sharding import data_parallel
 
         data_parallel(devices, physical_batch_size=plan.physical_batch_size)
+    from trainers.dispatch import stream_devices
+
+    stream_devices(streams, data_parallel=devices is not None and devices > 1)
 
 
 def open_new(
@@ -294,7 +301,7 @@ def open_new(
     num_params = count_params(params0)
     example_bytes = int(np.asarray(dataset.x_train[:1]).nbytes)
     plan = plan_fn(config, dataset.size, num_params, example_bytes=example_bytes)
-    _check_devices(config.devices, plan)
+    _check_devices(config.devices, plan, config.streams)
     sampler_name = config.sampler or "poisson"
     sampler = make_sampler(
         sampler_name, plan.dataset_size, plan.sampling_rate, seed, dict(config.sampler_params)
@@ -422,6 +429,7 @@ def _create_run(
             "checkpoint_every": plan.checkpoint_every,
             "num_params": num_params,
             "devices": config.devices or 1,
+            "streams": config.streams or 1,
             "framework": "jax",
             "prng": prng_record(),
             **canary_header,
@@ -447,6 +455,7 @@ def _create_run(
         executed_before=0,
         resumed=False,
         devices=config.devices,
+        streams=config.streams,
         canaries=_canaries(private, comps.params, plan),
         clipping=clipping,
         clipping_reason=clipping_reason,
@@ -584,6 +593,8 @@ def open_resume(run_dir: Path, config: TrainConfig | None) -> Session:
     clipping, clipping_reason = resolve_run_clipping(
         plan, comps, dataset, None if config is None else config.devices
     )
+    if config is not None:  # refused before the ledger is reopened
+        _check_devices(config.devices, plan, config.streams)
     writer = LedgerWriter.resume(ledger_dir, step=start, checkpoint_digest=ck_digest)
     return Session(
         run_dir=run_dir,
@@ -602,6 +613,7 @@ def open_resume(run_dir: Path, config: TrainConfig | None) -> Session:
         executed_before=len(ledger.steps),
         resumed=True,
         devices=None if config is None else config.devices,
+        streams=None if config is None else config.streams,
         canaries=_canaries(private, params, plan),
         clipping=clipping,
         clipping_reason=clipping_reason,

@@ -161,3 +161,53 @@ def test_summary_text_says_when_there_is_no_privacy():
     assert "warning" not in summary_text({**base, **fine}, "r")
     text = summary_text({**base, "sampler": "shuffle", "shortcut": True}, "r")
     assert "SHORTCUT: the Poisson epsilon does not apply" in text
+
+
+@pytest.mark.parametrize(
+    ("streams", "message"),
+    [
+        ("0", "streams=0 must be an integer >= 1"),
+        # this test process's JAX has started already, with one host device
+        ("64", "streams=64 needs 64 local devices, this process has 1"),
+    ],
+)
+def test_bad_streams_are_one_line_exit_2_and_write_nothing(
+    tmp_path, capsys, monkeypatch, streams, message
+):
+    import jax
+
+    jax.devices()  # JAX started: the flag set for --streams can no longer take effect
+    monkeypatch.setenv("XLA_FLAGS", "")  # restored after the test (the CLI appends to it)
+    rc = _run(["train", "--out", str(tmp_path / "r"), *SMALL, "--streams", streams])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.count("\n") == 1 and message in err, err
+    assert not (tmp_path / "r").exists()
+
+
+def test_streams_train_a_run_that_the_auditor_certifies(tmp_path):
+    """``--streams 2`` in a fresh process: the CLI asks XLA for two host devices,
+    the run deals its physical batches to both, and replay certifies it."""
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "run"
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    train = subprocess.run(
+        [sys.executable, "-m", "dpverify", "train", "--out", str(out), *SMALL,
+         "--streams", "2", "--json"],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert train.returncode == 0, train.stderr
+    summary = json.loads(train.stdout)
+    assert summary["streams"] == 2 and summary["compilations"] == 1
+    from dpverify.ledger import read_ledger
+
+    assert read_ledger(out / "ledger").header.extra["streams"] == 2
+    audit = subprocess.run(
+        [sys.executable, "-m", "dpverify", "audit", str(out)],
+        capture_output=True, text=True, env=env, timeout=600,
+    )  # fmt: skip
+    assert audit.returncode == 0, audit.stdout + audit.stderr
+    assert audit.stdout.startswith("verdict: CERTIFIED"), audit.stdout
+    assert "[pass] replay" in audit.stdout
