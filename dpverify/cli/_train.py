@@ -127,7 +127,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=integer,
         metavar="S",
         help="deal each step's physical batches to S devices that run concurrently "
-        "(on the CPU: S host devices, set up for you; faster for small convolutional models)",
+        "(on the CPU: S host devices, set up for you); it pays for some models only: measure",
     )
     p.add_argument(
         "--canaries",
