@@ -94,7 +94,17 @@ def linear_sq_norms(
     g = g.astype(jnp.float32)
     p, tokens = g.shape[0], g.shape[1]
     sq = jnp.zeros((p,), jnp.float32)
-    if kernel:
+    if kernel and groups == 1:  # no group axis: XLA lays the products out more tightly
+        if tokens == 1:
+            sq = sq + jnp.sum(jnp.square(a), axis=(1, 2)) * jnp.sum(jnp.square(g), axis=(1, 2))
+        elif method == "ghost":
+            gram_a = jnp.einsum("ptd,psd->pts", a, a, precision=hi)
+            gram_g = jnp.einsum("ptd,psd->pts", g, g, precision=hi)
+            sq = sq + jnp.sum(gram_a * gram_g, axis=(1, 2))
+        else:
+            w = jnp.einsum("ptd,pte->pde", a, g, precision=hi)
+            sq = sq + jnp.sum(jnp.square(w), axis=(1, 2))
+    elif kernel:
         ag = a.reshape((p, tokens, groups, -1))
         gg = g.reshape((p, tokens, groups, -1))
         if tokens == 1:
