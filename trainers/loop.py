@@ -209,7 +209,7 @@ def _run(
         executed_before=session.executed_before,
         label=f"{plan.task} [{session.sampler_label}]",
     )
-    counts = {"executed": 0, "examples": 0}
+    executed = examples = 0
     loss = math.nan
     first_step_seconds = None
     loop_start = time.perf_counter()
@@ -217,18 +217,18 @@ def _run(
 
     def record(t: int, indices: np.ndarray, stats: Any) -> None:
         """Step t's ledger record and its book-keeping (the step has finished)."""
-        nonlocal loss, first_step_seconds, after_first
+        nonlocal executed, examples, loss, first_step_seconds, after_first
         entry = _step_record(t, indices, plan, stats)
         with interrupt.critical():
             writer.append(entry)
-        counts["executed"] += 1
-        counts["examples"] += int(indices.size) if counts["executed"] > 1 else 0
+        executed += 1
+        examples += int(indices.size) if executed > 1 else 0
         value = _float(getattr(stats, "loss", None))
         loss = math.nan if value is None else value
-        if counts["executed"] == 1:
+        if executed == 1:
             after_first = time.perf_counter()
             first_step_seconds = after_first - loop_start
-        bar.update(t, counts["executed"], loss)
+        bar.update(t, executed, loss)
 
     behind = RecordOneBehind(record)
     try:
@@ -240,8 +240,7 @@ def _run(
                 params, opt_state, stats = _shared_step(
                     functools.partial(run, indices, noise_key, t, wait=True), t
                 )
-                behind.push(t, indices, _Fetched(stats))
-                behind.settle()  # the step ran to completion: nothing to overlap
+                record(t, indices, stats)  # the step ran to completion: nothing to overlap
             else:  # queued: step t - 1 is recorded while step t runs
                 params, opt_state, pending = _step(
                     trainer, session, params, opt_state, x, y, indices, noise_key, t
@@ -257,7 +256,6 @@ def _run(
         behind.settle()
     except BaseException as exc:
         behind.settle_quietly()  # a step that finished is recorded; one that failed is not
-        executed = counts["executed"]
         bar.close()
         with interrupt.critical():
             _close_quietly(writer)
@@ -267,7 +265,6 @@ def _run(
                 # blocks a rerun (an interrupted run stays resumable)
                 session.discard()
         raise
-    executed, examples = counts["executed"], counts["examples"]
     bar.close()
     loop_end = time.perf_counter()
     executed_total = session.executed_before + executed
@@ -348,16 +345,6 @@ def _step(trainer, session, params, opt_state, x, y, indices, noise_key, t, *, w
     real, slots = canaries.split(indices)
     extra = canaries.clipped_sum(slots)
     return run(params, opt_state, x, y, real, noise_key, t, extra_sum=extra)
-
-
-class _Fetched:
-    """Statistics already on the host, in the shape of a pending step's."""
-
-    def __init__(self, stats: Any) -> None:
-        self._stats = stats
-
-    def result(self) -> Any:
-        return self._stats
 
 
 class RecordOneBehind:
