@@ -195,9 +195,10 @@ class MaskedDPSGD:
             (``jax.jit(compiler_options=…)``; they never touch ``XLA_FLAGS``).
             ``None`` (default): :func:`trainers.xla_options.step_options` for
             the resolved clipping method and backend (on XLA:CPU under ghost
-            clipping: matrix products only as library fusions, measured
-            faster); ``{}``: XLA's defaults.  Options this XLA rejects are an
-            error at the first step.
+            clipping: matrix products only as library fusions, and no tree
+            rewrite of the batch functions' reductions, measured faster);
+            ``{}``: XLA's defaults.  Given options apply to every function;
+            options this XLA rejects are an error at the first step.
 
     Attributes:
         compilations: how many times the step was traced (compiled): the
@@ -215,6 +216,10 @@ class MaskedDPSGD:
             ``None`` on a single device.
         compiler_options: the XLA options the step compiles with (``None``
             until the clipping method is resolved; ``{}``: XLA's defaults).
+        accumulate_compiler_options: those of the functions that accumulate
+            one physical batch (``accumulate``, ``accumulate_tail_<p_t>``):
+            by default :func:`trainers.xla_options.accumulate_options`, else
+            the ``compiler_options`` given.
     """
 
     def __init__(
@@ -284,6 +289,7 @@ class MaskedDPSGD:
                 )
             self._requested_options = dict(compiler_options)
         self.compiler_options: dict[str, str] | None = None
+        self.accumulate_compiler_options: dict[str, str] | None = None
         self._make_functions({})
 
     def _tail_sizes(self, requested: int | Any) -> tuple[int, ...]:
@@ -335,14 +341,18 @@ class MaskedDPSGD:
         """S, the devices physical batches are dealt to (1 when ``streams`` is off)."""
         return max(1, len(self._streams))
 
-    def _make_functions(self, options: dict[str, str]) -> None:
+    def _make_functions(
+        self, options: dict[str, str], accumulate: dict[str, str] | None = None
+    ) -> None:
         """(Re)wrap the step's compiled functions with per-compilation XLA ``options``
-        (before their first call: nothing compiled is thrown away)."""
+        (``accumulate``, default the same, for the functions that accumulate one
+        physical batch), before their first call: nothing compiled is thrown away."""
         import jax
 
         shard = jit_shardings(self.placement)
         donate = self._donate
         co = dict(options) or None
+        acc = dict(options if accumulate is None else accumulate) or None
         self._fused = jax.jit(
             self._fused_impl,
             donate_argnums=(0, 1) if donate else (),
@@ -351,13 +361,13 @@ class MaskedDPSGD:
         )
         self._init = jax.jit(self._init_impl, compiler_options=co, **shard["init"])
         self._accumulate = jax.jit(
-            self._accumulate_impl, donate_argnums=(0,), compiler_options=co, **shard["accumulate"]
+            self._accumulate_impl, donate_argnums=(0,), compiler_options=acc, **shard["accumulate"]
         )
         self._accumulate_tails = {
             pt: jax.jit(
                 functools.partial(self._accumulate_tail_impl, f"accumulate_tail_{pt}"),
                 donate_argnums=(0,),
-                compiler_options=co,
+                compiler_options=acc,
             )
             for pt in self.tail_batch_sizes
         }
@@ -550,10 +560,11 @@ class MaskedDPSGD:
         """Set :attr:`compiler_options` for the resolved clipping method, and rewrap."""
         import jax
 
-        from trainers.xla_options import step_options, supported
+        from trainers.xla_options import accumulate_options, step_options, supported
 
         if self._requested_options is None:
             options = step_options(method, self._platform())
+            accumulate = accumulate_options(method, self._platform())
         else:
             options = self._requested_options
             if options and not supported(options):
@@ -563,9 +574,11 @@ class MaskedDPSGD:
                     f"compiler_options={options!r} are not accepted by this XLA "
                     f"(jax {jax.__version__})"
                 )
+            accumulate = options
         self.compiler_options = dict(options)
-        if options:
-            self._make_functions(options)
+        self.accumulate_compiler_options = dict(accumulate)
+        if options or accumulate:
+            self._make_functions(options, accumulate)
 
     def _per_example_grads(self, params, xb, yb):
         if self._ghost is not None:  # ghost norms + book-keeping (trainers.clipping)

@@ -309,6 +309,7 @@ def _run(
         "clipping": getattr(trainer, "clipping", None) or session.clipping,
         "clipping_reason": session.clipping_reason,
         "compiler_options": getattr(trainer, "compiler_options", None),
+        "accumulate_compiler_options": getattr(trainer, "accumulate_compiler_options", None),
         "sampling_rate": plan.sampling_rate,
         "expected_batch_size": plan.expected_batch_size,
         "noise_multiplier": plan.noise_multiplier,

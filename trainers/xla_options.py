@@ -22,6 +22,21 @@ The option is experimental in XLA and may be renamed; :func:`step_options`
 first compiles a one-line function with it and returns ``{}`` when this
 jaxlib rejects it, so an XLA without the option runs the default.
 
+The functions that accumulate physical batches (not the ones that add the
+noise, update the parameters and compute the update sketch) also compile
+without XLA's tree-reduction rewrite (``xla_disable_hlo_passes=
+tree_reduction_rewriter``).  That pass splits every reduction over more
+than 32 elements into a windowed reduction plus a second reduction, for
+float accuracy of long sums; XLA:CPU runs each window as its own small
+operation, unfused with what produces its input.  A ghost step has dozens
+of such reductions over 64–256 elements (a LayerNorm's statistics, each
+layer's per-example norm): on the benchmark ViT at p = 64 they were 63
+separate operations, ~0.46 ms of the step's thread time.  Without the pass
+the reductions fuse with their producers; the vectorised reduction loop
+still keeps several partial sums, and the batch's long contractions (the
+weight-gradient products over p·T rows) were never tree-reduced anyway.
+The update sketch, whose sum runs over every parameter, keeps the pass.
+
 The options are passed per function (``jax.jit(..., compiler_options=…)``):
 they never change the process's ``XLA_FLAGS`` or any other computation.
 """
@@ -30,11 +45,22 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-__all__ = ["GHOST_CPU_OPTIONS", "step_options", "supported"]
+__all__ = [
+    "GHOST_CPU_ACCUMULATE_OPTIONS",
+    "GHOST_CPU_OPTIONS",
+    "accumulate_options",
+    "step_options",
+    "supported",
+]
 
 #: Options of the step's compilation under ghost clipping on XLA:CPU.
 GHOST_CPU_OPTIONS: Mapping[str, str] = {
     "xla_cpu_experimental_ynn_fusion_type": "LIBRARY_FUSION_TYPE_DOT",
+}
+
+#: Extra options of the functions that accumulate physical batches (ghost, XLA:CPU).
+GHOST_CPU_ACCUMULATE_OPTIONS: Mapping[str, str] = {
+    "xla_disable_hlo_passes": "tree_reduction_rewriter",
 }
 
 _SUPPORTED: dict[tuple[tuple[str, str], ...], bool] = {}
@@ -71,3 +97,18 @@ def step_options(clipping: str, backend: str) -> dict[str, str]:
     if clipping == "ghost" and backend == "cpu" and supported(GHOST_CPU_OPTIONS):
         return dict(GHOST_CPU_OPTIONS)
     return {}
+
+
+def accumulate_options(clipping: str, backend: str) -> dict[str, str]:
+    """The per-compilation options of the functions that accumulate physical batches.
+
+    :func:`step_options` plus :data:`GHOST_CPU_ACCUMULATE_OPTIONS` for ghost
+    clipping on the CPU when this jaxlib accepts them all; otherwise just
+    :func:`step_options`.
+    """
+    base = step_options(clipping, backend)
+    if base:
+        both = {**base, **GHOST_CPU_ACCUMULATE_OPTIONS}
+        if supported(both):
+            return both
+    return base

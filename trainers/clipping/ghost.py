@@ -568,9 +568,11 @@ class GhostClipping:
         With the p·T kept rows stacked, A ∈ R^{pT×d_in} and G ∈ R^{pT×d_out}
         (row (i, t) scaled by w_i, dropped rows zeroed in both so a NaN/inf
         row adds exactly 0): kernel = AᵀG, bias = 1ᵀG.  The same products the
-        layer's VJP computes, written as one plain (pT, d) contraction, which
-        XLA:CPU runs as a library matrix product (the VJP's batched layout was
-        a slower generic dot on the ViT; docs/masked-dpsgd.md).
+        layer's VJP computes, written as one plain (pT, d) contraction (the
+        VJP's batched layout was a slower generic dot on the ViT;
+        docs/masked-dpsgd.md).  When kernel and bias are both trained, the
+        bias is the last row of one product [A | k]ᵀG, with k the 0/1 keep
+        column: one pass over G instead of a product and a separate sum.
         """
         import jax.numpy as jnp
 
@@ -581,7 +583,11 @@ class GhostClipping:
         g2 = g.reshape((n, layer.d_out))
         gw = jnp.where(rows_keep, g2.astype(jnp.float32) * rows_w, 0.0).astype(g.dtype)
         out = {}
-        if layer.trainable.get("kernel", False):
+        train_kernel = layer.trainable.get("kernel", False)
+        train_bias = layer.trainable.get("bias", False)
+        if train_kernel and train_bias:
+            a2 = jnp.concatenate([a2, rows_keep.astype(a2.dtype)], axis=1)
+        if train_kernel:
             kernel = jnp.einsum(
                 "nd,ne->de",
                 a2,
@@ -589,8 +595,11 @@ class GhostClipping:
                 precision=getattr(layer.module, "precision", None),
                 preferred_element_type=jnp.float32,
             )
+            if train_bias:
+                out["bias"] = kernel[-1].reshape(jnp.shape(theta["bias"]))
+                kernel = kernel[:-1]
             out["kernel"] = kernel.reshape(jnp.shape(theta["kernel"]))
-        if layer.trainable.get("bias", False):
+        elif train_bias:
             bias = jnp.sum(gw.astype(jnp.float32), axis=0)
             out["bias"] = bias.reshape(jnp.shape(theta["bias"]))
         return out
