@@ -93,6 +93,8 @@ def linear_sq_norms(
     g = g.astype(jnp.float32)
     p, tokens = g.shape[0], g.shape[1]
     sq = jnp.zeros((p,), jnp.float32)
+    if kernel and groups == 1 and bias and method == "ghost":
+        return _kernel_sq_norms(a, g, method, with_bias=True)
     if kernel and groups == 1:
         sq = sq + _kernel_sq_norms(a, g, method)
     elif kernel:  # the groups' norms add; each group by the ungrouped rule
@@ -105,20 +107,30 @@ def linear_sq_norms(
     return sq
 
 
-def _kernel_sq_norms(a: Any, g: Any, method: str) -> Any:
+def _kernel_sq_norms(a: Any, g: Any, method: str, with_bias: bool = False) -> Any:
     """‖A_iᵀG_i‖² per example for ``(p, T, d_in)`` inputs and ``(p, T, d_out)`` output
     gradients, by ``method``.  (No group axis here: with one, XLA planned 9.4 MB
-    more for the benchmark ViT's step at p = 256.)"""
+    more for the benchmark ViT's step at p = 256.)
+
+    ``with_bias`` (ghost only) adds the bias gradient's ‖1ᵀG_i‖² in the same
+    reduction: the kernel and bias gradients together are [A_i | 1]ᵀG_i, whose
+    squared norm is ⟨A_iA_iᵀ + 11ᵀ, G_iG_iᵀ⟩ (for T = 1: (‖a_i‖² + 1)·‖g_i‖²).
+    """
     import jax.numpy as jnp
     from jax import lax
 
     hi = lax.Precision.HIGHEST
+    one = 1.0 if with_bias else 0.0
     if g.shape[1] == 1:
-        return jnp.sum(jnp.square(a), axis=(1, 2)) * jnp.sum(jnp.square(g), axis=(1, 2))
+        return (jnp.sum(jnp.square(a), axis=(1, 2)) + one) * jnp.sum(jnp.square(g), axis=(1, 2))
     if method == "ghost":
         gram_a = jnp.einsum("ptd,psd->pts", a, a, precision=hi)
         gram_g = jnp.einsum("ptd,psd->pts", g, g, precision=hi)
+        if with_bias:
+            gram_a = gram_a + 1.0
         return jnp.sum(gram_a * gram_g, axis=(1, 2))
+    if with_bias:
+        raise ValueError("with_bias is for the ghost method")
     w = jnp.einsum("ptd,pte->pde", a, g, precision=hi)
     return jnp.sum(jnp.square(w), axis=(1, 2))
 
