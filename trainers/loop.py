@@ -231,8 +231,17 @@ def _run(
         bar.update(t, executed, loss)
 
     behind = RecordOneBehind(record)
+    compile_seconds = None
     try:
         interrupt.check()  # Ctrl-C during setup: stop before the first step
+        if not session.shared and session.start_step < plan.steps:
+            # Every batch shape (full, each tail size, each stream device) compiles
+            # now, not at its first use some steps in; nothing of it is released.
+            compile_start = time.perf_counter()
+            _precompile(trainer, session, params, opt_state, x, y)
+            compile_seconds = time.perf_counter() - compile_start
+            loop_start = after_first = time.perf_counter()
+            interrupt.check()
         for t in range(session.start_step, plan.steps):
             indices = session.sampler.sample(t)
             if session.shared:
@@ -304,6 +313,7 @@ def _run(
         "processes": _process_count(session),
         "examples_per_second": (examples / timed) if executed > 1 and timed > 0 else None,
         "first_step_seconds": first_step_seconds,
+        "compile_seconds": compile_seconds,
         "physical_batch_size": plan.physical_batch_size,
         "precision": plan.precision,
         "clipping": getattr(trainer, "clipping", None) or session.clipping,
@@ -333,6 +343,14 @@ def _run(
 
         barrier("dpverify-end")
     return summary
+
+
+def _precompile(trainer, session, params, opt_state, x, y) -> None:
+    """:meth:`~trainers.dispatch.MaskedDPSGD.precompile` with the run's arguments (an
+    all-zero canary sum when the run has canaries: its steps all pass one)."""
+    canaries = session.canaries
+    extra = None if canaries is None else canaries.clipped_sum(np.zeros(0, np.int64))
+    trainer.precompile(params, opt_state, x, y, extra_sum=extra)
 
 
 def _step(trainer, session, params, opt_state, x, y, indices, noise_key, t, *, wait=False):

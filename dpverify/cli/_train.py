@@ -357,8 +357,13 @@ def summary_text(summary: dict[str, Any], run_dir: str | Path) -> str:
         f"epsilon:     {eps_text} at delta={_fmt(summary.get('delta'), 'g')}"
         f" (claimed {_fmt(summary.get('claimed_epsilon'))})",
         f"throughput:  {_fmt(summary.get('examples_per_second'), ',.0f')} examples/s, "
-        f"{summary.get('compilations')} compilation(s), physical batch "
-        f"{summary.get('physical_batch_size')}, {summary.get('precision')}",
+        f"{summary.get('compilations')} compilation(s)"
+        + (
+            f" ({summary['compile_seconds']:.1f} s, before step 0)"
+            if isinstance(summary.get("compile_seconds"), int | float)
+            else ""
+        )
+        + f", physical batch {summary.get('physical_batch_size')}, {summary.get('precision')}",
     ]
     if summary.get("clipping"):
         lines.append(f"clipping:    {summary['clipping']} ({summary.get('clipping_reason')})")

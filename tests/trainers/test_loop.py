@@ -282,9 +282,20 @@ def test_steps_are_recorded_one_behind_the_device_and_before_each_checkpoint(tmp
     real_step, real_append, real_save = (
         dpsgd.MaskedDPSGD.step_async, LedgerWriter.append, ckpt.save_checkpoint
     )  # fmt: skip
+    real_precompile = dpsgd.MaskedDPSGD.precompile
+    compiling = []
+
+    def precompile(self, *args, **kwargs):
+        events.append(("precompile", -1))
+        compiling.append(True)
+        try:
+            return real_precompile(self, *args, **kwargs)
+        finally:
+            compiling.pop()
 
     def step_async(self, params, opt_state, x, y, indices, noise_key, step, **kw):
-        events.append(("dispatch", step))
+        if not compiling:  # precompile's own throwaway steps are not the run's
+            events.append(("dispatch", step))
         return real_step(self, params, opt_state, x, y, indices, noise_key, step, **kw)
 
     def append(self, record):
@@ -297,12 +308,13 @@ def test_steps_are_recorded_one_behind_the_device_and_before_each_checkpoint(tmp
         return real_save(run_dir, step, *args, **kwargs)
 
     monkeypatch.setattr(dpsgd.MaskedDPSGD, "step_async", step_async)
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "precompile", precompile)
     monkeypatch.setattr(LedgerWriter, "append", append)
     monkeypatch.setattr(ckpt, "save_checkpoint", save)
     train(TrainConfig(**dict(SMALL, steps=7, checkpoint_every=3)), tmp_path / "r", progress=False)
     d, r, c = "dispatch", "record", "checkpoint"
     assert events == [
-        (c, 0),
+        (c, 0), ("precompile", -1),
         (d, 0), (d, 1), (r, 0), (d, 2), (r, 1), (r, 2), (c, 3),
         (d, 3), (d, 4), (r, 3), (d, 5), (r, 4), (r, 5), (c, 6),
         (d, 6), (r, 6), (c, 7),
@@ -332,3 +344,55 @@ def test_a_step_that_fails_on_the_device_is_not_recorded_and_the_ones_before_are
         train(TrainConfig(**SMALL), out, progress=False)
     ledger = read_ledger(out / "ledger")
     assert ledger.seal is None and [s.step for s in ledger.steps] == [0, 1, 2, 3, 4]
+
+
+@pytest.mark.parametrize("canaries", [0, 50])
+def test_every_batch_shape_compiles_before_the_first_step(tmp_path, monkeypatch, canaries):
+    """The loop compiles every last-batch shape before step 0 (not at its first use,
+    some steps in), with the run's own arguments: with canaries an all-zero canary
+    sum, so the steps' canary sums reuse what was compiled (one compilation)."""
+    import trainers.dpsgd as dpsgd
+
+    calls = []
+    real_precompile, real_step = dpsgd.MaskedDPSGD.precompile, dpsgd.MaskedDPSGD.step_async
+
+    def precompile(self, params, opt_state, x, y, *, extra_sum=None):
+        calls.append(("precompile", extra_sum))
+        before = dict(self.trace_counts)
+        real_precompile(self, params, opt_state, x, y, extra_sum=extra_sum)
+        calls.append(("traced", {k: v - before.get(k, 0) for k, v in self.trace_counts.items()}))
+        self._after_precompile = dict(self.trace_counts)
+
+    def step_async(self, *args, **kwargs):
+        if hasattr(self, "_after_precompile"):
+            calls.append(("step", None))
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "precompile", precompile)
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "step_async", step_async)
+    trainers = []
+    real_init = dpsgd.MaskedDPSGD.__init__
+
+    def init(self, *args, **kwargs):
+        real_init(self, *args, **kwargs)
+        trainers.append(self)
+
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "__init__", init)
+    config = TrainConfig(**dict(SMALL, canaries=canaries, optimizer="sgd"))
+    summary = train(config, tmp_path / "r", progress=False)
+    assert [c[0] for c in calls[:2]] == ["precompile", "traced"]
+    assert calls[2:] == [("step", None)] * 12  # no step before precompile finished
+    extra = calls[0][1]
+    if canaries:
+        import jax
+        import numpy as np
+
+        leaves = jax.tree_util.tree_leaves(extra)
+        assert leaves and all(not np.any(a) for a in leaves)
+    else:
+        assert extra is None
+    assert sum(calls[1][1].values()) >= 1  # it compiled something
+    (trainer,) = trainers
+    assert trainer.trace_counts == trainer._after_precompile  # nothing traced mid-run
+    assert summary["compilations"] == 1
+    assert summary["compile_seconds"] > 0

@@ -219,10 +219,10 @@ def test_crash_keeps_every_step_and_resume_skips_a_damaged_checkpoint(tmp_path, 
 
     real_step = dpsgd.MaskedDPSGD.step_async  # what the loop calls
 
-    def failing_step(self, params, opt_state, x, y, indices, noise_key, step):
+    def failing_step(self, params, opt_state, x, y, indices, noise_key, step, **kw):
         if step == 9:  # step 8 is still in flight, recorded one step behind
             raise RuntimeError("simulated crash")
-        return real_step(self, params, opt_state, x, y, indices, noise_key, step)
+        return real_step(self, params, opt_state, x, y, indices, noise_key, step, **kw)
 
     out = tmp_path / "crash"
     config = TrainConfig(
