@@ -238,8 +238,8 @@ def _run(
             # Every batch shape (full, each tail size, each stream device) compiles
             # now, not at its first use some steps in; nothing of it is released.
             compile_start = time.perf_counter()
-            _precompile(trainer, session, params, opt_state, x, y)
-            compile_seconds = time.perf_counter() - compile_start
+            if _precompile(trainer, session, params, opt_state, x, y):
+                compile_seconds = time.perf_counter() - compile_start
             loop_start = after_first = time.perf_counter()
             interrupt.check()
         for t in range(session.start_step, plan.steps):
@@ -345,12 +345,25 @@ def _run(
     return summary
 
 
-def _precompile(trainer, session, params, opt_state, x, y) -> None:
+def _precompile(trainer, session, params, opt_state, x, y) -> bool:
     """:meth:`~trainers.dispatch.MaskedDPSGD.precompile` with the run's arguments (an
-    all-zero canary sum when the run has canaries: its steps all pass one)."""
+    all-zero canary sum when the run has canaries: its steps all pass one).
+
+    Its throwaway steps run on copies of the parameters and optimiser state, so
+    they need that much more device memory than the run.  When the device has
+    not got it (``RESOURCE_EXHAUSTED``), the copies are dropped, the run's own
+    arguments are untouched, and the run goes on without: each batch shape then
+    compiles at its first use, as it would have.  Returns whether it ran.
+    """
     canaries = session.canaries
     extra = None if canaries is None else canaries.clipped_sum(np.zeros(0, np.int64))
-    trainer.precompile(params, opt_state, x, y, extra_sum=extra)
+    try:
+        trainer.precompile(params, opt_state, x, y, extra_sum=extra)
+    except Exception as exc:
+        if "RESOURCE_EXHAUSTED" not in str(exc):
+            raise
+        return False
+    return True
 
 
 def _step(trainer, session, params, opt_state, x, y, indices, noise_key, t, *, wait=False):

@@ -396,3 +396,27 @@ def test_every_batch_shape_compiles_before_the_first_step(tmp_path, monkeypatch,
     assert trainer.trace_counts == trainer._after_precompile  # nothing traced mid-run
     assert summary["compilations"] == 1
     assert summary["compile_seconds"] > 0
+
+
+def test_a_precompile_without_the_memory_for_its_copies_is_skipped(tmp_path, monkeypatch):
+    """precompile's throwaway steps need a copy of the parameters and optimiser state:
+    when the device runs out of memory there, the run goes on without it (its shapes
+    compile at first use); any other error still stops the run, leaving nothing."""
+    import trainers.dpsgd as dpsgd
+
+    def no_memory(self, *args, **kwargs):
+        raise RuntimeError("RESOURCE_EXHAUSTED: simulated, while copying the parameters")
+
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "precompile", no_memory)
+    summary = train(TrainConfig(**SMALL), tmp_path / "r", progress=False)
+    assert summary["steps_executed"] == 12 and summary["compile_seconds"] is None
+    assert summary["compilations"] == 1
+    assert [s.step for s in read_ledger(tmp_path / "r" / "ledger").steps] == list(range(12))
+
+    def broken(self, *args, **kwargs):
+        raise RuntimeError("simulated compiler crash")
+
+    monkeypatch.setattr(dpsgd.MaskedDPSGD, "precompile", broken)
+    with pytest.raises(RuntimeError, match="compiler crash"):
+        train(TrainConfig(**SMALL), tmp_path / "s", progress=False)
+    assert not (tmp_path / "s").exists()
