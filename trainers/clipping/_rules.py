@@ -91,10 +91,10 @@ def linear_sq_norms(
 
     a = a.astype(jnp.float32)
     g = g.astype(jnp.float32)
+    if kernel and groups == 1 and bias and method == "ghost":  # one reduction for both
+        return _kernel_sq_norms(a, g, method, with_bias=True)
     p, tokens = g.shape[0], g.shape[1]
     sq = jnp.zeros((p,), jnp.float32)
-    if kernel and groups == 1 and bias and method == "ghost":
-        return _kernel_sq_norms(a, g, method, with_bias=True)
     if kernel and groups == 1:
         sq = sq + _kernel_sq_norms(a, g, method)
     elif kernel:  # the groups' norms add; each group by the ungrouped rule
